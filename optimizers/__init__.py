@@ -1,0 +1,4 @@
+"""optiserve optimizers: the chain of passes that turns a source model into a model package.
+
+Importing this package is cheap: torch, ONNX and ONNX Runtime are imported by the modules that use them.
+"""

@@ -1,0 +1,30 @@
+"""The project's text corpus: sentences from the Python standard library's docstrings, frozen in
+``optimizers/data/corpus.txt`` by ``scripts/build_corpus.py``. Splits are fixed slices of that file."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import Literal
+
+Split = Literal["train", "calibration", "heldout"]
+HELDOUT_SIZE = 1000
+CALIBRATION_SIZE = 200
+
+
+@cache
+def _sentences() -> tuple[str, ...]:
+    text = files("optimizers").joinpath("data/corpus.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
+def load_split(split: Split) -> list[str]:
+    """The sentences of one split; the three splits never overlap."""
+    items = _sentences()
+    held_start = len(items) - HELDOUT_SIZE
+    cal_start = held_start - CALIBRATION_SIZE
+    bounds = {"train": (0, cal_start), "calibration": (cal_start, held_start), "heldout": (held_start, len(items))}
+    if split not in bounds:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(bounds)}")
+    start, end = bounds[split]
+    return list(items[start:end])

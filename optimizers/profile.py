@@ -1,0 +1,59 @@
+"""Profile a pipeline as the server runs it: dynamic batches of held-out text in arrival order, each sorted by
+length and cut into model calls by the pipeline exactly as a replica does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving.package import ProfileRow, ServingDefaults
+from serving.pipeline import EmbeddingPipeline
+
+DEFAULT_CALL_ITEMS = (1, 4, 8, 16, 32)
+
+
+def profile_pipeline(
+    pipeline: EmbeddingPipeline,
+    texts: Sequence[str],
+    batch_size: int = ServingDefaults().max_batch_size,
+    call_items: Sequence[int] = DEFAULT_CALL_ITEMS,
+    items: int = 256,
+) -> list[ProfileRow]:
+    """One row per model-call size: items/s over ``items`` texts and per-batch p50/p99 latency."""
+    stream = [texts[i % len(texts)] for i in range(items)]
+    batches = [stream[i : i + batch_size] for i in range(0, items, batch_size)]
+    rows = []
+    for call in call_items:
+        if call > batch_size:
+            continue
+        pipeline.embed(batches[0], max_items=call)  # warm-up: allocator, thread pool
+        latencies = []
+        start = time.perf_counter()
+        for batch in batches:
+            t0 = time.perf_counter()
+            pipeline.embed(batch, max_items=call)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+        ms = np.array(latencies) * 1e3
+        rows.append(
+            ProfileRow(
+                batch_size=batch_size,
+                call_items=call,
+                items_per_s=items / elapsed,
+                p50_ms=float(np.percentile(ms, 50)),
+                p99_ms=float(np.percentile(ms, 99)),
+            )
+        )
+    return rows
+
+
+def best_row(profile: Sequence[ProfileRow]) -> ProfileRow:
+    return max(profile, key=lambda row: row.items_per_s)
+
+
+def serving_defaults(profile: Sequence[ProfileRow]) -> ServingDefaults:
+    """Serve with the model-call size that was fastest in the profile."""
+    best = best_row(profile)
+    return ServingDefaults(max_batch_size=best.batch_size, max_call_items=best.call_items)

@@ -1,0 +1,133 @@
+"""``optiserve optimize | serve | loadtest | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from serving.errors import OptiserveError
+
+log = logging.getLogger("optiserve")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("optiserve", "optimizers", "serving", "loadtests"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from optimizers.chain import optimize
+    from optimizers.source import bundled_model_dir
+    from serving.package import FidelityBudget
+
+    budget = FidelityBudget(min_cosine_mean=args.min_cosine_mean, min_cosine_min=args.min_cosine_min)
+    result = optimize(args.model_dir or bundled_model_dir(), args.out, budget, baseline_out=args.baseline_out)
+    print((result.package.root / "report.md").read_text())
+    print(f"package written to {result.package.root} (selected {result.selected.name})")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.launcher import serve_forever, start
+
+    overrides = {
+        key: value
+        for key, value in (("max_batch_size", args.max_batch_size), ("batch_wait_timeout_s", args.batch_wait_s))
+        if value is not None
+    }
+    server = start(args.host, args.port, address=args.address, num_cpus=args.num_cpus, threads=args.threads)
+    try:
+        server.deploy(args.package_dir, overrides)
+    except BaseException:
+        server.stop()
+        raise
+    print(f"serving {args.package_dir} at {server.url} (POST /v1/embeddings, GET /metrics); Ctrl-C to stop", flush=True)
+    serve_forever(server)
+    return 0
+
+
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from loadtests.runner import LoadTestConfig, render_summary, run_loadtest
+
+    summary = run_loadtest(
+        LoadTestConfig(
+            host=args.host,
+            out_dir=args.out,
+            users=args.users,
+            duration_s=args.duration,
+            max_inputs=args.inputs,
+            model=args.model,
+            label=args.label,
+        )
+    )
+    print(render_summary(summary))
+    return 1 if summary.failures else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from optiserve.demo import run_demo
+
+    comparison = run_demo(args.out, users=args.users, duration_s=args.duration, port=args.port)
+    print(json.dumps({"comparison": str(args.out / "comparison.md")}))
+    return 0 if comparison["ok"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optiserve", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("optimize", help="optimize a model into a model package")
+    p.add_argument("model_dir", nargs="?", type=Path, help="Hugging Face encoder directory (default: bundled MiniLM)")
+    p.add_argument("--out", type=Path, required=True, help="package directory to write")
+    p.add_argument("--baseline-out", type=Path, help="also write the unoptimized torch fp32 package here")
+    p.add_argument("--min-cosine-mean", type=float, default=0.99)
+    p.add_argument("--min-cosine-min", type=float, default=0.95)
+    p.set_defaults(run=_cmd_optimize)
+
+    p = sub.add_parser("serve", help="serve a model package with Ray Serve")
+    p.add_argument("package_dir", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--threads", type=int, help="runtime threads per replica (default: all cores)")
+    p.add_argument("--max-batch-size", type=int, help="items per dynamic batch (default: from the package)")
+    p.add_argument("--batch-wait-s", type=float, help="max wait to fill a batch (default: from the package)")
+    p.set_defaults(run=_cmd_serve)
+
+    p = sub.add_parser("loadtest", help="run a bounded headless Locust load against a server")
+    p.add_argument("--host", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--duration", type=int, default=20, help="seconds")
+    p.add_argument("--inputs", type=int, default=1, help="each request carries 1..N sentences")
+    p.add_argument("--model", help="model name to send (default: none, the server's own)")
+    p.add_argument("--out", type=Path, default=Path("runs/loadtest"))
+    p.add_argument("--label", default="loadtest")
+    p.set_defaults(run=_cmd_loadtest)
+
+    p = sub.add_parser("demo", help="optimize the bundled model, serve baseline and optimized, load-test, compare")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--duration", type=int, default=20, help="seconds of load per variant")
+    p.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
+    p.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.run(args))
+    except OptiserveError as exc:
+        print(f"optiserve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

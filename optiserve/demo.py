@@ -1,0 +1,135 @@
+"""``optiserve demo``: optimize the bundled model, then serve the baseline (torch fp32, no batching) and the
+optimized package one after the other under the same Locust load, on the same machine, and compare."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtests.runner import LoadTestConfig, LoadTestSummary, run_loadtest
+from optimizers.chain import optimize
+from optimizers.source import bundled_model_dir
+from serving.launcher import DEFAULT_HOST, start
+from serving.package import ModelPackage, load_package
+
+log = logging.getLogger("optiserve")
+WARMUP_S = 3
+# The baseline is served as an unoptimized server would be: one input per model call, no dynamic batching.
+NO_BATCHING = {"max_batch_size": 1, "max_call_items": 1}
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _row(label: str, package: ModelPackage, load: LoadTestSummary) -> dict[str, Any]:
+    m = package.manifest
+    size = sum(f.size for f in m.files if f.path.startswith(m.model_path))
+    return {
+        "variant": label,
+        "package": m.version,
+        "runtime": m.runtime,
+        "precision": m.precision,
+        "size_mb": size / 1e6,
+        "cosine_mean": m.fidelity.cosine_mean if m.fidelity else None,
+        "cosine_min": m.fidelity.cosine_min if m.fidelity else None,
+        "rps": load.client["rps"],
+        "p50_ms": load.client["p50_ms"],
+        "p99_ms": load.client["p99_ms"],
+        "failures": load.failures,
+        "requests": load.client["requests"],
+        "server_p50_ms": load.server["request_p50_ms"],
+        "mean_batch_size": load.server["batch_size_mean"],
+    }
+
+
+def render(rows: list[dict[str, Any]], ratios: dict[str, float], context: dict[str, Any]) -> str:
+    header = (
+        "| variant | runtime | precision | size MB | cos mean | cos min | req/s | p50 ms | p99 ms | server p50 ms "
+        "| mean batch | failures |"
+    )
+    lines = [
+        "# optiserve demo: baseline vs optimized",
+        "",
+        f"Same Locust load for each ({context['users']} users, {context['duration_s']} s, one held-out sentence per "
+        f"request), served one after the other by Ray Serve on {context['machine']}. Locust runs on the same cores "
+        "as the server, so absolute numbers understate both; the ratios are the comparison.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} ({r['package']}) | {r['runtime']} | {r['precision']} | {r['size_mb']:.1f} | "
+            f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
+            f"{r['p99_ms']:.0f} | {r['server_p50_ms']:.1f} | {r['mean_batch_size']:.2f} | {r['failures']} |"
+        )
+    lines += [
+        "",
+        f"**Optimized vs baseline:** throughput x{ratios['throughput']:.2f}, p50 latency x{ratios['p50_speedup']:.2f} "
+        f"faster, p99 latency x{ratios['p99_speedup']:.2f} faster, size x{ratios['size']:.2f}.",
+    ]
+    return "\n".join(lines)
+
+
+def run_demo(out: Path, users: int = 8, duration_s: int = 20, port: int = 0) -> dict[str, Any]:
+    """Run the whole job; write ``comparison.md`` and ``comparison.json`` under ``out`` and return the data."""
+    started = time.monotonic()
+    packages = out / "packages"
+    result = optimize(bundled_model_dir(), packages / "optimized", baseline_out=packages / "baseline")
+    variants = [
+        ("baseline", load_package(packages / "baseline"), NO_BATCHING),
+        ("optimized", result.package, {}),
+    ]
+    server = start(DEFAULT_HOST, port or free_port())
+    rows = []
+    try:
+        for label, package, overrides in variants:
+            log.info("serving %s (%s) at %s", label, package.manifest.version, server.url)
+            server.deploy(package.root, overrides)
+            run_loadtest(
+                LoadTestConfig(
+                    host=server.url,
+                    out_dir=out / "loadtests",
+                    users=users,
+                    duration_s=WARMUP_S,
+                    label=f"{label}-warmup",
+                )
+            )
+            load = run_loadtest(
+                LoadTestConfig(
+                    host=server.url, out_dir=out / "loadtests", users=users, duration_s=duration_s, label=label
+                )
+            )
+            rows.append(_row(label, package, load))
+    finally:
+        server.stop()
+    base, opt = rows
+    ratios = {
+        "throughput": opt["rps"] / base["rps"],
+        "p50_speedup": base["p50_ms"] / opt["p50_ms"],
+        "p99_speedup": base["p99_ms"] / opt["p99_ms"],
+        "size": opt["size_mb"] / base["size_mb"],
+    }
+    context = {"users": users, "duration_s": duration_s, "machine": f"{platform.machine()} with {os.cpu_count()} cores"}
+    comparison = {
+        "rows": rows,
+        "ratios": ratios,
+        "context": context,
+        "ok": all(r["failures"] == 0 for r in rows),
+        "elapsed_s": time.monotonic() - started,
+    }
+    text = render(rows, ratios, context)
+    (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n", encoding="utf-8")
+    print(text)
+    print(f"\nwritten: {out / 'comparison.md'}, {out / 'comparison.json'}, {packages}, {out / 'loadtests'}")
+    return comparison

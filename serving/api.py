@@ -1,0 +1,100 @@
+"""HTTP request/response schemas and the JSON error shape ``{"error": {"message", "type", "code"}}``."""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from starlette.responses import Response
+
+# Limits a client can rely on; docs/api.md quotes these names.
+MAX_INPUTS_PER_REQUEST = 2048
+MAX_INPUT_CHARS = 32_768
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI ``POST /v1/embeddings`` request (text inputs only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: StrictStr | list[StrictStr] = Field(
+        description=f"a string, or a list of 1..{MAX_INPUTS_PER_REQUEST} strings, each non-empty and at most "
+        f"{MAX_INPUT_CHARS} characters"
+    )
+    model: StrictStr | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, gt=0)
+    user: StrictStr | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: object) -> object:
+        """One clear message per problem, instead of one per member of the union."""
+        if isinstance(value, str):
+            items: list[object] = [value]
+        elif isinstance(value, list):
+            if not value:
+                raise ValueError("must not be an empty list")
+            if len(value) > MAX_INPUTS_PER_REQUEST:
+                raise ValueError(f"at most {MAX_INPUTS_PER_REQUEST} inputs per request, got {len(value)}")
+            if all(isinstance(v, int | list) for v in value):
+                raise ValueError("token-id inputs are not supported; send text (a string or a list of strings)")
+            items = value
+        else:
+            raise ValueError(f"must be a string or a list of strings, got {type(value).__name__}")
+        for index, text in enumerate(items):
+            if not isinstance(text, str):
+                raise ValueError(f"item {index} must be a string, got {type(text).__name__}")
+            if not text.strip():
+                raise ValueError(f"item {index} is empty")
+            if len(text) > MAX_INPUT_CHARS:
+                raise ValueError(f"item {index} has {len(text)} characters; at most {MAX_INPUT_CHARS} are accepted")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ApiError(Exception):
+    """An error to answer with, as JSON, without a traceback."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        body = {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        return json_response(body, self.status, self.headers)
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def embeddings_body(
+    model: str, embeddings: np.ndarray, tokens: int, encoding_format: Literal["float", "base64"]
+) -> dict[str, object]:
+    """OpenAI response body. ``base64`` is the little-endian float32 bytes of each vector, as OpenAI sends it."""
+    if encoding_format == "base64":
+        rows: list[object] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in embeddings]
+    else:
+        rows = list(embeddings)
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

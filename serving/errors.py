@@ -1,0 +1,15 @@
+"""Errors raised while reading model packages or running them."""
+
+from __future__ import annotations
+
+
+class OptiserveError(Exception):
+    """Base class for errors this project raises on purpose."""
+
+
+class PackageError(OptiserveError):
+    """A model package is missing, malformed, incomplete or tampered with."""
+
+
+class RuntimeUnavailableError(OptiserveError):
+    """A runtime was asked for that this machine cannot provide (e.g. CUDA without a GPU)."""

@@ -1,0 +1,124 @@
+"""Start Ray and Ray Serve, deploy a package, wait until it answers, and shut everything down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.metrics import MULTIPROC_ENV
+
+log = logging.getLogger("optiserve")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+APP_NAME = "optiserve"
+REQUEST_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 180.0
+
+
+@dataclass
+class Server:
+    """A running Ray Serve instance on ``host:port``. Redeploy with :meth:`deploy`; stop with :meth:`stop`."""
+
+    host: str
+    port: int
+    metrics_dir: Path
+    threads: int | None = None
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def deploy(self, package_dir: Path | str, overrides: dict[str, Any] | None = None) -> None:
+        """Deploy (or replace) the application serving ``package_dir`` and wait until it is ready."""
+        from ray import serve
+
+        from serving.app import build_app
+
+        env_vars = {MULTIPROC_ENV: str(self.metrics_dir)}
+        if self.threads:
+            env_vars["OPTISERVE_THREADS"] = str(self.threads)
+        app = build_app(str(Path(package_dir).resolve()), self.threads, overrides, env_vars)
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        wait_ready(self.url)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+def start(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    threads: int | None = None,
+) -> Server:
+    """Start (or connect to) Ray and start Serve's HTTP proxy on ``host:port``."""
+    import ray
+    from ray import serve
+
+    metrics_dir = Path(tempfile.mkdtemp(prefix="optiserve-metrics-"))
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=os.environ.get("OPTISERVE_RAY_LOGS", "0") == "1",
+            logging_level=logging.WARNING,
+        )
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
+    return Server(host=host, port=port, metrics_dir=metrics_dir, threads=threads)
+
+
+def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll ``/v2/health/ready`` until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready after {timeout_s:.0f} s (last: {last})")
+
+
+def serve_forever(server: Server) -> None:
+    """Block until SIGINT or SIGTERM, then shut down Serve and Ray."""
+    stop = threading.Event()
+
+    def _handle(signum: int, _frame: object) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
+        log.info("stopped")

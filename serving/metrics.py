@@ -1,0 +1,146 @@
+"""Prometheus metrics, shared by every replica process on a node through prometheus-client's multiprocess mode.
+
+Each Ray Serve replica is its own process. The launcher gives all of them one ``PROMETHEUS_MULTIPROC_DIR``
+(through the deployments' ``runtime_env``) before ``prometheus_client`` is imported there; the ingress's
+``GET /metrics`` merges every process's files, so one scrape of the Serve HTTP port sees the whole node.
+Without that variable (e.g. a plain Python session) metrics go to the process's default registry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Counter
+    request_duration: Histogram
+    inflight: Gauge
+    queue_wait: Histogram
+    batch_size: Histogram
+    batch_tokens: Histogram
+    batch_padding_ratio: Histogram
+    inference_duration: Histogram
+    model_info: Gauge
+
+
+@cache
+def metrics() -> Metrics:
+    """The process's metric objects (created once; not registered globally, so creation never collides)."""
+    model = ["model", "version"]
+    return Metrics(
+        requests=Counter(
+            "optiserve_requests",
+            "HTTP requests answered, by route and status code.",
+            [*model, "route", "code"],
+            registry=None,
+        ),
+        request_duration=Histogram(
+            "optiserve_request_duration_seconds",
+            "Time from request received by the ingress to response.",
+            [*model, "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        ),
+        inflight=Gauge(
+            "optiserve_inflight_requests",
+            "Requests being handled by the ingress.",
+            model,
+            multiprocess_mode="livesum",
+            registry=None,
+        ),
+        queue_wait=Histogram(
+            "optiserve_queue_wait_seconds",
+            "Time a request waited in the replica before its batch started.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        ),
+        batch_size=Histogram(
+            "optiserve_batch_size",
+            "Items (inputs, not requests) in each dynamic batch.",
+            model,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=None,
+        ),
+        batch_tokens=Histogram(
+            "optiserve_batch_tokens",
+            "Real (unpadded) tokens in each dynamic batch.",
+            model,
+            buckets=TOKEN_BUCKETS,
+            registry=None,
+        ),
+        batch_padding_ratio=Histogram(
+            "optiserve_batch_padding_ratio",
+            "Share of computed tokens that were padding, per dynamic batch.",
+            model,
+            buckets=RATIO_BUCKETS,
+            registry=None,
+        ),
+        inference_duration=Histogram(
+            "optiserve_inference_duration_seconds",
+            "Time to tokenize and run one dynamic batch.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        ),
+        model_info=Gauge(
+            "optiserve_model_info",
+            "The package a replica serves (value is always 1).",
+            [*model, "runtime", "precision", "chain"],
+            multiprocess_mode="max",
+            registry=None,
+        ),
+    )
+
+
+def exposition() -> bytes:
+    """Text exposition of every process's metrics on this node (or of this process, outside multiprocess mode)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+
+    for metric in metrics().__dict__.values():  # register lazily, once, in single-process mode
+        try:
+            REGISTRY.register(metric)
+        except ValueError:
+            pass
+    return generate_latest(REGISTRY)

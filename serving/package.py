@@ -1,0 +1,239 @@
+"""The model package: a directory with ``manifest.json`` and the files it lists.
+
+A package is self-describing (what model, made how, run with what runtime, served how) and verifiable: the
+manifest records the sha256 of every file, and :func:`load_package` refuses a package whose files are missing,
+changed, unlisted, outside the directory, or pickled.
+
+Layout written by :func:`write_package`::
+
+    manifest.json
+    model.onnx | model/ (config.json, model.safetensors)
+    tokenizer/tokenizer.json
+    report.json, report.md            (optional)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serving.errors import PackageError
+from serving.hashing import sha256_file
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+# Files that can execute code when loaded. A package never carries them.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: str
+    shape: list[int | str] = Field(description="dimension sizes; a string names a dynamic axis")
+
+
+class TokenizerSpec(_Strict):
+    path: str = Field(description="tokenizer.json, relative to the package root")
+    max_length: int = Field(gt=0)
+    pad_token_id: int = Field(ge=0)
+
+
+class PoolingSpec(_Strict):
+    mode: Literal["mean", "cls", "max"] = "mean"
+    normalize: bool = True
+
+
+class PassRecord(_Strict):
+    name: str
+    config: dict[str, object]
+    duration_s: float
+
+
+class Fidelity(_Strict):
+    """Agreement of this model's embeddings with the source model's, on held-out text."""
+
+    cosine_mean: float
+    cosine_p1: float
+    cosine_min: float
+    samples: int
+
+
+class FidelityBudget(_Strict):
+    min_cosine_mean: float = Field(default=0.99, ge=-1.0, le=1.0)
+    min_cosine_min: float = Field(default=0.95, ge=-1.0, le=1.0)
+
+    def admits(self, fidelity: Fidelity) -> bool:
+        return fidelity.cosine_mean >= self.min_cosine_mean and fidelity.cosine_min >= self.min_cosine_min
+
+
+class ProfileRow(_Strict):
+    """Throughput and latency when dynamic batches of ``batch_size`` texts are cut into model calls of at most
+    ``call_items`` rows (after sorting by length)."""
+
+    batch_size: int
+    call_items: int
+    items_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+class ServingDefaults(_Strict):
+    """What the server uses unless the operator overrides it."""
+
+    max_batch_size: int = Field(default=32, gt=0, description="items per dynamic batch")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
+    max_call_items: int = Field(default=8, gt=0, description="rows per model call, after sorting by length")
+    max_batch_tokens: int = Field(default=8192, gt=0, description="padded tokens per model call")
+
+
+class Source(_Strict):
+    path: str
+    sha256: str
+
+
+class FileEntry(_Strict):
+    path: str
+    sha256: str
+    size: int
+
+
+class Manifest(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(min_length=1)
+    version: str = "1"
+    task: Literal["embedding"] = "embedding"
+    created_at: str
+    source: Source
+    chain: list[PassRecord]
+    format: Literal["onnx", "safetensors"]
+    runtime: Literal["onnxruntime", "torch"]
+    precision: Literal["fp32", "fp16", "bf16", "int8"]
+    model_path: str = Field(description="model file or directory, relative to the package root")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    tokenizer: TokenizerSpec
+    pooling: PoolingSpec
+    embedding_dim: int = Field(gt=0)
+    fidelity: Fidelity | None = None
+    budget: FidelityBudget | None = None
+    profile: list[ProfileRow] = []
+    serving: ServingDefaults = ServingDefaults()
+    libraries: dict[str, str] = {}
+    files: list[FileEntry] = []
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A verified package on disk."""
+
+    root: Path
+    manifest: Manifest
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    @property
+    def model_file(self) -> Path:
+        return self.root / self.manifest.model_path
+
+
+def _confined(root: Path, relative: str) -> Path:
+    """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and links that leave the package."""
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        raise PackageError(f"package path {relative!r} must be relative and stay inside the package")
+    resolved = (root / pure).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise PackageError(f"package path {relative!r} resolves outside the package ({resolved})")
+    return resolved
+
+
+def _refuse_pickle(relative: str) -> None:
+    if PurePosixPath(relative).suffix.lower() in PICKLE_SUFFIXES:
+        raise PackageError(
+            f"package file {relative!r} is a pickle-capable format; packages carry only ONNX, safetensors, "
+            "JSON and text files"
+        )
+
+
+def _listed_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+
+
+def write_package(root: Path, manifest: Manifest) -> ModelPackage:
+    """Hash every file already placed under ``root`` and write ``manifest.json`` beside them."""
+    entries = []
+    for relative in _listed_files(root):
+        _refuse_pickle(relative)
+        path = _confined(root, relative)
+        entries.append(FileEntry(path=relative, sha256=sha256_file(path), size=path.stat().st_size))
+    for required in (manifest.model_path, manifest.tokenizer.path):
+        if not (root / required).exists():
+            raise PackageError(f"package is missing {required!r}, which its manifest names")
+    final = manifest.model_copy(update={"files": entries, "schema_version": SCHEMA_VERSION})
+    (root / MANIFEST_NAME).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return ModelPackage(root=root, manifest=final)
+
+
+def load_package(root: Path | str) -> ModelPackage:
+    """Read and verify a package. Raises :class:`PackageError` naming the first problem found."""
+    root = Path(root)
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise PackageError(f"{root} is not a model package: {MANIFEST_NAME} not found")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
+        found = raw.get("schema_version") if isinstance(raw, dict) else None
+        raise PackageError(f"{manifest_path}: schema_version {found!r} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise PackageError(f"{manifest_path} does not match the manifest schema:\n{exc}") from None
+
+    _verify_files(root, manifest)
+    return ModelPackage(root=root, manifest=manifest)
+
+
+def _verify_files(root: Path, manifest: Manifest) -> None:
+    listed = {entry.path for entry in manifest.files}
+    for entry in manifest.files:
+        _refuse_pickle(entry.path)
+        path = _confined(root, entry.path)
+        if not path.is_file():
+            raise PackageError(f"package {root} is incomplete: {entry.path!r} is missing")
+        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            raise PackageError(f"package {root} was modified after it was written: {entry.path!r} fails its sha256")
+    unlisted = sorted(set(_listed_files(root)) - listed)
+    if unlisted:
+        raise PackageError(f"package {root} holds files its manifest does not list: {unlisted[:5]}")
+    for required in (manifest.model_path, manifest.tokenizer.path):
+        _confined(root, required)
+        if not any(path == required or path.startswith(required.rstrip("/") + "/") for path in listed):
+            raise PackageError(f"package {root}: {required!r} is named by the manifest but not listed in its files")
+
+
+def new_package_dir(root: Path) -> Path:
+    """An empty directory to assemble a package in (replacing whatever was there)."""
+    if root.exists():
+        if not (root / MANIFEST_NAME).exists() and any(root.iterdir()):
+            raise PackageError(f"refusing to overwrite {root}: it is not empty and holds no model package")
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    return root
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,83 @@
+"""Text in, embeddings out: tokenize, group by length, run the runtime, restore order.
+
+The same pipeline runs inside a server replica (on each dynamic batch), in the optimizer chain's profiler and
+in its fidelity check, so what the chain measures is what the server does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.package import ModelPackage
+from serving.runtimes import EmbeddingRuntime, load_runtime
+from serving.tokenizer import TextEncoder
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one call did: items, model calls, real and padded tokens."""
+
+    items: int
+    model_calls: int
+    real_tokens: int
+    padded_tokens: int
+    token_counts: np.ndarray  # per item, in input order
+
+    @property
+    def padding_ratio(self) -> float:
+        """Share of the computed tokens that were padding (0 = none)."""
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+def plan_chunks(lengths: np.ndarray, max_items: int, max_tokens: int) -> list[np.ndarray]:
+    """Split item indices into model calls: sorted by length, each call at most ``max_items`` rows and at most
+    ``max_tokens`` padded tokens (a single over-long item still gets its own call)."""
+    if max_items < 1 or max_tokens < 1:
+        raise ValueError(f"max_items and max_tokens must be >= 1, got {max_items} and {max_tokens}")
+    order = np.argsort(lengths, kind="stable")
+    chunks: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        rows = end - start
+        width = int(lengths[order[end - 1]])
+        if rows > 1 and (rows > max_items or rows * width > max_tokens):
+            chunks.append(order[start : end - 1])
+            start = end - 1
+    if start < len(order):
+        chunks.append(order[start:])
+    return chunks
+
+
+class EmbeddingPipeline:
+    def __init__(self, encoder: TextEncoder, runtime: EmbeddingRuntime, embedding_dim: int) -> None:
+        self.encoder = encoder
+        self.runtime = runtime
+        self.embedding_dim = embedding_dim
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, threads: int | None = None) -> EmbeddingPipeline:
+        spec = package.manifest.tokenizer
+        encoder = TextEncoder(package.path(spec.path), spec.max_length, spec.pad_token_id)
+        return cls(encoder, load_runtime(package, threads), package.manifest.embedding_dim)
+
+    def embed(self, texts: list[str], max_items: int = 32, max_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:
+        """Embeddings for ``texts`` in their order, one row each."""
+        encodings = self.encoder.encode(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        padded = 0
+        chunks = plan_chunks(lengths, max_items, max_tokens)
+        for rows in chunks:
+            batch = self.encoder.pad([encodings[i] for i in rows])
+            result = self.runtime.run(batch)
+            if result.shape != (len(rows), self.embedding_dim):
+                raise RuntimeError(
+                    f"runtime {self.runtime.name} returned shape {result.shape} for {len(rows)} inputs; "
+                    f"expected ({len(rows)}, {self.embedding_dim})"
+                )
+            out[rows] = result
+            padded += batch.padded_tokens
+        stats = BatchStats(len(texts), len(chunks), int(lengths.sum()), padded, lengths)
+        return out, stats

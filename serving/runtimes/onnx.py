@@ -1,0 +1,52 @@
+"""ONNX Runtime sessions for exported encoders (input ids, mask, token types → sentence embedding)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.runtimes.base import EmbeddingRuntime
+from serving.tokenizer import EncodedBatch
+
+log = logging.getLogger(__name__)
+CPU = "CPUExecutionProvider"
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+class OnnxRuntime(EmbeddingRuntime):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, threads: int, providers: list[str] | None = None) -> None:
+        available = ort.get_available_providers()
+        wanted = providers or [CPU]
+        chosen = [p for p in wanted if p in available]
+        for missing in sorted(set(wanted) - set(chosen)):
+            log.warning("ONNX Runtime provider %s is not available here (have %s); skipping it", missing, available)
+        self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=chosen or [CPU])
+        self.providers = self.session.get_providers()
+        self.device = "cpu" if self.providers == [CPU] else "cuda"
+        self._input_names = {i.name for i in self.session.get_inputs()}
+
+    def run(self, batch: EncodedBatch) -> np.ndarray:
+        feeds = {
+            name: value
+            for name, value in (
+                ("input_ids", batch.input_ids),
+                ("attention_mask", batch.attention_mask),
+                ("token_type_ids", batch.token_type_ids),
+            )
+            if name in self._input_names
+        }
+        (embeddings,) = self.session.run(None, feeds)
+        return np.asarray(embeddings, dtype=np.float32)

@@ -1,0 +1,68 @@
+"""PyTorch eager runtime: the unoptimized baseline, and the reference the chain measures fidelity against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serving.package import PoolingSpec
+from serving.runtimes.base import EmbeddingRuntime
+from serving.tokenizer import EncodedBatch
+
+
+class SentenceEncoder(torch.nn.Module):
+    """A transformers encoder followed by the pooling and normalization its sentence-transformers config declares.
+
+    ``forward`` takes the three tensors by keyword-free position and calls the encoder with keywords, which is
+    what ``torch.onnx.export`` needs with transformers 5 (positional calls collide with new parameters).
+    """
+
+    def __init__(self, encoder: torch.nn.Module, pooling: PoolingSpec) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.mode = pooling.mode
+        self.normalize = pooling.normalize
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.mode == "cls":
+            pooled = hidden[:, 0]
+        elif self.mode == "max":
+            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+        else:
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        return pooled
+
+
+def load_encoder(model_dir: Path, pooling: PoolingSpec) -> SentenceEncoder:
+    """Load a transformers encoder from safetensors only (never a pickle) and wrap it with pooling."""
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(model_dir, use_safetensors=True, add_pooling_layer=False)
+    return SentenceEncoder(encoder, pooling).eval()
+
+
+class TorchRuntime(EmbeddingRuntime):
+    name = "torch"
+
+    def __init__(self, model_dir: Path, pooling: PoolingSpec, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.model = load_encoder(model_dir, pooling)
+
+    def run(self, batch: EncodedBatch) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.model(
+                torch.from_numpy(batch.input_ids),
+                torch.from_numpy(batch.attention_mask),
+                torch.from_numpy(batch.token_type_ids),
+            )
+        return out.float().numpy()

@@ -1,0 +1,54 @@
+"""Tokenization for text models, with the Rust ``tokenizers`` library (no transformers import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Padded int64 arrays for one model call, plus the real (unpadded) length of each row."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+class TextEncoder:
+    """Turns text into token ids, truncated to the model's maximum length."""
+
+    def __init__(self, tokenizer_json: Path, max_length: int, pad_token_id: int) -> None:
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_length)
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
+
+    def encode(self, texts: list[str]) -> list[Encoding]:
+        return self._tokenizer.encode_batch(texts)
+
+    def pad(self, encodings: list[Encoding]) -> EncodedBatch:
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        width = int(lengths.max()) if len(encodings) else 0
+        ids = np.full((len(encodings), width), self.pad_token_id, dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = lengths[row]
+            ids[row, :n] = enc.ids
+            types[row, :n] = enc.type_ids
+            mask[row, :n] = 1
+        return EncodedBatch(input_ids=ids, attention_mask=mask, token_type_ids=types, lengths=lengths)
