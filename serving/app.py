@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from serving.api import MAX_BODY_BYTES, ApiError, EmbeddingsRequest, embeddings_body, json_response
-from serving.metrics import CONTENT_TYPE, exposition, metrics
+from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition, metrics
 from serving.package import ServingDefaults, load_package
 from serving.pipeline import EmbeddingPipeline
 
@@ -262,3 +262,23 @@ def build_app(
     return Ingress.options(ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env}).bind(
         model, manifest.name, manifest.version
     )
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """Entry point for ``serve run serving.app:app_builder package_dir=PATH`` and for the ``import_path`` of a
+    Serve config file (``deploy/serve_config.yaml``). Optional args: ``threads``, ``max_batch_size``,
+    ``batch_wait_timeout_s``, ``metrics_dir`` (default ``/tmp/optiserve-metrics``)."""
+    unknown = set(args) - {"package_dir", "threads", "max_batch_size", "batch_wait_timeout_s", "metrics_dir"}
+    if unknown or "package_dir" not in args:
+        raise ValueError(
+            f"app_builder takes package_dir=PATH (required) and threads, max_batch_size, "
+            f"batch_wait_timeout_s, metrics_dir; got {sorted(args)}"
+        )
+    overrides: dict[str, Any] = {}
+    if "max_batch_size" in args:
+        overrides["max_batch_size"] = int(args["max_batch_size"])
+    if "batch_wait_timeout_s" in args:
+        overrides["batch_wait_timeout_s"] = float(args["batch_wait_timeout_s"])
+    threads = int(args["threads"]) if "threads" in args else None
+    env_vars = {MULTIPROC_ENV: args.get("metrics_dir", DEFAULT_METRICS_DIR)}
+    return build_app(args["package_dir"], threads, overrides, env_vars)

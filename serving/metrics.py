@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prom_multiprocess
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_METRICS_DIR = "/tmp/optiserve-metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (
     0.0005,
@@ -63,6 +64,8 @@ class Metrics:
 @cache
 def metrics() -> Metrics:
     """The process's metric objects (created once; not registered globally, so creation never collides)."""
+    if directory := os.environ.get(MULTIPROC_ENV):
+        os.makedirs(directory, exist_ok=True)  # a replica on a node where the directory does not exist yet
     model = ["model", "version"]
     return Metrics(
         requests=Counter(
