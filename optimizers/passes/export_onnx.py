@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,9 @@ def export_onnx(source: SourceModel, out_path: Path, check_texts: list[str], con
     sample = encoder.pad(encoder.encode(check_texts[:2]))
     args = tuple(torch.from_numpy(getattr(sample, name)) for name in INPUT_NAMES)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode():
+    # The TorchScript exporter is chosen on purpose (verified on transformers 5 / torch 2.13); silence its notice.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning)
         torch.onnx.export(
             model,
             args,

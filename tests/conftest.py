@@ -1,0 +1,75 @@
+"""Shared fixtures. Expensive things are built once per session: the optimized MiniLM packages and one Ray
+Serve instance on 127.0.0.1 (tests that need another deployment redeploy on it and restore it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from optimizers.source import SourceModel, bundled_model_dir
+
+TINY_CONFIG = {
+    "architectures": ["BertModel"],
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "pad_token_id": 0,
+}
+SENTENCE_TRANSFORMERS_FILES = ("tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with seeded random weights (not zeros) and MiniLM's tokenizer and pooling files."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(**TINY_CONFIG), add_pooling_layer=False).eval()
+    model.save_pretrained(root, safe_serialization=True)
+    bundled = bundled_model_dir()
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundled / name, root / name)
+    pooling = json.loads((root / "1_Pooling/config.json").read_text())
+    pooling["word_embedding_dimension"] = TINY_CONFIG["hidden_size"]
+    (root / "1_Pooling/config.json").write_text(json.dumps(pooling))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_model_dir: Path) -> SourceModel:
+    return SourceModel.from_dir(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_packages(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - ChainResult, imported lazily
+    """The real chain on the bundled MiniLM: optimized package + baseline package (built once, ~1 min)."""
+    from optimizers.chain import optimize
+
+    root = tmp_path_factory.mktemp("minilm")
+    return optimize(bundled_model_dir(), root / "optimized", baseline_out=root / "baseline", profile_items=64)
+
+
+@pytest.fixture(scope="session")
+def server(minilm_packages) -> Iterator:  # noqa: ANN001
+    """One Ray Serve instance on a free 127.0.0.1 port, serving the optimized MiniLM package."""
+    from optiserve.demo import free_port
+    from serving.launcher import start
+
+    srv = start("127.0.0.1", free_port(), num_cpus=2)
+    try:
+        srv.deploy(minilm_packages.package.root)
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,140 @@
+"""Optimizer passes on a tiny seeded model, fidelity, chunk planning and parity with sentence-transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from optimizers.corpus import CALIBRATION_SIZE, HELDOUT_SIZE, load_split
+from optimizers.fidelity import embedding_fidelity
+from optimizers.passes import ExportOnnxConfig, QuantizeDynamicConfig, export_onnx, quantize_dynamic
+from optimizers.source import SourceModel, bundled_model_dir
+from serving.package import Fidelity, FidelityBudget
+from serving.pipeline import EmbeddingPipeline, plan_chunks
+from serving.runtimes.onnx import OnnxRuntime
+from serving.runtimes.torch import TorchRuntime
+from serving.tokenizer import TextEncoder
+
+TEXTS = load_split("heldout")[:24]
+
+
+def _encoder(source: SourceModel) -> TextEncoder:
+    spec = source.tokenizer
+    return TextEncoder(source.path / spec.path, spec.max_length, spec.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_source: SourceModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
+    return export_onnx(tiny_source, out, TEXTS, ExportOnnxConfig())
+
+
+def test_corpus_splits_are_disjoint_and_fixed() -> None:
+    train, calibration, heldout = (load_split(s) for s in ("train", "calibration", "heldout"))
+    assert len(heldout) == HELDOUT_SIZE and len(calibration) == CALIBRATION_SIZE and len(train) > 2000
+    assert not (set(train) & set(heldout)) and not (set(calibration) & set(heldout))
+    assert load_split("heldout") == heldout
+    with pytest.raises(ValueError, match="unknown split"):
+        load_split("test")  # type: ignore[arg-type]
+
+
+def test_source_reads_pooling_and_limits_from_sentence_transformers_config() -> None:
+    source = SourceModel.from_dir(bundled_model_dir())
+    assert source.name == "all-MiniLM-L6-v2"
+    assert (source.pooling.mode, source.pooling.normalize) == ("mean", True)
+    assert source.tokenizer.max_length == 256 and source.embedding_dim == 384
+
+
+def test_export_has_dynamic_axes_and_matches_torch(tiny_source: SourceModel, tiny_onnx: Path) -> None:
+    graph = onnx.load(str(tiny_onnx)).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims == {n: ["batch", "sequence"] for n in ("input_ids", "attention_mask", "token_type_ids")}
+    encoder = _encoder(tiny_source)
+    torch_out, _ = EmbeddingPipeline(encoder, TorchRuntime(tiny_source.path, tiny_source.pooling, 1), 32).embed(TEXTS)
+    # batch sizes and lengths that differ from the export sample
+    onnx_out, _ = EmbeddingPipeline(encoder, OnnxRuntime(tiny_onnx, 1), 32).embed(TEXTS, max_items=5)
+    assert np.abs(onnx_out - torch_out).max() < 1e-4
+    assert np.allclose(np.linalg.norm(onnx_out, axis=1), 1.0, atol=1e-5)
+
+
+def test_quantize_dynamic_writes_int8_matmuls(tiny_source: SourceModel, tiny_onnx: Path, tmp_path: Path) -> None:
+    for per_channel in (False, True):
+        out = quantize_dynamic(tiny_onnx, tmp_path / f"int8-{per_channel}.onnx", QuantizeDynamicConfig(per_channel=per_channel))
+        model = onnx.load(str(out))
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("MatMulInteger") == 12  # 2 layers x (q, k, v, out, ffn-in, ffn-out)
+        assert "DynamicQuantizeLinear" in ops
+        int8_weights = [
+            t for t in model.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and not t.name.endswith("zero_point")
+        ]
+        assert len(int8_weights) == 12
+        scales = {t.name: len(onnx.numpy_helper.to_array(t).ravel()) for t in model.graph.initializer if "scale" in t.name}
+        assert any(n > 1 for n in scales.values()) == per_channel
+        embeddings, _ = EmbeddingPipeline(_encoder(tiny_source), OnnxRuntime(out, 1), 32).embed(TEXTS)
+        assert embeddings.shape == (len(TEXTS), 32) and np.isfinite(embeddings).all()
+
+
+def test_fidelity_metrics() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 8)).astype(np.float32)
+    same = embedding_fidelity(ref, ref * 3.0)
+    assert same.cosine_min == pytest.approx(1.0, abs=1e-6) and same.samples == 50
+    flipped = ref.copy()
+    flipped[0] *= -1
+    worse = embedding_fidelity(ref, flipped)
+    assert worse.cosine_min == pytest.approx(-1.0, abs=1e-6)
+    assert worse.cosine_mean == pytest.approx(48 / 50, abs=1e-5)
+    with pytest.raises(ValueError, match="shapes differ"):
+        embedding_fidelity(ref, ref[:10])
+
+
+def test_budget_admits_only_candidates_within_both_limits() -> None:
+    budget = FidelityBudget(min_cosine_mean=0.99, min_cosine_min=0.95)
+    assert budget.admits(Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.96, samples=10))
+    assert not budget.admits(Fidelity(cosine_mean=0.985, cosine_p1=0.97, cosine_min=0.96, samples=10))
+    assert not budget.admits(Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.90, samples=10))
+
+
+@pytest.mark.parametrize(("max_items", "max_tokens"), [(1, 10_000), (4, 10_000), (8, 60), (32, 1)])
+def test_plan_chunks_covers_every_item_once_within_limits(max_items: int, max_tokens: int) -> None:
+    lengths = np.random.default_rng(1).integers(3, 40, size=37)
+    chunks = plan_chunks(lengths, max_items, max_tokens)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(37))
+    for rows in chunks:
+        assert len(rows) <= max_items
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= max_tokens
+        assert list(lengths[rows]) == sorted(lengths[rows])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        plan_chunks(lengths, 0, 10)
+
+
+def test_pipeline_matches_sentence_transformers_on_bundled_model() -> None:
+    """Our tokenizer + encoder + pooling is the model's own sentence-transformers pipeline."""
+    from sentence_transformers import SentenceTransformer
+
+    source = SourceModel.from_dir(bundled_model_dir())
+    texts = load_split("heldout")[:64]
+    ours, stats = EmbeddingPipeline(_encoder(source), TorchRuntime(source.path, source.pooling, 2), 384).embed(texts)
+    reference = SentenceTransformer(str(source.path), device="cpu").encode(texts, batch_size=16)
+    assert embedding_fidelity(reference, ours).cosine_min > 0.9999
+    assert stats.items == 64 and stats.real_tokens == int(stats.token_counts.sum()) and stats.padding_ratio < 0.5
+
+
+def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:  # noqa: ANN001
+    result = minilm_packages
+    budget = FidelityBudget()
+    names = [c.name for c in result.candidates]
+    assert names == ["torch-fp32", "onnx-fp32", "onnx-int8-per-tensor", "onnx-int8-per-channel"]
+    admitted = [c for c in result.candidates if budget.admits(c.fidelity)]
+    assert result.selected is max(admitted, key=lambda c: c.items_per_s)
+    manifest = result.package.manifest
+    assert manifest.fidelity == result.selected.fidelity and budget.admits(manifest.fidelity)
+    assert [p.name for p in manifest.chain][:1] == ["export_onnx"] or manifest.runtime == "torch"
+    assert manifest.serving.max_call_items in {row.call_items for row in manifest.profile}
+    assert (result.package.root / "report.md").read_text().startswith("# Optimization report")
+    report_names = [c["name"] for c in result.report["candidates"]]
+    assert report_names == names

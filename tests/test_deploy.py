@@ -1,0 +1,98 @@
+"""The deployment files agree with the code: deploy/serve_config.yaml and deploy/prometheus.yml. No Ray starts."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE_CONFIG = ROOT / "deploy" / "serve_config.yaml"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return yaml.safe_load(SERVE_CONFIG.read_text())
+
+
+@pytest.fixture(scope="module")
+def app_config(config: dict[str, Any]) -> dict[str, Any]:
+    (app,) = config["applications"]
+    return app
+
+
+def _deployment(app_config: dict[str, Any], name: str) -> dict[str, Any]:
+    (deployment,) = (d for d in app_config["deployments"] if d["name"] == name)
+    return deployment
+
+
+def test_serve_config_is_a_valid_serve_deploy_schema(config: dict[str, Any]) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    assert schema.http_options.host == "127.0.0.1"
+    assert schema.http_options.port == 8000
+    assert schema.http_options.request_timeout_s == 60
+    (app,) = schema.applications
+    assert app.name == "optiserve"
+    assert app.route_prefix == "/"
+    assert set(app.deployment_names) == {"Ingress", "EmbeddingModel"}
+
+
+def test_import_path_resolves_to_app_builder(app_config: dict[str, Any]) -> None:
+    module_name, _, attribute = app_config["import_path"].partition(":")
+    assert (module_name, attribute) == ("serving.app", "app_builder")
+    builder = getattr(importlib.import_module(module_name), attribute)
+    assert callable(builder)
+
+
+def test_args_are_accepted_by_app_builder_and_metrics_dir_is_consistent(app_config: dict[str, Any]) -> None:
+    from serving.metrics import MULTIPROC_ENV
+
+    args = app_config["args"]
+    assert set(args) <= {"package_dir", "threads", "max_batch_size", "batch_wait_timeout_s", "metrics_dir"}
+    assert args["package_dir"] == "/models/optimized"
+    # Replicas get the variable from the application's runtime_env (a deployment's ray_actor_options in the
+    # config replaces the code's, runtime_env included); it must name the same directory as metrics_dir.
+    assert app_config["runtime_env"]["env_vars"][MULTIPROC_ENV] == args["metrics_dir"] == "/tmp/optiserve-metrics"
+
+
+def test_user_config_keys_are_serving_defaults_and_batches_can_fill(app_config: dict[str, Any]) -> None:
+    from serving.package import ServingDefaults
+
+    model = _deployment(app_config, "EmbeddingModel")
+    user_config = model["user_config"]
+    assert user_config, "EmbeddingModel needs a user_config"
+    assert set(user_config) <= set(ServingDefaults.model_fields)
+    ServingDefaults.model_validate(user_config)  # values in range too
+    assert model["max_ongoing_requests"] >= 2 * user_config["max_batch_size"]
+
+
+def test_deployment_names_exist_in_serving_app(app_config: dict[str, Any]) -> None:
+    import serving.app
+
+    code_names = {serving.app.Ingress.name, serving.app.EmbeddingModel.name}
+    assert {d["name"] for d in app_config["deployments"]} == code_names
+
+
+def test_app_builder_rejects_unknown_args() -> None:
+    from serving.app import app_builder
+
+    with pytest.raises(ValueError, match="package_dir"):
+        app_builder({"bogus": "1"})
+    with pytest.raises(ValueError, match="bogus"):
+        app_builder({"package_dir": "/nonexistent", "bogus": "1"})
+
+
+def test_prometheus_scrapes_the_serve_http_port(config: dict[str, Any]) -> None:
+    prometheus = yaml.safe_load(PROMETHEUS.read_text())
+    assert prometheus["global"]["scrape_interval"] == "5s"
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = [target for static in job["static_configs"] for target in static["targets"]]
+    http = config["http_options"]
+    assert targets == [f"{http['host']}:{http['port']}"] == ["127.0.0.1:8000"]
