@@ -152,11 +152,11 @@ def evaluate(
     reference: np.ndarray | None = None
     for candidate in candidates:
         pipeline = _pipeline(source, candidate, threads)
-        embeddings, _ = pipeline.embed(heldout, max_items=16)
+        candidate.profile = profile_pipeline(pipeline, heldout, items=profile_items)
+        embeddings = pipeline.embed_as_served(heldout, serving_defaults(candidate.profile))
         if reference is None:
             reference = embeddings  # the first candidate is the source model itself
         candidate.fidelity = embedding_fidelity(reference, embeddings)
-        candidate.profile = profile_pipeline(pipeline, heldout, items=profile_items)
         log.info(
             "%-24s cosine mean %.4f min %.4f  %.0f items/s",
             candidate.name,

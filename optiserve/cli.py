@@ -32,21 +32,22 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.launcher import serve_forever, start
+    from serving.launcher import run_until_signalled
 
     overrides = {
         key: value
         for key, value in (("max_batch_size", args.max_batch_size), ("batch_wait_timeout_s", args.batch_wait_s))
         if value is not None
     }
-    server = start(args.host, args.port, address=args.address, num_cpus=args.num_cpus, threads=args.threads)
-    try:
-        server.deploy(args.package_dir, overrides)
-    except BaseException:
-        server.stop()
-        raise
-    print(f"serving {args.package_dir} at {server.url} (POST /v1/embeddings, GET /metrics); Ctrl-C to stop", flush=True)
-    serve_forever(server)
+    run_until_signalled(
+        args.package_dir,
+        args.host,
+        args.port,
+        overrides,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        threads=args.threads,
+    )
     return 0
 
 

@@ -106,19 +106,48 @@ def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
     raise TimeoutError(f"{url} was not ready after {timeout_s:.0f} s (last: {last})")
 
 
-def serve_forever(server: Server) -> None:
-    """Block until SIGINT or SIGTERM, then shut down Serve and Ray."""
-    stop = threading.Event()
+class StopSignal:
+    """Turns SIGINT/SIGTERM into an event, so the server shuts down cleanly whenever the signal arrives.
 
-    def _handle(signum: int, _frame: object) -> None:
+    Install it before starting Ray and again after (``ray.init`` installs its own handlers, which abort)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
         log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
+        self.event.set()
 
-    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def wait(self) -> None:
+        self.event.wait()
+
+
+def run_until_signalled(
+    package_dir: Path | str,
+    host: str,
+    port: int,
+    overrides: dict[str, Any] | None = None,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    threads: int | None = None,
+) -> None:
+    """Start, deploy, print where, and serve until SIGINT/SIGTERM; then shut Serve and Ray down."""
+    stop = StopSignal().install()
+    server = start(host, port, address=address, num_cpus=num_cpus, threads=threads)
+    stop.install()
     try:
+        server.deploy(package_dir, overrides)
+        if not stop.event.is_set():
+            print(
+                f"serving {package_dir} at {server.url} (POST /v1/embeddings, GET /metrics); Ctrl-C to stop", flush=True
+            )
         stop.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         server.stop()
         log.info("stopped")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.package import ModelPackage
+from serving.package import ModelPackage, ServingDefaults
 from serving.runtimes import EmbeddingRuntime, load_runtime
 from serving.tokenizer import TextEncoder
 
@@ -81,3 +81,14 @@ class EmbeddingPipeline:
             padded += batch.padded_tokens
         stats = BatchStats(len(texts), len(chunks), int(lengths.sum()), padded, lengths)
         return out, stats
+
+    def embed_as_served(self, texts: list[str], settings: ServingDefaults) -> np.ndarray:
+        """Embeddings as a replica computes them for ``texts`` arriving in this order: dynamic batches of
+        ``max_batch_size`` items, each cut into length-sorted model calls. (With dynamic int8 quantization the
+        activation scales depend on what shares a model call, so this, not one big sorted pass, is what to check.)
+        """
+        parts = [
+            self.embed(texts[i : i + settings.max_batch_size], settings.max_call_items, settings.max_batch_tokens)[0]
+            for i in range(0, len(texts), settings.max_batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.empty((0, self.embedding_dim), dtype=np.float32)

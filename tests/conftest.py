@@ -53,7 +53,7 @@ def tiny_source(tiny_model_dir: Path) -> SourceModel:
 
 
 @pytest.fixture(scope="session")
-def minilm_packages(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - ChainResult, imported lazily
+def minilm_packages(tmp_path_factory: pytest.TempPathFactory):
     """The real chain on the bundled MiniLM: optimized package + baseline package (built once, ~1 min)."""
     from optimizers.chain import optimize
 
@@ -62,7 +62,7 @@ def minilm_packages(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 -
 
 
 @pytest.fixture(scope="session")
-def server(minilm_packages) -> Iterator:  # noqa: ANN001
+def server(minilm_packages) -> Iterator:
     """One Ray Serve instance on a free 127.0.0.1 port, serving the optimized MiniLM package."""
     from optiserve.demo import free_port
     from serving.launcher import start

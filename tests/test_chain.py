@@ -62,17 +62,22 @@ def test_export_has_dynamic_axes_and_matches_torch(tiny_source: SourceModel, tin
 
 def test_quantize_dynamic_writes_int8_matmuls(tiny_source: SourceModel, tiny_onnx: Path, tmp_path: Path) -> None:
     for per_channel in (False, True):
-        out = quantize_dynamic(tiny_onnx, tmp_path / f"int8-{per_channel}.onnx", QuantizeDynamicConfig(per_channel=per_channel))
+        out = quantize_dynamic(
+            tiny_onnx, tmp_path / f"int8-{per_channel}.onnx", QuantizeDynamicConfig(per_channel=per_channel)
+        )
         model = onnx.load(str(out))
         ops = [n.op_type for n in model.graph.node]
         assert ops.count("MatMulInteger") == 12  # 2 layers x (q, k, v, out, ffn-in, ffn-out)
         assert "DynamicQuantizeLinear" in ops
         int8_weights = [
-            t for t in model.graph.initializer
+            t
+            for t in model.graph.initializer
             if t.data_type == onnx.TensorProto.INT8 and not t.name.endswith("zero_point")
         ]
         assert len(int8_weights) == 12
-        scales = {t.name: len(onnx.numpy_helper.to_array(t).ravel()) for t in model.graph.initializer if "scale" in t.name}
+        scales = {
+            t.name: len(onnx.numpy_helper.to_array(t).ravel()) for t in model.graph.initializer if "scale" in t.name
+        }
         assert any(n > 1 for n in scales.values()) == per_channel
         embeddings, _ = EmbeddingPipeline(_encoder(tiny_source), OnnxRuntime(out, 1), 32).embed(TEXTS)
         assert embeddings.shape == (len(TEXTS), 32) and np.isfinite(embeddings).all()
@@ -124,7 +129,7 @@ def test_pipeline_matches_sentence_transformers_on_bundled_model() -> None:
     assert stats.items == 64 and stats.real_tokens == int(stats.token_counts.sum()) and stats.padding_ratio < 0.5
 
 
-def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:  # noqa: ANN001
+def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     result = minilm_packages
     budget = FidelityBudget()
     names = [c.name for c in result.candidates]

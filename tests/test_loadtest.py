@@ -12,12 +12,16 @@ from loadtests.scrape import HistogramDelta, histogram_delta
 
 
 @pytest.mark.serve
-def test_short_locust_run_has_no_failures_and_reports_server_batches(server, tmp_path: Path) -> None:  # noqa: ANN001
-    summary = run_loadtest(LoadTestConfig(host=server.url, out_dir=tmp_path, users=6, duration_s=6, max_inputs=4,
-                                          label="smoke"))
+def test_short_locust_run_has_no_failures_and_reports_server_batches(server, tmp_path: Path) -> None:
+    summary = run_loadtest(
+        LoadTestConfig(host=server.url, out_dir=tmp_path, users=6, duration_s=6, max_inputs=4, label="smoke")
+    )
     assert summary.client["requests"] > 10
     assert summary.failures == 0
-    assert summary.server["requests_by_code"] == {"200": pytest.approx(summary.client["requests"], abs=6)}
+    # Nothing lost: every request Locust counted reached the server and got a 200 (the server may count a few more:
+    # requests in flight when Locust stops are answered but not recorded by Locust).
+    assert set(summary.server["requests_by_code"]) == {"200"}
+    assert summary.server["requests_by_code"]["200"] >= summary.client["requests"]
     assert summary.server["items"] >= summary.client["requests"]  # 1..4 inputs per request
     assert summary.server["batches"] > 0
     written = json.loads((tmp_path / "smoke.json").read_text())

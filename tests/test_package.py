@@ -62,7 +62,7 @@ def test_unlisted_file_is_refused(package_dir: Path) -> None:
 
 
 def test_missing_manifest_and_bad_json_are_clear_errors(package_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(PackageError, match="manifest.json not found"):
+    with pytest.raises(PackageError, match=r"manifest\.json not found"):
         load_package(tmp_path / "nowhere")
     (package_dir / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(PackageError, match="not valid JSON"):

@@ -44,7 +44,9 @@ def export_onnx(source: SourceModel, out_path: Path, check_texts: list[str], con
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter is chosen on purpose (verified on transformers 5 / torch 2.13); silence its notice.
     with torch.inference_mode(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning
+        )
         torch.onnx.export(
             model,
             args,
