@@ -40,7 +40,7 @@ def test_serve_config_is_a_valid_serve_deploy_schema(config: dict[str, Any]) -> 
     (app,) = schema.applications
     assert app.name == "optiserve"
     assert app.route_prefix == "/"
-    assert set(app.deployment_names) == {"Ingress", "EmbeddingModel"}
+    assert set(app.deployment_names) == {"EmbeddingService"}
 
 
 def test_import_path_resolves_to_app_builder(app_config: dict[str, Any]) -> None:
@@ -64,9 +64,9 @@ def test_args_are_accepted_by_app_builder_and_metrics_dir_is_consistent(app_conf
 def test_user_config_keys_are_serving_defaults_and_batches_can_fill(app_config: dict[str, Any]) -> None:
     from serving.package import ServingDefaults
 
-    model = _deployment(app_config, "EmbeddingModel")
+    model = _deployment(app_config, "EmbeddingService")
     user_config = model["user_config"]
-    assert user_config, "EmbeddingModel needs a user_config"
+    assert user_config, "EmbeddingService needs a user_config"
     assert set(user_config) <= set(ServingDefaults.model_fields)
     ServingDefaults.model_validate(user_config)  # values in range too
     assert model["max_ongoing_requests"] >= 2 * user_config["max_batch_size"]
@@ -75,7 +75,7 @@ def test_user_config_keys_are_serving_defaults_and_batches_can_fill(app_config: 
 def test_deployment_names_exist_in_serving_app(app_config: dict[str, Any]) -> None:
     import serving.app
 
-    code_names = {serving.app.Ingress.name, serving.app.EmbeddingModel.name}
+    code_names = {serving.app.EmbeddingService.name}
     assert {d["name"] for d in app_config["deployments"]} == code_names
 
 

@@ -209,3 +209,29 @@ def test_health_and_metrics_endpoints(server) -> None:
     assert "200" in codes
     buckets = [float(s.labels["le"]) for s in samples["optiserve_request_duration_seconds_bucket"]]
     assert min(buckets) < 0.001  # sub-millisecond resolution
+
+
+def test_user_config_change_retunes_the_running_replica(server, minilm_packages) -> None:
+    """Redeploying with only user_config changed calls reconfigure(): batches then respect the new size."""
+    package = minilm_packages.package.root
+
+    def batch_buckets() -> dict[str, float]:
+        return {s.labels["le"]: s.value for s in _metric_samples(server)["optiserve_batch_size_bucket"]}
+
+    async def fire(texts: list[str]) -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            replies = await asyncio.gather(
+                *(client.post(f"{server.url}/v1/embeddings", json={"input": t}) for t in texts)
+            )
+            return [r.status_code for r in replies]
+
+    try:
+        server.deploy(package, {"max_batch_size": 3})
+        before = batch_buckets()
+        assert asyncio.run(fire(load_split("heldout")[:60])) == [200] * 60
+        after = batch_buckets()
+        gained = {le: after[le] - before.get(le, 0.0) for le in after}
+        assert gained["+Inf"] > 0 and gained["3.0"] == gained["+Inf"]  # no batch above 3 items
+        assert gained["1.0"] < gained["+Inf"]  # and batching still happened
+    finally:
+        server.deploy(package)
