@@ -30,6 +30,19 @@ def _post(server, body: object, **kwargs) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60, **kwargs)
 
 
+def _post_concurrently(server, texts: list[str]) -> list[int]:
+    """Send one request per text, all at once; return the status codes in order."""
+
+    async def fire() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            replies = await asyncio.gather(
+                *(client.post(f"{server.url}/v1/embeddings", json={"input": t}) for t in texts)
+            )
+            return [r.status_code for r in replies]
+
+    return asyncio.run(fire())
+
+
 def _metric_samples(server) -> dict[str, list]:
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     samples: dict[str, list] = {}
@@ -128,16 +141,7 @@ def test_concurrent_requests_form_batches_larger_than_one(server) -> None:
         return samples["optiserve_batch_size_count"][0].value, samples["optiserve_batch_size_sum"][0].value
 
     count_before, items_before = batches()
-
-    async def fire() -> list[int]:
-        async with httpx.AsyncClient(timeout=60) as client:
-
-            async def one(text: str) -> int:
-                return (await client.post(f"{server.url}/v1/embeddings", json={"input": text})).status_code
-
-            return await asyncio.gather(*(one(t) for t in load_split("heldout")[:96]))
-
-    codes = asyncio.run(fire())
+    codes = _post_concurrently(server, load_split("heldout")[:96])
     count_after, items_after = batches()
     assert codes == [200] * 96
     assert items_after - items_before == 96
@@ -218,17 +222,10 @@ def test_user_config_change_retunes_the_running_replica(server, minilm_packages)
     def batch_buckets() -> dict[str, float]:
         return {s.labels["le"]: s.value for s in _metric_samples(server)["optiserve_batch_size_bucket"]}
 
-    async def fire(texts: list[str]) -> list[int]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            replies = await asyncio.gather(
-                *(client.post(f"{server.url}/v1/embeddings", json={"input": t}) for t in texts)
-            )
-            return [r.status_code for r in replies]
-
     try:
         server.deploy(package, {"max_batch_size": 3})
         before = batch_buckets()
-        assert asyncio.run(fire(load_split("heldout")[:60])) == [200] * 60
+        assert _post_concurrently(server, load_split("heldout")[:60]) == [200] * 60
         after = batch_buckets()
         gained = {le: after[le] - before.get(le, 0.0) for le in after}
         assert gained["+Inf"] > 0 and gained["3.0"] == gained["+Inf"]  # no batch above 3 items
