@@ -3,6 +3,7 @@ length and cut into model calls by the pipeline exactly as a replica does."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -53,7 +54,12 @@ def best_row(profile: Sequence[ProfileRow]) -> ProfileRow:
     return max(profile, key=lambda row: row.items_per_s)
 
 
+QUEUE_SECONDS = 1.0
+
+
 def serving_defaults(profile: Sequence[ProfileRow]) -> ServingDefaults:
-    """Serve with the model-call size that was fastest in the profile."""
+    """Serve with the model-call size that was fastest in the profile, and queue at most about
+    ``QUEUE_SECONDS`` of work per replica (at that speed) before answering 503."""
     best = best_row(profile)
-    return ServingDefaults(max_batch_size=best.batch_size, max_call_items=best.call_items)
+    queue = max(math.ceil(best.items_per_s * QUEUE_SECONDS), 2 * best.batch_size)
+    return ServingDefaults(max_batch_size=best.batch_size, max_call_items=best.call_items, max_queued_items=queue)

@@ -10,10 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from starlette.responses import Response
 
-# Limits a client can rely on; docs/api.md quotes these names.
-MAX_INPUTS_PER_REQUEST = 2048
-MAX_INPUT_CHARS = 32_768
-MAX_BODY_BYTES = 16 * 1024 * 1024
+from serving.limits import LIMITS
 
 
 class EmbeddingsRequest(BaseModel):
@@ -22,8 +19,8 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: StrictStr | list[StrictStr] = Field(
-        description=f"a string, or a list of 1..{MAX_INPUTS_PER_REQUEST} strings, each non-empty and at most "
-        f"{MAX_INPUT_CHARS} characters"
+        description=f"a string, or a list of 1..{LIMITS.max_inputs} strings, each non-empty and at most "
+        f"{LIMITS.max_input_chars} characters"
     )
     model: StrictStr | None = None
     encoding_format: Literal["float", "base64"] = "float"
@@ -39,8 +36,8 @@ class EmbeddingsRequest(BaseModel):
         elif isinstance(value, list):
             if not value:
                 raise ValueError("must not be an empty list")
-            if len(value) > MAX_INPUTS_PER_REQUEST:
-                raise ValueError(f"at most {MAX_INPUTS_PER_REQUEST} inputs per request, got {len(value)}")
+            if len(value) > LIMITS.max_inputs:
+                raise ValueError(f"at most {LIMITS.max_inputs} inputs per request, got {len(value)}")
             if all(isinstance(v, int | list) for v in value):
                 raise ValueError("token-id inputs are not supported; send text (a string or a list of strings)")
             items = value
@@ -51,8 +48,10 @@ class EmbeddingsRequest(BaseModel):
                 raise ValueError(f"item {index} must be a string, got {type(text).__name__}")
             if not text.strip():
                 raise ValueError(f"item {index} is empty")
-            if len(text) > MAX_INPUT_CHARS:
-                raise ValueError(f"item {index} has {len(text)} characters; at most {MAX_INPUT_CHARS} are accepted")
+            if len(text) > LIMITS.max_input_chars:
+                raise ValueError(
+                    f"item {index} has {len(text)} characters; at most {LIMITS.max_input_chars} are accepted"
+                )
         return value
 
     def texts(self) -> list[str]:
@@ -85,16 +84,24 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 
 def embeddings_body(
-    model: str, embeddings: np.ndarray, tokens: int, encoding_format: Literal["float", "base64"]
+    model: str,
+    embeddings: np.ndarray,
+    tokens: int,
+    truncated: np.ndarray,
+    encoding_format: Literal["float", "base64"],
 ) -> dict[str, object]:
-    """OpenAI response body. ``base64`` is the little-endian float32 bytes of each vector, as OpenAI sends it."""
+    """OpenAI response body. ``base64`` is the little-endian float32 bytes of each vector, as OpenAI sends it.
+    Each item also says whether its input was cut to the model's token limit (``truncated``)."""
     if encoding_format == "base64":
         rows: list[object] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in embeddings]
     else:
         rows = list(embeddings)
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": row, "truncated": bool(cut)}
+            for i, (row, cut) in enumerate(zip(rows, truncated, strict=True))
+        ],
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }

@@ -1,5 +1,9 @@
 """The Ray Serve application: one deployment per model package, HTTP and model in the same replica.
 
+Note for maintainers: ``serve.ingress`` wraps ``EmbeddingService`` in a class that is pickled *by value*, so the
+globals its methods read are frozen as they were in the driver. Per-process settings (``LIMITS``) are read in
+module-level functions or stored on the instance in ``__init__``, never read as globals inside its methods.
+
     HTTP ─► Ray proxy ─► EmbeddingService replica: FastAPI (validation, errors, metrics)
                                                   + EmbeddingReplica (@serve.batch over items, runtime)
 
@@ -19,13 +23,16 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving.api import MAX_BODY_BYTES, ApiError, EmbeddingsRequest, embeddings_body, json_response
+from serving.api import ApiError, EmbeddingsRequest, embeddings_body, json_response
+from serving.errors import DeadlineExceededError, OverloadedError
+from serving.limits import LIMITS
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition, metrics
 from serving.package import ServingDefaults, load_package
 from serving.replica import EmbeddingReplica, EmbedResult
 
 log = logging.getLogger("optiserve")
-MIN_ONGOING_REQUESTS = 16
+MAX_ONGOING_REQUESTS = 1024
+RETRY_AFTER_S = "1"
 
 
 api = FastAPI(title="optiserve", version="0.1.0", docs_url=None, redoc_url=None)
@@ -56,7 +63,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-    codes = {404: "not_found", 405: "method_not_allowed"}
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     code = codes.get(exc.status_code, "http_error")
     return ApiError(exc.status_code, str(exc.detail), "invalid_request_error", code).response()
 
@@ -67,19 +74,27 @@ async def _unexpected_error(_: Request, exc: Exception) -> Response:
     return ApiError(500, "internal server error", "server_error", "internal_error").response()
 
 
+INFERENCE_PREFIXES = ("/v1/", "/v2/models")
+
+
 @api.middleware("http")
 async def _observe(request: Request, call_next: Any) -> Response:
-    """Count and time every request; refuse oversized bodies before they are read."""
+    """Count and time every request; check the bearer token on inference routes."""
     m = metrics()
     labels = getattr(request.app.state, "labels", {"model": "", "version": ""})
     started = time.perf_counter()
     m.inflight.labels(**labels).inc()
     status = 500
     try:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if request.url.path.startswith(INFERENCE_PREFIXES) and not LIMITS.authorized(
+            request.headers.get("authorization")
+        ):
             response = ApiError(
-                413, f"request body is larger than {MAX_BODY_BYTES} bytes", "invalid_request_error", "body_too_large"
+                401,
+                "missing or invalid bearer token",
+                "authentication_error",
+                "invalid_api_key",
+                {"WWW-Authenticate": "Bearer"},
             ).response()
         else:
             response = await call_next(request)
@@ -90,6 +105,62 @@ async def _observe(request: Request, call_next: Any) -> Response:
         route = _route_of(request)
         m.requests.labels(**labels, route=route, code=str(status)).inc()
         m.request_duration.labels(**labels, route=route).observe(time.perf_counter() - started)
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse bodies over the limit with a JSON 413, by Content-Length up front and otherwise by
+    counting the bytes as they stream in (chunked uploads have no Content-Length). The body is read here, at
+    most ``limit`` bytes of it, and replayed to the app.
+
+    The limit is read from ``LIMITS`` per request, not stored here: Serve pickles the FastAPI app (with its
+    middleware arguments) in the driver, while ``LIMITS`` must come from the replica's environment."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = LIMITS.max_body_bytes
+        too_large = ApiError(
+            413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
+        ).response()
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await too_large(scope, receive, send)
+            return
+        chunks, size, message = [], 0, {"type": "http.request", "more_body": True}
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":  # client went away: let the app see it
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                await too_large(scope, receive, send)
+                return
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send
+        )
+
+
+def _replay(messages: list[dict], then: Any = None) -> Any:
+    """An ASGI ``receive`` that yields ``messages`` first, then defers to ``then`` (e.g. for disconnects)."""
+    pending = list(messages)
+
+    async def receive() -> dict:
+        if pending:
+            return pending.pop(0)
+        if then is None:
+            return {"type": "http.disconnect"}
+        return await then()
+
+    return receive
+
+
+api.add_middleware(BodySizeLimit)
 
 
 @serve.deployment(name="EmbeddingService", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
@@ -111,6 +182,15 @@ class EmbeddingService(EmbeddingReplica):
                 "model_not_found",
             )
         result = await self._embed_or_error(body.texts())
+        if self.limits.on_overflow == "reject" and result.truncated.any():
+            first = int(result.truncated.argmax())
+            raise ApiError(
+                422,
+                f"input: item {first} is longer than the model's {self.pipeline.encoder.max_length} tokens "
+                "(this server rejects instead of truncating)",
+                "invalid_request_error",
+                "input_too_long",
+            )
         if body.dimensions is not None and body.dimensions != result.embeddings.shape[1]:
             raise ApiError(
                 422,
@@ -118,11 +198,23 @@ class EmbeddingService(EmbeddingReplica):
                 "invalid_request_error",
                 "invalid_value",
             )
-        return json_response(embeddings_body(self.model_name, result.embeddings, result.tokens, body.encoding_format))
+        return json_response(
+            embeddings_body(self.model_name, result.embeddings, result.tokens, result.truncated, body.encoding_format)
+        )
 
     async def _embed_or_error(self, texts: list[str]) -> EmbedResult:
         try:
             return await self.embed(texts)
+        except OverloadedError:
+            raise ApiError(
+                503,
+                "server is overloaded; retry later",
+                "overloaded_error",
+                "overloaded",
+                {"Retry-After": RETRY_AFTER_S},
+            ) from None
+        except DeadlineExceededError as exc:
+            raise ApiError(504, str(exc), "timeout_error", "queue_timeout") from None
         except Exception:
             log.exception("inference failed")
             raise ApiError(500, "inference failed", "server_error", "inference_failed") from None
@@ -152,8 +244,11 @@ def build_app(
     settings = ServingDefaults.model_validate({**manifest.serving.model_dump(), **(overrides or {})})
     return EmbeddingService.options(
         user_config=settings.model_dump(),
-        # Two batches' worth of requests may wait in the replica: one batch running, one gathering.
-        max_ongoing_requests=max(2 * settings.max_batch_size, MIN_ONGOING_REQUESTS),
+        # Requests go straight to the replica, whose own bounded queue (max_queued_items) answers 503 in JSON.
+        # This is far above 2 x max_batch_size, so batches can always fill.
+        max_ongoing_requests=max(MAX_ONGOING_REQUESTS, 2 * settings.max_batch_size),
+        # Last resort if the replica stops taking requests: Ray's router answers 503 past this many waiting.
+        max_queued_requests=MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env_vars} if env_vars else {}},
     ).bind(package_dir, threads)
 

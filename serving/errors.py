@@ -13,3 +13,11 @@ class PackageError(OptiserveError):
 
 class RuntimeUnavailableError(OptiserveError):
     """A runtime was asked for that this machine cannot provide (e.g. CUDA without a GPU)."""
+
+
+class OverloadedError(OptiserveError):
+    """The replica's queue is full; the client should retry later (HTTP 503 with Retry-After)."""
+
+
+class DeadlineExceededError(OptiserveError):
+    """A request waited in the queue past its deadline and was dropped before running (HTTP 504)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving.limits import FORWARDED_ENV
 from serving.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("optiserve")
@@ -39,13 +40,18 @@ class Server:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def deploy(self, package_dir: Path | str, overrides: dict[str, Any] | None = None) -> None:
-        """Deploy (or replace) the application serving ``package_dir`` and wait until it is ready."""
+    def deploy(
+        self, package_dir: Path | str, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """Deploy (or replace) the application serving ``package_dir`` and wait until it is ready. Limits and the
+        API token (``serving.limits``) reach replicas from this process's environment, or from ``env``."""
         from ray import serve
 
         from serving.app import build_app
 
-        env_vars = {MULTIPROC_ENV: str(self.metrics_dir)}
+        env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        env_vars.update(env or {})
+        env_vars[MULTIPROC_ENV] = str(self.metrics_dir)
         if self.threads:
             env_vars["OPTISERVE_THREADS"] = str(self.threads)
         app = build_app(str(Path(package_dir).resolve()), self.threads, overrides, env_vars)

@@ -94,6 +94,12 @@ class ServingDefaults(_Strict):
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
     max_call_items: int = Field(default=8, gt=0, description="rows per model call, after sorting by length")
     max_batch_tokens: int = Field(default=8192, gt=0, description="padded tokens per model call")
+    max_queued_items: int = Field(
+        default=512, gt=0, description="items waiting or running in a replica before new requests get 503"
+    )
+    queue_timeout_s: float = Field(
+        default=10.0, gt=0, description="items that waited longer than this are dropped before running (504)"
+    )
 
 
 class Source(_Strict):

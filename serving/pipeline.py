@@ -24,6 +24,7 @@ class BatchStats:
     real_tokens: int
     padded_tokens: int
     token_counts: np.ndarray  # per item, in input order
+    truncated: np.ndarray  # per item: input was longer than the model's token limit and was cut
 
     @property
     def padding_ratio(self) -> float:
@@ -79,7 +80,8 @@ class EmbeddingPipeline:
                 )
             out[rows] = result
             padded += batch.padded_tokens
-        stats = BatchStats(len(texts), len(chunks), int(lengths.sum()), padded, lengths)
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
+        stats = BatchStats(len(texts), len(chunks), int(lengths.sum()), padded, lengths, truncated)
         return out, stats
 
     def embed_as_served(self, texts: list[str], settings: ServingDefaults) -> np.ndarray:

@@ -24,10 +24,30 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
+def check_external_data(model_path: Path) -> None:
+    """Refuse ONNX external-data references that leave the model's directory (absolute paths, ``..``, links)."""
+    import onnx
+
+    from serving.errors import PackageError
+
+    root = model_path.parent.resolve()
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or ".." in Path(location).parts or not target.is_relative_to(root):
+            raise PackageError(
+                f"{model_path.name}: tensor {tensor.name!r} points at external data {location!r} outside the package"
+            )
+
+
 class OnnxRuntime(EmbeddingRuntime):
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, threads: int, providers: list[str] | None = None) -> None:
+        check_external_data(model_path)
         available = ort.get_available_providers()
         wanted = providers or [CPU]
         chosen = [p for p in wanted if p in available]

@@ -1,0 +1,175 @@
+"""Limits, authentication, overload and deadlines on a live server, redeployed with small limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from serving.errors import PackageError
+from serving.limits import ServerLimits
+from serving.runtimes.onnx import check_external_data
+
+TOKEN = "s3cret-token"
+SMALL_LIMITS = {
+    "OPTISERVE_MAX_BODY_BYTES": "8192",
+    "OPTISERVE_MAX_INPUTS": "8",
+    "OPTISERVE_MAX_INPUT_CHARS": "4000",
+    "OPTISERVE_ON_OVERFLOW": "reject",
+    "OPTISERVE_API_TOKEN": TOKEN,
+}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def hardened(server, minilm_packages) -> Iterator:
+    """The shared server, redeployed with small limits, a token and a tiny queue; restored afterwards."""
+    try:
+        server.deploy(minilm_packages.package.root, {"max_batch_size": 2, "max_queued_items": 4}, env=SMALL_LIMITS)
+        yield server
+    finally:
+        server.deploy(minilm_packages.package.root)
+
+
+def _post_many(url: str, bodies: list[dict], headers: dict[str, str]) -> list[httpx.Response]:
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return list(await asyncio.gather(*(client.post(url, json=b, headers=headers) for b in bodies)))
+
+    return asyncio.run(fire())
+
+
+def _assert_json_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and set(error) == {"message", "type", "code"}
+    assert "Traceback" not in response.text
+    return error
+
+
+@pytest.mark.serve
+def test_token_guards_inference_routes_only(hardened) -> None:
+    url = f"{hardened.url}/v1/embeddings"
+    missing = httpx.post(url, json={"input": "hi"}, timeout=30)
+    _assert_json_error(missing, 401, "invalid_api_key")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(url, json={"input": "hi"}, headers={"Authorization": "Bearer nope"}, timeout=30)
+    _assert_json_error(wrong, 401, "invalid_api_key")
+    assert httpx.post(url, json={"input": "hi"}, headers=AUTH, timeout=30).status_code == 200
+    for open_route in ("/v2/health/live", "/v2/health/ready", "/metrics"):
+        assert httpx.get(f"{hardened.url}{open_route}", timeout=30).status_code == 200
+
+
+@pytest.mark.serve
+def test_body_limit_holds_for_declared_and_streamed_bodies(hardened) -> None:
+    url = f"{hardened.url}/v1/embeddings"
+    big = b'{"input": "' + b"a" * 9000 + b'"}'
+    declared = httpx.post(url, content=big, headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    _assert_json_error(declared, 413, "body_too_large")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding: chunked
+        for start in range(0, len(big), 1000):
+            yield big[start : start + 1000]
+
+    streamed = httpx.post(url, content=chunks(), headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    _assert_json_error(streamed, 413, "body_too_large")
+
+
+@pytest.mark.serve
+def test_input_count_length_and_token_overflow_limits(hardened) -> None:
+    url = f"{hardened.url}/v1/embeddings"
+    too_many = httpx.post(url, json={"input": ["x"] * 9}, headers=AUTH, timeout=30)
+    assert "at most 8 inputs" in _assert_json_error(too_many, 422, "invalid_value")["message"]
+    too_long = httpx.post(url, json={"input": "y" * 4001}, headers=AUTH, timeout=30)
+    assert "at most 4000" in _assert_json_error(too_long, 422, "invalid_value")["message"]
+    many_tokens = " ".join(["word"] * 400)  # 400+ tokens, under the character limit
+    rejected = httpx.post(url, json={"input": ["short", many_tokens]}, headers=AUTH, timeout=30)
+    assert "item 1" in _assert_json_error(rejected, 422, "input_too_long")["message"]
+
+
+@pytest.mark.serve
+def test_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(hardened) -> None:
+    texts = [f"sentence number {i} about queues and overload" for i in range(48)]
+    replies = _post_many(f"{hardened.url}/v1/embeddings", [{"input": t} for t in texts], AUTH)
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 503}
+    assert codes.count(503) > 0 and codes.count(200) > 0
+    for reply in replies:
+        if reply.status_code == 503:
+            _assert_json_error(reply, 503, "overloaded")
+            assert reply.headers["retry-after"] == "1"
+        else:
+            assert len(reply.json()["data"][0]["embedding"]) == 384
+
+
+@pytest.mark.serve
+def test_requests_past_their_queue_deadline_are_dropped_before_running(server, minilm_packages) -> None:
+    from loadtests.scrape import histogram_delta, scrape
+
+    package = minilm_packages.package.root
+    try:
+        server.deploy(package, {"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "queue_timeout_s": 0.02})
+        before = scrape(f"{server.url}/metrics")
+        replies = _post_many(f"{server.url}/v1/embeddings", [{"input": f"text {i}"} for i in range(40)], {})
+        after = scrape(f"{server.url}/metrics")
+    finally:
+        server.deploy(package)
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 504} and codes.count(504) > 0 and codes.count(200) > 0
+    for reply in replies:
+        if reply.status_code == 504:
+            _assert_json_error(reply, 504, "queue_timeout")
+    computed = histogram_delta(before, after, "optiserve_batch_size").total
+    assert computed == codes.count(200)  # dropped requests never reached the model
+
+
+@pytest.mark.serve
+def test_default_policy_truncates_and_says_so(server) -> None:
+    long_text = " ".join(["token"] * 400)
+    data = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["short", long_text]}, timeout=30).json()["data"]
+    assert [d["truncated"] for d in data] == [False, True]
+
+
+def test_limits_from_environment_are_validated(tmp_path: Path) -> None:
+    assert ServerLimits.from_env({}) == ServerLimits()
+    limits = ServerLimits.from_env({"OPTISERVE_MAX_INPUTS": "3", "OPTISERVE_ON_OVERFLOW": "reject"})
+    assert (limits.max_inputs, limits.on_overflow) == (3, "reject")
+    with pytest.raises(ValueError, match="OPTISERVE_MAX_INPUTS must be a positive integer"):
+        ServerLimits.from_env({"OPTISERVE_MAX_INPUTS": "-1"})
+    with pytest.raises(ValueError, match="'truncate' or 'reject'"):
+        ServerLimits.from_env({"OPTISERVE_ON_OVERFLOW": "drop"})
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    limits = ServerLimits.from_env({"OPTISERVE_API_TOKEN_FILE": str(token_file)})
+    assert limits.authorized("Bearer from-file") and limits.authorized("bearer  from-file")
+    assert not limits.authorized(None) and not limits.authorized("Bearer other") and not limits.authorized("from-file")
+    assert ServerLimits().authorized(None)
+
+
+def test_onnx_external_data_outside_the_package_is_refused(tmp_path: Path) -> None:
+    weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), name="w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph)
+    inside = tmp_path / "pkg" / "model.onnx"
+    inside.parent.mkdir()
+    onnx.save_model(model, str(inside), save_as_external_data=True, location="weights.data", size_threshold=0)
+    check_external_data(inside)  # data beside the model: fine
+    saved = onnx.load(str(inside), load_external_data=False)
+    for entry in saved.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../outside.data"
+    onnx.save_model(saved, str(inside))
+    with pytest.raises(PackageError, match="outside the package"):
+        check_external_data(inside)
