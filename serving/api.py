@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, field_validator
 from starlette.responses import Response
 
 from serving.limits import LIMITS
+
+# The schema states the limits (for clients and fuzzers); the validator below gives one clear message.
+Text = Annotated[StrictStr, StringConstraints(min_length=1, max_length=LIMITS.max_input_chars, pattern=r"\S")]
 
 
 class EmbeddingsRequest(BaseModel):
@@ -18,9 +21,9 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: StrictStr | list[StrictStr] = Field(
-        description=f"a string, or a list of 1..{LIMITS.max_inputs} strings, each non-empty and at most "
-        f"{LIMITS.max_input_chars} characters"
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=LIMITS.max_inputs)] = Field(
+        description=f"a string, or a list of 1..{LIMITS.max_inputs} strings, each with a non-space character "
+        f"and at most {LIMITS.max_input_chars} characters"
     )
     model: StrictStr | None = None
     encoding_format: Literal["float", "base64"] = "float"

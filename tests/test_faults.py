@@ -1,0 +1,87 @@
+"""Faults under load on a live server: a killed replica, live reconfiguration and rolling replacement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from optimizers.corpus import load_split
+from serving.replica import EmbeddingReplica
+from tests._load import ClosedLoopLoad
+
+pytestmark = pytest.mark.serve
+REPLICA_TITLE = "ServeReplica:optiserve:EmbeddingService"
+TEXTS = load_split("heldout")[:200]
+
+
+def _replica_pids() -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if any(REPLICA_TITLE in part for part in proc.info["cmdline"] or []):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def _wait_until(predicate, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError("condition not met in time")
+
+
+def test_killed_replica_is_replaced_and_only_in_flight_requests_fail(server) -> None:
+    (victim,) = _replica_pids()
+    with ClosedLoopLoad(server.url, TEXTS, workers=6) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        _wait_until(lambda: [p for p in _replica_pids() if p != victim])
+        _wait_until(lambda: httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200)
+        recovered_at = time.monotonic()
+        time.sleep(3)
+    in_flight = load.in_flight_at(killed_at)
+    failures = load.failures()
+    print(
+        f"\nreplica kill: {len(load.outcomes)} requests, {len(failures)} failed, {in_flight} in flight at the kill, "
+        f"replaced in {recovered_at - killed_at:.1f} s"
+    )
+    assert len(failures) <= in_flight
+    assert all(o.started <= killed_at + 1.0 for o in failures)  # nothing sent after the kill was lost
+    assert any(o.status == 200 and o.started > recovered_at for o in load.outcomes)
+
+
+def test_config_changes_under_load_fail_no_request(server, minilm_packages) -> None:
+    package = minilm_packages.package.root
+    with ClosedLoopLoad(server.url, TEXTS, workers=6) as load:
+        time.sleep(2)
+        server.deploy(package, {"max_batch_size": 8})  # user_config only: reconfigure() in place
+        time.sleep(2)
+        server.deploy(package, env={"OPTISERVE_MAX_INPUTS": "1000"})  # new replica; the old one drains
+        time.sleep(2)
+    print(f"\nconfig changes under load: {len(load.outcomes)} requests, {len(load.failures())} failed")
+    assert len(load.outcomes) > 20
+    assert load.failures() == []
+    server.deploy(package)
+
+
+def test_check_health_fails_when_the_runtime_breaks(minilm_packages) -> None:
+    async def scenario() -> None:
+        replica = EmbeddingReplica(str(minilm_packages.package.root), threads=1)
+        await replica.check_health()  # healthy
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("runtime lost its session")
+
+        replica.pipeline.runtime.run = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="lost its session"):
+            await replica.check_health()
+
+    asyncio.run(scenario())

@@ -1,0 +1,69 @@
+"""Schemathesis fuzzing of every route in the server's own OpenAPI schema: no 5xx, server healthy afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtests.scrape import counter_delta, scrape
+
+pytestmark = [pytest.mark.serve, pytest.mark.slow]
+MIN_REQUESTS = int(os.environ.get("OPTISERVE_FUZZ_REQUESTS", "10000"))
+MAX_ROUNDS = 8
+
+
+def _requests_by_code(before: dict, after: dict) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for labels, gained in counter_delta(before, after, "optiserve_requests").items():
+        code = dict(labels)["code"]
+        totals[code] = totals.get(code, 0.0) + gained
+    return totals
+
+
+def test_fuzzing_every_route_gives_no_server_error(server, tmp_path: Path) -> None:
+    cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+    assert cli, "schemathesis is a test dependency (pip install -e '.[test]')"
+    metrics_url = f"{server.url}/metrics"
+    before = scrape(metrics_url)
+    by_code: dict[str, float] = {}
+    for seed in range(MAX_ROUNDS):  # rounds with new seeds until enough requests were sent
+        run = subprocess.run(
+            [
+                cli,
+                "run",
+                f"{server.url}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--phases",
+                "coverage,fuzzing",
+                "--max-examples",
+                "3000",
+                "--seed",
+                str(seed),
+                "-w",
+                "4",
+                "--suppress-health-check",
+                "all",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+        by_code = _requests_by_code(before, scrape(metrics_url))
+        if sum(by_code.values()) >= MIN_REQUESTS:
+            break
+    total = sum(by_code.values())
+    print(f"\nfuzzing: {total:.0f} requests, by status: {dict(sorted(by_code.items()))}")
+    assert total >= MIN_REQUESTS
+    assert not [code for code in by_code if code.startswith("5")]
+    assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+    assert httpx.post(f"{server.url}/v1/embeddings", json={"input": "still fine"}, timeout=30).status_code == 200
