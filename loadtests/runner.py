@@ -135,24 +135,38 @@ def _server_stats(before: dict, after: dict) -> dict[str, Any]:
     }
 
 
-def run_loadtest(cfg: LoadTestConfig) -> LoadTestSummary:
-    """Run Locust against ``cfg.host`` for ``cfg.duration_s`` seconds; write ``<label>.json`` and ``.md``."""
+def start_locust(cfg: LoadTestConfig) -> subprocess.Popen[str]:
+    """Start Locust headless in its own process; it stops by itself after ``cfg.duration_s``."""
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_url = cfg.host.rstrip("/") + "/metrics"
-    csv_prefix = cfg.out_dir / f"{cfg.label}_locust"
     env = {**os.environ, INPUTS_ENV: str(cfg.max_inputs)}
     if cfg.model:
         env[MODEL_ENV] = cfg.model
-    before = scrape(metrics_url)
-    proc = subprocess.run(
-        _locust_command(cfg, csv_prefix),
+    return subprocess.Popen(
+        _locust_command(cfg, cfg.out_dir / f"{cfg.label}_locust"),
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=cfg.duration_s + STOP_TIMEOUT_S + 60,
     )
+
+
+def wait_locust(proc: subprocess.Popen[str], cfg: LoadTestConfig) -> None:
+    try:
+        _, stderr = proc.communicate(timeout=cfg.duration_s + STOP_TIMEOUT_S + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"locust did not stop within {cfg.duration_s + STOP_TIMEOUT_S + 60} s") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"locust exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"locust exited with {proc.returncode}:\n{stderr[-2000:]}")
+
+
+def run_loadtest(cfg: LoadTestConfig) -> LoadTestSummary:
+    """Run Locust against ``cfg.host`` for ``cfg.duration_s`` seconds; write ``<label>.json`` and ``.md``."""
+    metrics_url = cfg.host.rstrip("/") + "/metrics"
+    csv_prefix = cfg.out_dir / f"{cfg.label}_locust"
+    before = scrape(metrics_url)
+    wait_locust(start_locust(cfg), cfg)
     after = scrape(metrics_url)
     summary = LoadTestSummary(
         label=cfg.label,
