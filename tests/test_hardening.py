@@ -106,6 +106,13 @@ def test_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(hard
             assert reply.headers["retry-after"] == "1"
         else:
             assert len(reply.json()["data"][0]["embedding"]) == 384
+    rejected = sorted(r.elapsed.total_seconds() * 1e3 for r in replies if r.status_code == 503)
+    accepted = sorted(r.elapsed.total_seconds() * 1e3 for r in replies if r.status_code == 200)
+    print(
+        f"\noverload: {len(replies)} concurrent requests, {len(accepted)} accepted "
+        f"(median {accepted[len(accepted) // 2]:.0f} ms), {len(rejected)} got 503 "
+        f"(median {rejected[len(rejected) // 2]:.0f} ms, max {rejected[-1]:.0f} ms)"
+    )
 
 
 @pytest.mark.serve
@@ -126,6 +133,10 @@ def test_requests_past_their_queue_deadline_are_dropped_before_running(server, m
         if reply.status_code == 504:
             _assert_json_error(reply, 504, "queue_timeout")
     computed = histogram_delta(before, after, "optiserve_batch_size").total
+    print(
+        f"\ndeadline: {codes.count(200)} served, {codes.count(504)} dropped past a 20 ms queue deadline, "
+        f"{computed:.0f} items computed"
+    )
     assert computed == codes.count(200)  # dropped requests never reached the model
 
 
