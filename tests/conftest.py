@@ -24,6 +24,7 @@ TINY_CONFIG = {
     "type_vocab_size": 2,
     "pad_token_id": 0,
 }
+FIGURES_FILE = Path(__file__).resolve().parent.parent / "runs" / "reliability" / "figures.json"
 SENTENCE_TRANSFORMERS_FILES = ("tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
 
@@ -73,3 +74,15 @@ def server(minilm_packages) -> Iterator:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def figures() -> Iterator[dict]:
+    """Figures that reliability tests measured; written to runs/reliability/figures.json for
+    scripts/reliability_report.py (which renders docs/reliability.md)."""
+    collected: dict = {}
+    yield collected
+    if collected:
+        FIGURES_FILE.parent.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(FIGURES_FILE.read_text()) if FIGURES_FILE.exists() else {}
+        FIGURES_FILE.write_text(json.dumps({**previous, **collected}, indent=2) + "\n")

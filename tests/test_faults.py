@@ -37,7 +37,7 @@ def _wait_until(predicate, timeout_s: float = 120.0) -> None:
     raise TimeoutError("condition not met in time")
 
 
-def test_killed_replica_is_replaced_and_only_in_flight_requests_fail(server) -> None:
+def test_killed_replica_is_replaced_and_only_in_flight_requests_fail(server, figures) -> None:
     (victim,) = _replica_pids()
     with ClosedLoopLoad(server.url, TEXTS, workers=6) as load:
         time.sleep(3)
@@ -53,12 +53,19 @@ def test_killed_replica_is_replaced_and_only_in_flight_requests_fail(server) -> 
         f"\nreplica kill: {len(load.outcomes)} requests, {len(failures)} failed, {in_flight} in flight at the kill, "
         f"replaced in {recovered_at - killed_at:.1f} s"
     )
+    figures["replica_kill"] = {
+        "requests": len(load.outcomes),
+        "failed": len(failures),
+        "in_flight_at_kill": in_flight,
+        "replaced_after_s": round(recovered_at - killed_at, 1),
+        "workers": 6,
+    }
     assert len(failures) <= in_flight
     assert all(o.started <= killed_at + 1.0 for o in failures)  # nothing sent after the kill was lost
     assert any(o.status == 200 and o.started > recovered_at for o in load.outcomes)
 
 
-def test_config_changes_under_load_fail_no_request(server, minilm_packages) -> None:
+def test_config_changes_under_load_fail_no_request(server, minilm_packages, figures) -> None:
     package = minilm_packages.package.root
     with ClosedLoopLoad(server.url, TEXTS, workers=6) as load:
         time.sleep(2)
@@ -67,6 +74,7 @@ def test_config_changes_under_load_fail_no_request(server, minilm_packages) -> N
         server.deploy(package, env={"OPTISERVE_MAX_INPUTS": "1000"})  # new replica; the old one drains
         time.sleep(2)
     print(f"\nconfig changes under load: {len(load.outcomes)} requests, {len(load.failures())} failed")
+    figures["config_changes"] = {"requests": len(load.outcomes), "failed": len(load.failures()), "workers": 6}
     assert len(load.outcomes) > 20
     assert load.failures() == []
     server.deploy(package)

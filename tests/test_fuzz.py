@@ -26,7 +26,7 @@ def _requests_by_code(before: dict, after: dict) -> dict[str, float]:
     return totals
 
 
-def test_fuzzing_every_route_gives_no_server_error(server, tmp_path: Path) -> None:
+def test_fuzzing_every_route_gives_no_server_error(server, tmp_path: Path, figures) -> None:
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
     assert cli, "schemathesis is a test dependency (pip install -e '.[test]')"
     metrics_url = f"{server.url}/metrics"
@@ -63,6 +63,7 @@ def test_fuzzing_every_route_gives_no_server_error(server, tmp_path: Path) -> No
             break
     total = sum(by_code.values())
     print(f"\nfuzzing: {total:.0f} requests, by status: {dict(sorted(by_code.items()))}")
+    figures["fuzz"] = {"requests": total, "by_status": dict(sorted(by_code.items())), "rounds": seed + 1}
     assert total >= MIN_REQUESTS
     assert not [code for code in by_code if code.startswith("5")]
     assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200

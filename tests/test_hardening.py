@@ -94,7 +94,7 @@ def test_input_count_length_and_token_overflow_limits(hardened) -> None:
 
 
 @pytest.mark.serve
-def test_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(hardened) -> None:
+def test_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(hardened, figures) -> None:
     texts = [f"sentence number {i} about queues and overload" for i in range(48)]
     replies = _post_many(f"{hardened.url}/v1/embeddings", [{"input": t} for t in texts], AUTH)
     codes = [r.status_code for r in replies]
@@ -108,6 +108,15 @@ def test_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(hard
             assert len(reply.json()["data"][0]["embedding"]) == 384
     rejected = sorted(r.elapsed.total_seconds() * 1e3 for r in replies if r.status_code == 503)
     accepted = sorted(r.elapsed.total_seconds() * 1e3 for r in replies if r.status_code == 200)
+    figures["overload"] = {
+        "requests": len(replies),
+        "accepted": len(accepted),
+        "rejected_503": len(rejected),
+        "accepted_median_ms": round(accepted[len(accepted) // 2]),
+        "rejected_median_ms": round(rejected[len(rejected) // 2]),
+        "rejected_max_ms": round(rejected[-1]),
+        "max_queued_items": 4,
+    }
     print(
         f"\noverload: {len(replies)} concurrent requests, {len(accepted)} accepted "
         f"(median {accepted[len(accepted) // 2]:.0f} ms), {len(rejected)} got 503 "
@@ -116,7 +125,7 @@ def test_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(hard
 
 
 @pytest.mark.serve
-def test_requests_past_their_queue_deadline_are_dropped_before_running(server, minilm_packages) -> None:
+def test_requests_past_their_queue_deadline_are_dropped_before_running(server, minilm_packages, figures) -> None:
     from loadtests.scrape import histogram_delta, scrape
 
     package = minilm_packages.package.root
@@ -137,6 +146,13 @@ def test_requests_past_their_queue_deadline_are_dropped_before_running(server, m
         f"\ndeadline: {codes.count(200)} served, {codes.count(504)} dropped past a 20 ms queue deadline, "
         f"{computed:.0f} items computed"
     )
+    figures["deadline"] = {
+        "requests": len(codes),
+        "served": codes.count(200),
+        "dropped_504": codes.count(504),
+        "items_computed": computed,
+        "queue_timeout_s": 0.02,
+    }
     assert computed == codes.count(200)  # dropped requests never reached the model
 
 
