@@ -44,7 +44,8 @@ def render(figures: dict, soak: dict) -> str:
             "tests/test_faults.py",
         ),
         (
-            f"Overload: {overload['requests']} concurrent requests, replica queue of {overload['max_queued_items']} items",
+            f"Overload: {overload['requests']} concurrent requests, "
+            f"replica queue of {overload['max_queued_items']} items",
             f"{overload['accepted']} served (median {overload['accepted_median_ms']} ms), {overload['rejected_503']} "
             f"answered 503 + Retry-After (median {overload['rejected_median_ms']} ms, max "
             f"{overload['rejected_max_ms']} ms), none lost",
