@@ -60,8 +60,9 @@ def test_killed_replica_is_replaced_and_only_in_flight_requests_fail(server, fig
         "replaced_after_s": round(recovered_at - killed_at, 1),
         "workers": 6,
     }
-    assert len(failures) <= in_flight
-    assert all(o.started <= killed_at + 1.0 for o in failures)  # nothing sent after the kill was lost
+    # Only requests the dead replica held fail: in flight at the kill, or routed to it in the moment before Ray
+    # noticed. Nothing that finished before the kill, or was sent a second after it, is lost.
+    assert all(o.finished >= killed_at and o.started <= killed_at + 1.0 for o in failures)
     assert any(o.status == 200 and o.started > recovered_at for o in load.outcomes)
 
 
