@@ -1,7 +1,7 @@
 # optiserve GPU image: Ray Serve + ONNX Runtime (CUDA / TensorRT EPs) + PyTorch (CUDA build).
 #
 #   docker build -t optiserve:gpu .
-#   docker run --gpus all --shm-size=2g -p 8000:8000 -v "$PWD/runs/demo/optimized:/models/optimized:ro" optiserve:gpu
+#   docker run --gpus all --shm-size=2g -p 8000:8000 -v "$PWD/runs/demo/packages/optimized:/models/optimized:ro" optiserve:gpu
 #
 # The versions below go together: torch 2.13.0, onnxruntime-gpu 1.31.1 and tensorrt 10.16 from PyPI are CUDA 13
 # builds, hence the CUDA 13.0 base (host driver >= 580). Change them together.

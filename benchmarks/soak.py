@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from loadtests.runner import LoadTestConfig, start_locust, wait_locust
-from loadtests.scrape import counter_delta, histogram_delta, scrape
+from loadtests.scrape import histogram_delta, requests_by_code, scrape
 from optimizers.chain import optimize
 from optimizers.source import bundled_model_dir
 from optiserve.demo import free_port
@@ -37,10 +37,7 @@ def _rss_mb(title: str) -> float:
 
 
 def _window(before: dict, after: dict, seconds: float) -> dict[str, Any]:
-    codes = {
-        dict(k)["code"]: v
-        for k, v in counter_delta(before, after, "optiserve_requests", {"route": "/v1/embeddings"}).items()
-    }
+    codes = requests_by_code(before, after, "/v1/embeddings")
     latency = histogram_delta(before, after, "optiserve_request_duration_seconds", {"route": "/v1/embeddings"})
     items = histogram_delta(before, after, "optiserve_batch_size").total
     return {

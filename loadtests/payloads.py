@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import orjson
 
 from optimizers.corpus import load_split
 
+_USER_NUMBERS = itertools.count()
 INPUTS_ENV = "OPTISERVE_INPUTS"
 MODEL_ENV = "OPTISERVE_MODEL"
 SEED_ENV = "OPTISERVE_SEED"
@@ -35,7 +37,8 @@ class EmbeddingsPayloads:
             sentences=load_split("heldout"),
             max_inputs=int(os.environ.get(INPUTS_ENV, "1")),
             model=os.environ.get(MODEL_ENV) or None,
-            seed=int(os.environ.get(SEED_ENV, str(os.getpid()))),
+            # Each user (and each Locust process) draws its own sequence: base seed + process + user number.
+            seed=int(os.environ.get(SEED_ENV, "0")) + 100_000 * os.getpid() + next(_USER_NUMBERS),
         )
 
     def next(self) -> tuple[bytes, int]:

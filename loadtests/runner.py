@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.payloads import INPUTS_ENV, MODEL_ENV
-from loadtests.scrape import counter_delta, histogram_delta, scrape
+from loadtests.scrape import histogram_delta, requests_by_code, scrape
 
 LOCUSTFILES = Path(__file__).resolve().parent
 DEFAULT_LOCUSTFILE = LOCUSTFILES / "embeddings.py"
@@ -118,9 +118,8 @@ def _server_stats(before: dict, after: dict) -> dict[str, Any]:
     inference = histogram_delta(before, after, "optiserve_inference_duration_seconds")
     batch = histogram_delta(before, after, "optiserve_batch_size")
     padding = histogram_delta(before, after, "optiserve_batch_padding_ratio")
-    codes = counter_delta(before, after, "optiserve_requests", {"route": ENDPOINT})
     return {
-        "requests_by_code": {dict(k)["code"]: v for k, v in codes.items() if v},
+        "requests_by_code": requests_by_code(before, after, ENDPOINT),
         "request_p50_ms": latency.quantile(0.5) * 1e3,
         "request_p99_ms": latency.quantile(0.99) * 1e3,
         "queue_wait_p50_ms": queue.quantile(0.5) * 1e3,
@@ -129,7 +128,8 @@ def _server_stats(before: dict, after: dict) -> dict[str, Any]:
         "batches": batch.count,
         "items": batch.total,
         "batch_size_mean": batch.mean,
-        "batch_size_max_bucket": max((b for b, c in batch.buckets if c < batch.count), default=0.0),
+        # Upper bound of the bucket holding the largest batch.
+        "batch_size_max_bucket": min((b for b, c in batch.buckets if c >= batch.count), default=0.0),
         "batch_size_distribution": batch.distribution(),
         "padding_ratio_mean": padding.mean,
     }
@@ -141,24 +141,32 @@ def start_locust(cfg: LoadTestConfig) -> subprocess.Popen[str]:
     env = {**os.environ, INPUTS_ENV: str(cfg.max_inputs)}
     if cfg.model:
         env[MODEL_ENV] = cfg.model
-    return subprocess.Popen(
-        _locust_command(cfg, cfg.out_dir / f"{cfg.label}_locust"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Output goes to a log file, not a pipe: an unread pipe would stall a long run.
+    with _log_path(cfg).open("w") as log:
+        return subprocess.Popen(
+            _locust_command(cfg, cfg.out_dir / f"{cfg.label}_locust"),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def _log_path(cfg: LoadTestConfig) -> Path:
+    return cfg.out_dir / f"{cfg.label}_locust.log"
 
 
 def wait_locust(proc: subprocess.Popen[str], cfg: LoadTestConfig) -> None:
+    limit = cfg.duration_s + STOP_TIMEOUT_S + 60
     try:
-        _, stderr = proc.communicate(timeout=cfg.duration_s + STOP_TIMEOUT_S + 60)
+        proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"locust did not stop within {cfg.duration_s + STOP_TIMEOUT_S + 60} s") from None
+        proc.wait()
+        raise RuntimeError(f"locust did not stop within {limit} s; see {_log_path(cfg)}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"locust exited with {proc.returncode}:\n{stderr[-2000:]}")
+        tail = _log_path(cfg).read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"locust exited with {proc.returncode}:\n{tail}")
 
 
 def run_loadtest(cfg: LoadTestConfig) -> LoadTestSummary:

@@ -91,3 +91,15 @@ def counter_delta(
         if sample == f"{name}_total" and all(dict(labels).get(k) == v for k, v in match.items()):
             out[labels] = value - before.get((sample, labels), 0.0)
     return out
+
+
+def requests_by_code(
+    before: dict[Sample, float], after: dict[Sample, float], route: str | None = None
+) -> dict[str, float]:
+    """Requests the server answered between two scrapes, by HTTP status code (optionally for one route)."""
+    totals: dict[str, float] = defaultdict(float)
+    match = {"route": route} if route else None
+    for labels, gained in counter_delta(before, after, "optiserve_requests", match).items():
+        if gained:
+            totals[dict(labels)["code"]] += gained
+    return dict(totals)

@@ -40,13 +40,13 @@ from serving.package import (
     ProfileRow,
     Source,
     TensorSpec,
-    new_package_dir,
+    load_package,
+    staged_package_dir,
     utc_now,
     write_package,
 )
 from serving.pipeline import EmbeddingPipeline
-from serving.runtimes.onnx import OnnxRuntime
-from serving.runtimes.torch import TorchRuntime
+from serving.runtimes.base import create_runtime, default_threads
 from serving.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -131,28 +131,20 @@ def build_candidates(source: SourceModel, work_dir: Path, check_texts: list[str]
     return candidates
 
 
-def _pipeline(source: SourceModel, candidate: Candidate, threads: int | None) -> EmbeddingPipeline:
-    from serving.runtimes.base import default_threads
-
-    spec = source.tokenizer
-    encoder = TextEncoder(source.path / spec.path, spec.max_length, spec.pad_token_id)
-    threads = threads or default_threads()
-    runtime = (
-        TorchRuntime(candidate.model_path, source.pooling, threads)
-        if candidate.runtime == "torch"
-        else OnnxRuntime(candidate.model_path, threads)
-    )
+def _pipeline(source: SourceModel, candidate: Candidate, threads: int) -> EmbeddingPipeline:
+    encoder = TextEncoder.from_spec(source.path, source.tokenizer)
+    runtime = create_runtime(candidate.runtime, candidate.model_path, source.pooling, threads)
     return EmbeddingPipeline(encoder, runtime, source.embedding_dim)
 
 
 def evaluate(
-    source: SourceModel, candidates: list[Candidate], heldout: list[str], profile_items: int, threads: int | None
+    source: SourceModel, candidates: list[Candidate], heldout: list[str], profile_items: int, threads: int
 ) -> None:
     """Fill in each candidate's fidelity (vs the torch source) and profile, on the held-out split."""
     reference: np.ndarray | None = None
     for candidate in candidates:
         pipeline = _pipeline(source, candidate, threads)
-        candidate.profile = profile_pipeline(pipeline, heldout, items=profile_items)
+        candidate.profile = profile_pipeline(pipeline, heldout, items=profile_items, threads=threads)
         embeddings = pipeline.embed_as_served(heldout, serving_defaults(candidate.profile))
         if reference is None:
             reference = embeddings  # the first candidate is the source model itself
@@ -173,10 +165,22 @@ def select(candidates: list[Candidate], budget: FidelityBudget) -> Candidate | N
 
 
 def write_candidate_package(
-    source: SourceModel, candidate: Candidate, out_dir: Path, budget: FidelityBudget | None = None
+    source: SourceModel,
+    candidate: Candidate,
+    out_dir: Path,
+    budget: FidelityBudget | None = None,
+    report: dict[str, object] | None = None,
 ) -> ModelPackage:
-    """Copy a candidate's model and the tokenizer into ``out_dir`` and write its manifest."""
-    root = new_package_dir(out_dir)
+    """Write a candidate's model, the tokenizer, the report and the manifest as the package ``out_dir``
+    (assembled beside it and moved into place whole)."""
+    with staged_package_dir(out_dir) as root:
+        _fill_package(source, candidate, root, budget, report)
+    return load_package(out_dir)
+
+
+def _fill_package(
+    source: SourceModel, candidate: Candidate, root: Path, budget: FidelityBudget | None, report: dict | None
+) -> None:
     (root / "tokenizer").mkdir()
     shutil.copy2(source.path / source.tokenizer.path, root / "tokenizer" / "tokenizer.json")
     if candidate.runtime == "torch":
@@ -208,7 +212,9 @@ def write_candidate_package(
         serving=serving_defaults(candidate.profile) if candidate.profile else Manifest.model_fields["serving"].default,
         libraries={lib: version(lib) for lib in LIBRARIES},
     )
-    return write_package(root, manifest)
+    if report is not None:
+        write_report(root, report)
+    write_package(root, manifest)
 
 
 def optimize(
@@ -220,13 +226,15 @@ def optimize(
     threads: int | None = None,
 ) -> ChainResult:
     """Optimize ``source_dir`` into the package at ``out_dir``; optionally also write the unoptimized baseline
-    (torch fp32) package to ``baseline_out``. Raises :class:`BudgetNotMetError` if no candidate qualifies."""
+    (torch fp32) package to ``baseline_out``. Candidates are profiled with ``threads`` runtime threads (default:
+    as a replica runs them, see ``default_threads``). Raises :class:`BudgetNotMetError` if no candidate
+    qualifies."""
     budget = budget or FidelityBudget()
     source = SourceModel.from_dir(source_dir)
     heldout = load_split("heldout")
     with tempfile.TemporaryDirectory(prefix="optiserve-chain-") as tmp:
         candidates = build_candidates(source, Path(tmp), heldout[:32])
-        evaluate(source, candidates, heldout, profile_items, threads)
+        evaluate(source, candidates, heldout, profile_items, threads or default_threads())
         selected = select(candidates, budget)
         report = {
             "source": {"name": source.name, "path": str(source.path), "sha256": source.sha256},
@@ -243,9 +251,7 @@ def optimize(
                 f"no candidate meets the fidelity budget {budget.model_dump()}; closest: {closest.name} "
                 f"({closest.fidelity}); report written to {report_dir}"
             )
-        package = write_candidate_package(source, selected, out_dir, budget)
-        write_report(package.root, report)
-        package = write_package(package.root, package.manifest)  # re-hash with the report files included
+        package = write_candidate_package(source, selected, out_dir, budget, report)
         if baseline_out is not None:
             write_candidate_package(source, candidates[0], baseline_out, budget)
     return ChainResult(package=package, candidates=candidates, selected=selected, report=report)

@@ -21,8 +21,10 @@ def profile_pipeline(
     batch_size: int = ServingDefaults().max_batch_size,
     call_items: Sequence[int] = DEFAULT_CALL_ITEMS,
     items: int = 256,
+    threads: int = 1,
 ) -> list[ProfileRow]:
-    """One row per model-call size: items/s over ``items`` texts and per-batch p50/p99 latency."""
+    """One row per model-call size: items/s over ``items`` texts and per-batch p50/p99 latency (over
+    ``items / batch_size`` batches: few batches make p99 close to the maximum). ``threads`` is recorded."""
     stream = [texts[i % len(texts)] for i in range(items)]
     batches = [stream[i : i + batch_size] for i in range(0, items, batch_size)]
     rows = []
@@ -42,6 +44,8 @@ def profile_pipeline(
             ProfileRow(
                 batch_size=batch_size,
                 call_items=call,
+                threads=threads,
+                batches=len(batches),
                 items_per_s=items / elapsed,
                 p50_ms=float(np.percentile(ms, 50)),
                 p99_ms=float(np.percentile(ms, 99)),

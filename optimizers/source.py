@@ -11,7 +11,6 @@ from serving.hashing import sha256_tree
 from serving.package import PoolingSpec, TokenizerSpec
 
 DEFAULT_MAX_LENGTH = 256
-TOKENIZER_FILES = ("tokenizer.json",)
 
 
 def bundled_model_dir() -> Path:

@@ -25,7 +25,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from serving.package import FidelityBudget
 
     budget = FidelityBudget(min_cosine_mean=args.min_cosine_mean, min_cosine_min=args.min_cosine_min)
-    result = optimize(args.model_dir or bundled_model_dir(), args.out, budget, baseline_out=args.baseline_out)
+    result = optimize(
+        args.model_dir or bundled_model_dir(), args.out, budget, baseline_out=args.baseline_out, threads=args.threads
+    )
     print((result.package.root / "report.md").read_text())
     print(f"package written to {result.package.root} (selected {result.selected.name})")
     return 0
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-out", type=Path, help="also write the unoptimized torch fp32 package here")
     p.add_argument("--min-cosine-mean", type=float, default=0.99)
     p.add_argument("--min-cosine-min", type=float, default=0.95)
+    p.add_argument("--threads", type=int, help="runtime threads to profile with (default: 1, as a replica runs)")
     p.set_defaults(run=_cmd_optimize)
 
     p = sub.add_parser("serve", help="serve a model package with Ray Serve")
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    p.add_argument("--threads", type=int, help="runtime threads per replica (default: all cores)")
+    p.add_argument("--threads", type=int, help="runtime threads (and Ray CPUs) per replica (default: 1)")
     p.add_argument("--max-batch-size", type=int, help="items per dynamic batch (default: from the package)")
     p.add_argument("--batch-wait-s", type=float, help="max wait to fill a batch (default: from the package)")
     p.set_defaults(run=_cmd_serve)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def render(figures: dict, soak: dict) -> str:
         "# Reliability figures",
         "",
         f"Produced by `scripts/reliability_report.py` on {datetime.now(UTC):%Y-%m-%d} from commit {_commit()}, "
-        f"{platform.machine()} with 2 cores, Python {platform.python_version()}, ray {version('ray')}, "
+        f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}, ray {version('ray')}, "
         f"onnxruntime {version('onnxruntime')}. Every row is one run of the named test or script (commands in the "
         "script's docstring); the load generator shares the server's cores.",
         "",

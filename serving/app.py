@@ -26,7 +26,7 @@ from starlette.responses import Response
 from serving.api import ApiError, EmbeddingsRequest, embeddings_body, json_response
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.limits import LIMITS
-from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition, metrics
+from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, current_labels, exposition, metrics
 from serving.package import ServingDefaults, load_package
 from serving.replica import EmbeddingReplica, EmbedResult
 
@@ -81,7 +81,7 @@ INFERENCE_PREFIXES = ("/v1/", "/v2/models")
 async def _observe(request: Request, call_next: Any) -> Response:
     """Count and time every request; check the bearer token on inference routes."""
     m = metrics()
-    labels = getattr(request.app.state, "labels", {"model": "", "version": ""})
+    labels = current_labels()
     started = time.perf_counter()
     m.inflight.labels(**labels).inc()
     status = 500
@@ -163,14 +163,13 @@ def _replay(messages: list[dict], then: Any = None) -> Any:
 api.add_middleware(BodySizeLimit)
 
 
-@serve.deployment(name="EmbeddingService", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="EmbeddingService")
 @serve.ingress(api)
 class EmbeddingService(EmbeddingReplica):
     """OpenAI embeddings, KServe v2 health and Prometheus metrics for one package."""
 
     def __init__(self, package_dir: str, threads: int | None = None) -> None:
         super().__init__(package_dir, threads)
-        api.state.labels = self.labels
 
     @api.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingsRequest) -> Response:
@@ -181,23 +180,23 @@ class EmbeddingService(EmbeddingReplica):
                 "invalid_request_error",
                 "model_not_found",
             )
-        result = await self._embed_or_error(body.texts())
-        if self.limits.on_overflow == "reject" and result.truncated.any():
-            first = int(result.truncated.argmax())
+        texts = body.texts()
+        if body.dimensions is not None and body.dimensions != self.pipeline.embedding_dim:
             raise ApiError(
                 422,
-                f"input: item {first} is longer than the model's {self.pipeline.encoder.max_length} tokens "
+                f"dimensions: this model returns {self.pipeline.embedding_dim}, got {body.dimensions}",
+                "invalid_request_error",
+                "invalid_value",
+            )
+        if self.limits.on_overflow == "reject" and (too_long := self.pipeline.encoder.too_long(texts)):
+            raise ApiError(
+                422,
+                f"input: item {too_long[0]} is longer than the model's {self.pipeline.encoder.max_length} tokens "
                 "(this server rejects instead of truncating)",
                 "invalid_request_error",
                 "input_too_long",
             )
-        if body.dimensions is not None and body.dimensions != result.embeddings.shape[1]:
-            raise ApiError(
-                422,
-                f"dimensions: this model returns {result.embeddings.shape[1]}, got {body.dimensions}",
-                "invalid_request_error",
-                "invalid_value",
-            )
+        result = await self._embed_or_error(texts)
         return json_response(
             embeddings_body(self.model_name, result.embeddings, result.tokens, result.truncated, body.encoding_format)
         )
@@ -249,7 +248,8 @@ def build_app(
         max_ongoing_requests=max(MAX_ONGOING_REQUESTS, 2 * settings.max_batch_size),
         # Last resort if the replica stops taking requests: Ray's router answers 503 past this many waiting.
         max_queued_requests=MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env_vars} if env_vars else {}},
+        # A replica reserves as many cores as its runtime uses threads (Ray also sets OMP_NUM_THREADS to it).
+        ray_actor_options={"num_cpus": threads or 1, "runtime_env": {"env_vars": env_vars} if env_vars else {}},
     ).bind(package_dir, threads)
 
 

@@ -11,10 +11,6 @@ class PackageError(OptiserveError):
     """A model package is missing, malformed, incomplete or tampered with."""
 
 
-class RuntimeUnavailableError(OptiserveError):
-    """A runtime was asked for that this machine cannot provide (e.g. CUDA without a GPU)."""
-
-
 class OverloadedError(OptiserveError):
     """The replica's queue is full; the client should retry later (HTTP 503 with Retry-After)."""
 

@@ -34,6 +34,7 @@ class Server:
     port: int
     metrics_dir: Path
     threads: int | None = None
+    owns_cluster: bool = True
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -66,9 +67,12 @@ class Server:
         from ray import serve
 
         try:
-            serve.shutdown()
+            if self.owns_cluster:
+                serve.shutdown()
+            else:  # someone else's cluster: remove only our application, leave Serve and other apps running
+                serve.delete(APP_NAME)
         finally:
-            ray.shutdown()
+            ray.shutdown()  # stops a cluster we started; only disconnects from someone else's
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
@@ -93,7 +97,7 @@ def start(
             logging_level=logging.WARNING,
         )
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
-    return Server(host=host, port=port, metrics_dir=metrics_dir, threads=threads)
+    return Server(host=host, port=port, metrics_dir=metrics_dir, threads=threads, owns_cluster=address is None)
 
 
 def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:

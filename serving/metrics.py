@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
@@ -46,6 +47,18 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+_labels = {"model": "", "version": ""}
+
+
+def set_labels(model: str, version: str) -> None:
+    """The model and version this process serves; every request metric carries them."""
+    _labels.update(model=model, version=version)
+
+
+def current_labels() -> dict[str, str]:
+    return dict(_labels)
 
 
 @dataclass(frozen=True)
@@ -133,9 +146,29 @@ def metrics() -> Metrics:
     )
 
 
+def _forget_dead_processes(directory: str) -> None:
+    """Drop live-gauge files of processes that are gone (a killed or replaced replica), so in-flight counts and
+    model info describe the replicas that exist. Counters and histograms of dead processes are kept."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            prom_multiprocess.mark_process_dead(int(pid), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def exposition() -> bytes:
     """Text exposition of every process's metrics on this node (or of this process, outside multiprocess mode)."""
-    if os.environ.get(MULTIPROC_ENV):
+    if directory := os.environ.get(MULTIPROC_ENV):
+        _forget_dead_processes(directory)
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)

@@ -15,7 +15,10 @@ Layout written by :func:`write_package`::
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -82,6 +85,8 @@ class ProfileRow(_Strict):
 
     batch_size: int
     call_items: int
+    threads: int = 1
+    batches: int = 0
     items_per_s: float
     p50_ms: float
     p99_ms: float
@@ -173,7 +178,8 @@ def _refuse_pickle(relative: str) -> None:
 
 
 def _listed_files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    files = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(f for f in files if f != MANIFEST_NAME)  # only the top-level manifest is exempt
 
 
 def write_package(root: Path, manifest: Manifest) -> ModelPackage:
@@ -231,14 +237,33 @@ def _verify_files(root: Path, manifest: Manifest) -> None:
             raise PackageError(f"package {root}: {required!r} is named by the manifest but not listed in its files")
 
 
-def new_package_dir(root: Path) -> Path:
-    """An empty directory to assemble a package in (replacing whatever was there)."""
-    if root.exists():
-        if not (root / MANIFEST_NAME).exists() and any(root.iterdir()):
-            raise PackageError(f"refusing to overwrite {root}: it is not empty and holds no model package")
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    return root
+@contextmanager
+def staged_package_dir(final: Path) -> Iterator[Path]:
+    """An empty directory beside ``final`` to assemble a package in; on success it replaces ``final`` (which must
+    be absent or hold a package), so a half-written package is never at ``final``."""
+    if final.exists() and not _is_package(final):
+        raise PackageError(f"refusing to replace {final}: it exists and is not a model package")
+    staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = final.with_name(f".{final.name}.previous-{os.getpid()}")
+    if final.exists():
+        final.rename(previous)
+    staging.rename(final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _is_package(path: Path) -> bool:
+    try:
+        raw = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "schema_version" in raw and "files" in raw
 
 
 def utc_now() -> str:

@@ -17,10 +17,9 @@ from serving.tokenizer import TextEncoder
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one call did: items, model calls, real and padded tokens."""
+    """What one call did: items, real and padded tokens, and per item its tokens and whether it was truncated."""
 
     items: int
-    model_calls: int
     real_tokens: int
     padded_tokens: int
     token_counts: np.ndarray  # per item, in input order
@@ -59,8 +58,7 @@ class EmbeddingPipeline:
 
     @classmethod
     def from_package(cls, package: ModelPackage, threads: int | None = None) -> EmbeddingPipeline:
-        spec = package.manifest.tokenizer
-        encoder = TextEncoder(package.path(spec.path), spec.max_length, spec.pad_token_id)
+        encoder = TextEncoder.from_spec(package.root, package.manifest.tokenizer)
         return cls(encoder, load_runtime(package, threads), package.manifest.embedding_dim)
 
     def embed(self, texts: list[str], max_items: int = 32, max_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:
@@ -81,7 +79,7 @@ class EmbeddingPipeline:
             out[rows] = result
             padded += batch.padded_tokens
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
-        stats = BatchStats(len(texts), len(chunks), int(lengths.sum()), padded, lengths, truncated)
+        stats = BatchStats(len(texts), int(lengths.sum()), padded, lengths, truncated)
         return out, stats
 
     def embed_as_served(self, texts: list[str], settings: ServingDefaults) -> np.ndarray:

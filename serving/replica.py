@@ -1,8 +1,8 @@
 """The model side of a replica: one package's pipeline behind Ray Serve's ``@serve.batch``, over *items*.
 
-A request with N inputs contributes N items to dynamic batches: ``batch_size_fn`` counts items, and a request
-larger than one batch is split across batches and reassembled in order. Each batch runs on a worker thread, so
-the event loop keeps accepting (and batching) requests while the model computes.
+Every input text is its own entry in the batch queue, so a request with N inputs contributes N items to the
+dynamic batches (and can span several), and no entry can outgrow a batch size lowered at run time. Each batch
+runs on a worker thread, so the event loop keeps accepting (and batching) requests while the model computes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ray import serve
 
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.limits import LIMITS
-from serving.metrics import metrics
+from serving.metrics import metrics, set_labels
 from serving.package import ServingDefaults, load_package
 from serving.pipeline import EmbeddingPipeline
 
@@ -33,8 +33,8 @@ class EmbedResult:
     truncated: np.ndarray
 
 
-def _items_in(requests: list[tuple[list[str], float]]) -> int:
-    return sum(len(texts) for texts, _ in requests)
+# One input's result: (embedding, tokens, truncated); None when it was dropped past its queue deadline.
+ItemResult = tuple[np.ndarray, int, bool] | None
 
 
 class EmbeddingReplica:
@@ -47,6 +47,7 @@ class EmbeddingReplica:
         self.limits = LIMITS  # this process's limits (methods of Serve's ingress class must not read globals)
         self.pipeline = EmbeddingPipeline.from_package(package, threads)
         self.labels = {"model": manifest.name, "version": manifest.version}
+        set_labels(manifest.name, manifest.version)
         self._metrics = metrics()
         self._metrics.model_info.labels(
             **self.labels,
@@ -56,12 +57,14 @@ class EmbeddingReplica:
         ).set(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optiserve-model")
         self._pending_items = 0
+        self._package_settings = manifest.serving
         self._apply(manifest.serving)
         log.info("replica ready: %s %s (%s, %s)", manifest.name, manifest.version, manifest.runtime, manifest.precision)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Retune batching of a running replica (Ray Serve calls this on ``user_config`` changes)."""
-        self._apply(ServingDefaults.model_validate({**self.settings.model_dump(), **(user_config or {})}))
+        """Retune batching of a running replica (Ray Serve calls this on ``user_config`` changes). Keys left out
+        take the package's values."""
+        self._apply(ServingDefaults.model_validate({**self._package_settings.model_dump(), **(user_config or {})}))
 
     def _apply(self, settings: ServingDefaults) -> None:
         self.settings = settings
@@ -77,33 +80,30 @@ class EmbeddingReplica:
             raise OverloadedError(f"{self._pending_items} items are queued (limit {settings.max_queued_items})")
         self._pending_items += len(texts)
         try:
-            size = settings.max_batch_size
             enqueued = time.perf_counter()
-            parts = await asyncio.gather(
-                *(self._batch((texts[i : i + size], enqueued)) for i in range(0, len(texts), size))
-            )
+            items = await asyncio.gather(*(self._batch((text, enqueued)) for text in texts))
         finally:
             self._pending_items -= len(texts)
-        if any(part is None for part in parts):
+        done = [item for item in items if item is not None]
+        if len(done) < len(items):
             raise DeadlineExceededError(f"request waited more than {settings.queue_timeout_s} s in the queue")
         return EmbedResult(
-            np.concatenate([p.embeddings for p in parts]),
-            sum(p.tokens for p in parts),
-            np.concatenate([p.truncated for p in parts]),
+            np.stack([embedding for embedding, _, _ in done]),
+            sum(tokens for _, tokens, _ in done),
+            np.array([cut for _, _, cut in done], dtype=bool),
         )
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_items_in)
-    async def _batch(self, requests: list[tuple[list[str], float]]) -> list[EmbedResult | None]:
-        """Run one dynamic batch. Requests past their deadline are dropped (``None``) without computing them."""
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batch(self, items: list[tuple[str, float]]) -> list[ItemResult]:
+        """Run one dynamic batch. Items past their deadline are dropped (``None``) without computing them."""
         started = time.perf_counter()
-        m, labels = self._metrics, self.labels
-        live = [started - enqueued <= self.settings.queue_timeout_s for _, enqueued in requests]
-        for _, enqueued in requests:
+        m, labels, settings = self._metrics, self.labels, self.settings
+        live = [started - enqueued <= settings.queue_timeout_s for _, enqueued in items]
+        for _, enqueued in items:
             m.queue_wait.labels(**labels).observe(started - enqueued)
-        if not any(live):
-            return [None] * len(requests)
-        texts = [text for (chunk, _), ok in zip(requests, live, strict=True) if ok for text in chunk]
-        settings = self.settings
+        texts = [text for (text, _), ok in zip(items, live, strict=True) if ok]
+        if not texts:
+            return [None] * len(items)
         embeddings, stats = await asyncio.get_running_loop().run_in_executor(
             self._executor, self.pipeline.embed, texts, settings.max_call_items, settings.max_batch_tokens
         )
@@ -111,16 +111,14 @@ class EmbeddingReplica:
         m.batch_size.labels(**labels).observe(stats.items)
         m.batch_tokens.labels(**labels).observe(stats.real_tokens)
         m.batch_padding_ratio.labels(**labels).observe(stats.padding_ratio)
-        results: list[EmbedResult | None] = []
-        start = 0
-        for (chunk, _), ok in zip(requests, live, strict=True):
-            if not ok:
+        computed = iter(range(len(texts)))
+        results: list[ItemResult] = []
+        for ok in live:
+            if ok:
+                row = next(computed)
+                results.append((embeddings[row], int(stats.token_counts[row]), bool(stats.truncated[row])))
+            else:
                 results.append(None)
-                continue
-            end = start + len(chunk)
-            tokens = int(stats.token_counts[start:end].sum())
-            results.append(EmbedResult(embeddings[start:end], tokens, stats.truncated[start:end]))
-            start = end
         return results
 
     async def check_health(self) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from serving.package import TokenizerSpec
+
 
 @dataclass(frozen=True)
 class EncodedBatch:
@@ -22,10 +24,6 @@ class EncodedBatch:
     def padded_tokens(self) -> int:
         return int(self.input_ids.size)
 
-    @property
-    def real_tokens(self) -> int:
-        return int(self.lengths.sum())
-
 
 class TextEncoder:
     """Turns text into token ids, truncated to the model's maximum length."""
@@ -37,8 +35,17 @@ class TextEncoder:
         self.max_length = max_length
         self.pad_token_id = pad_token_id
 
+    @classmethod
+    def from_spec(cls, root: Path, spec: TokenizerSpec) -> TextEncoder:
+        """The encoder a manifest's (or source model's) tokenizer spec describes; paths are relative to ``root``."""
+        return cls(root / spec.path, spec.max_length, spec.pad_token_id)
+
     def encode(self, texts: list[str]) -> list[Encoding]:
         return self._tokenizer.encode_batch(texts)
+
+    def too_long(self, texts: list[str]) -> list[int]:
+        """Indices of the texts longer than ``max_length`` tokens (which :meth:`encode` truncates)."""
+        return [i for i, encoding in enumerate(self.encode(texts)) if encoding.overflowing]
 
     def pad(self, encodings: list[Encoding]) -> EncodedBatch:
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))

@@ -58,3 +58,13 @@ class ClosedLoopLoad:
                 status = 0
             self.outcomes.append(Outcome(started, time.monotonic(), status))
             i += self.workers
+
+
+def post_concurrently(url: str, bodies: list[dict], headers: dict[str, str] | None = None) -> list[httpx.Response]:
+    """POST every body to ``url`` at once; the responses in order."""
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return list(await asyncio.gather(*(client.post(url, json=b, headers=headers) for b in bodies)))
+
+    return asyncio.run(fire())

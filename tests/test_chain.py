@@ -22,8 +22,7 @@ TEXTS = load_split("heldout")[:24]
 
 
 def _encoder(source: SourceModel) -> TextEncoder:
-    spec = source.tokenizer
-    return TextEncoder(source.path / spec.path, spec.max_length, spec.pad_token_id)
+    return TextEncoder.from_spec(source.path, source.tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert command in out
 
 
-def test_serving_a_broken_package_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_optimizing_a_directory_without_a_model_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["optimize", str(tmp_path), "--out", str(tmp_path / "pkg")])
     assert code == 2
     assert "config.json not found" in capsys.readouterr().err

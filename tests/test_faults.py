@@ -18,6 +18,7 @@ from tests._load import ClosedLoopLoad
 pytestmark = pytest.mark.serve
 REPLICA_TITLE = "ServeReplica:optiserve:EmbeddingService"
 TEXTS = load_split("heldout")[:200]
+NOTICE_WINDOW_S = 3.0  # time Ray may take to stop routing to a dead replica
 
 
 def _replica_pids() -> list[int]:
@@ -31,8 +32,11 @@ def _replica_pids() -> list[int]:
 def _wait_until(predicate, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
         time.sleep(0.5)
     raise TimeoutError("condition not met in time")
 
@@ -60,25 +64,27 @@ def test_killed_replica_is_replaced_and_only_in_flight_requests_fail(server, fig
         "replaced_after_s": round(recovered_at - killed_at, 1),
         "workers": 6,
     }
-    # Only requests the dead replica held fail: in flight at the kill, or routed to it in the moment before Ray
-    # noticed. Nothing that finished before the kill, or was sent a second after it, is lost.
-    assert all(o.finished >= killed_at and o.started <= killed_at + 1.0 for o in failures)
+    # Only requests the dead replica held fail: in flight at the kill, or routed to it in the moments before Ray
+    # noticed. Nothing that finished before the kill, or was sent well after it, is lost.
+    assert all(o.finished >= killed_at and o.started <= killed_at + NOTICE_WINDOW_S for o in failures)
     assert any(o.status == 200 and o.started > recovered_at for o in load.outcomes)
 
 
 def test_config_changes_under_load_fail_no_request(server, minilm_packages, figures) -> None:
     package = minilm_packages.package.root
-    with ClosedLoopLoad(server.url, TEXTS, workers=6) as load:
-        time.sleep(2)
-        server.deploy(package, {"max_batch_size": 8})  # user_config only: reconfigure() in place
-        time.sleep(2)
-        server.deploy(package, env={"OPTISERVE_MAX_INPUTS": "1000"})  # new replica; the old one drains
-        time.sleep(2)
+    try:
+        with ClosedLoopLoad(server.url, TEXTS, workers=6) as load:
+            time.sleep(2)
+            server.deploy(package, {"max_batch_size": 8})  # user_config only: reconfigure() in place
+            time.sleep(2)
+            server.deploy(package, env={"OPTISERVE_MAX_INPUTS": "1000"})  # new replica; the old one drains
+            time.sleep(2)
+    finally:
+        server.deploy(package)
     print(f"\nconfig changes under load: {len(load.outcomes)} requests, {len(load.failures())} failed")
     figures["config_changes"] = {"requests": len(load.outcomes), "failed": len(load.failures()), "workers": 6}
     assert len(load.outcomes) > 20
     assert load.failures() == []
-    server.deploy(package)
 
 
 def test_check_health_fails_when_the_runtime_breaks(minilm_packages) -> None:

@@ -11,19 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.scrape import counter_delta, scrape
+from loadtests.scrape import requests_by_code, scrape
 
-pytestmark = [pytest.mark.serve, pytest.mark.slow]
+pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(1800)]
+ROUND_TIMEOUT_S = 600
 MIN_REQUESTS = int(os.environ.get("OPTISERVE_FUZZ_REQUESTS", "10000"))
 MAX_ROUNDS = 8
-
-
-def _requests_by_code(before: dict, after: dict) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for labels, gained in counter_delta(before, after, "optiserve_requests").items():
-        code = dict(labels)["code"]
-        totals[code] = totals.get(code, 0.0) + gained
-    return totals
 
 
 def test_fuzzing_every_route_gives_no_server_error(server, tmp_path: Path, figures) -> None:
@@ -54,11 +47,11 @@ def test_fuzzing_every_route_gives_no_server_error(server, tmp_path: Path, figur
             ],
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=ROUND_TIMEOUT_S,
             cwd=tmp_path,
         )
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-        by_code = _requests_by_code(before, scrape(metrics_url))
+        by_code = requests_by_code(before, scrape(metrics_url))
         if sum(by_code.values()) >= MIN_REQUESTS:
             break
     total = sum(by_code.values())

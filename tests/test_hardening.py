@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from serving.errors import PackageError
 from serving.limits import ServerLimits
 from serving.runtimes.onnx import check_external_data
+from tests._load import post_concurrently
 
 TOKEN = "s3cret-token"
 SMALL_LIMITS = {
@@ -25,6 +25,7 @@ SMALL_LIMITS = {
     "OPTISERVE_API_TOKEN": TOKEN,
 }
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+QUEUE_TIMEOUT_S = 0.05  # long enough that the first requests run even on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +36,6 @@ def hardened(server, minilm_packages) -> Iterator:
         yield server
     finally:
         server.deploy(minilm_packages.package.root)
-
-
-def _post_many(url: str, bodies: list[dict], headers: dict[str, str]) -> list[httpx.Response]:
-    async def fire() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            return list(await asyncio.gather(*(client.post(url, json=b, headers=headers) for b in bodies)))
-
-    return asyncio.run(fire())
 
 
 def _assert_json_error(response: httpx.Response, status: int, code: str) -> dict:
@@ -96,7 +89,7 @@ def test_input_count_length_and_token_overflow_limits(hardened) -> None:
 @pytest.mark.serve
 def test_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(hardened, figures) -> None:
     texts = [f"sentence number {i} about queues and overload" for i in range(48)]
-    replies = _post_many(f"{hardened.url}/v1/embeddings", [{"input": t} for t in texts], AUTH)
+    replies = post_concurrently(f"{hardened.url}/v1/embeddings", [{"input": t} for t in texts], AUTH)
     codes = [r.status_code for r in replies]
     assert set(codes) <= {200, 503}
     assert codes.count(503) > 0 and codes.count(200) > 0
@@ -130,9 +123,9 @@ def test_requests_past_their_queue_deadline_are_dropped_before_running(server, m
 
     package = minilm_packages.package.root
     try:
-        server.deploy(package, {"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "queue_timeout_s": 0.02})
+        server.deploy(package, {"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "queue_timeout_s": QUEUE_TIMEOUT_S})
         before = scrape(f"{server.url}/metrics")
-        replies = _post_many(f"{server.url}/v1/embeddings", [{"input": f"text {i}"} for i in range(40)], {})
+        replies = post_concurrently(f"{server.url}/v1/embeddings", [{"input": f"text {i}"} for i in range(40)], {})
         after = scrape(f"{server.url}/metrics")
     finally:
         server.deploy(package)
@@ -143,15 +136,15 @@ def test_requests_past_their_queue_deadline_are_dropped_before_running(server, m
             _assert_json_error(reply, 504, "queue_timeout")
     computed = histogram_delta(before, after, "optiserve_batch_size").total
     print(
-        f"\ndeadline: {codes.count(200)} served, {codes.count(504)} dropped past a 20 ms queue deadline, "
-        f"{computed:.0f} items computed"
+        f"\ndeadline: {codes.count(200)} served, {codes.count(504)} dropped past a "
+        f"{QUEUE_TIMEOUT_S * 1e3:.0f} ms queue deadline, {computed:.0f} items computed"
     )
     figures["deadline"] = {
         "requests": len(codes),
         "served": codes.count(200),
         "dropped_504": codes.count(504),
         "items_computed": computed,
-        "queue_timeout_s": 0.02,
+        "queue_timeout_s": QUEUE_TIMEOUT_S,
     }
     assert computed == codes.count(200)  # dropped requests never reached the model
 

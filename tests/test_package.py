@@ -115,3 +115,23 @@ def test_manifest_with_unknown_field_is_refused(package_dir: Path) -> None:
     _rewrite_manifest(package_dir, manifest)
     with pytest.raises(PackageError, match="does not match the manifest schema"):
         load_package(package_dir)
+
+
+def test_nested_file_named_manifest_is_not_exempt(package_dir: Path) -> None:
+    (package_dir / "model" / "manifest.json").write_text("{}")
+    with pytest.raises(PackageError, match="does not list"):
+        load_package(package_dir)
+
+
+def test_writing_over_a_directory_that_is_not_a_package_is_refused(tiny_source: SourceModel, tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    candidate = Candidate("torch-fp32", "torch", "fp32", tiny_source.path, chain=[])
+    with pytest.raises(PackageError, match="not a model package"):
+        write_candidate_package(tiny_source, candidate, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    rewritten = write_candidate_package(tiny_source, candidate, tmp_path / "pkg")
+    again = write_candidate_package(tiny_source, candidate, tmp_path / "pkg")  # replacing a package is fine
+    assert again.manifest.files == rewritten.manifest.files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "precious"]  # no staging directories left

@@ -37,8 +37,7 @@ def export_onnx(source: SourceModel, out_path: Path, check_texts: list[str], con
     from serving.runtimes.torch import load_encoder
 
     model = load_encoder(source.path, source.pooling)
-    spec = source.tokenizer
-    encoder = TextEncoder(source.path / spec.path, spec.max_length, spec.pad_token_id)
+    encoder = TextEncoder.from_spec(source.path, source.tokenizer)
     sample = encoder.pad(encoder.encode(check_texts[:2]))
     args = tuple(torch.from_numpy(getattr(sample, name)) for name in INPUT_NAMES)
     out_path.parent.mkdir(parents=True, exist_ok=True)

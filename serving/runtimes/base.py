@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
-from serving.package import ModelPackage
+from serving.package import ModelPackage, PoolingSpec
 from serving.tokenizer import EncodedBatch
 
 
@@ -15,30 +16,34 @@ class EmbeddingRuntime(ABC):
     """Runs one padded batch and returns one float32 embedding per row."""
 
     name: str
-    device: str = "cpu"
 
     @abstractmethod
     def run(self, batch: EncodedBatch) -> np.ndarray: ...
 
 
 def default_threads() -> int:
-    """Threads for one runtime: the cores Ray assigned to this process, else every core."""
+    """Threads for one runtime: ``OPTISERVE_THREADS``, else ``OMP_NUM_THREADS`` (Ray sets it to a replica's
+    ``num_cpus``), else 1 -- the same default the optimizer profiles with, so its profile predicts the server."""
     for var in ("OPTISERVE_THREADS", "OMP_NUM_THREADS"):
         if value := os.environ.get(var):
             return max(1, int(value))
-    return os.cpu_count() or 1
+    return 1
 
 
-def load_runtime(package: ModelPackage, threads: int | None = None) -> EmbeddingRuntime:
-    """The runtime a package's manifest asks for. Heavy libraries are imported only here."""
-    threads = threads or default_threads()
-    runtime = package.manifest.runtime
+def create_runtime(runtime: str, model_path: Path, pooling: PoolingSpec, threads: int) -> EmbeddingRuntime:
+    """A runtime by name. Heavy libraries are imported only here."""
     if runtime == "onnxruntime":
         from serving.runtimes.onnx import OnnxRuntime
 
-        return OnnxRuntime(package.model_file, threads=threads)
+        return OnnxRuntime(model_path, threads=threads)
     if runtime == "torch":
         from serving.runtimes.torch import TorchRuntime
 
-        return TorchRuntime(package.model_file, package.manifest.pooling, threads=threads)
+        return TorchRuntime(model_path, pooling, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}; expected 'onnxruntime' or 'torch'")
+
+
+def load_runtime(package: ModelPackage, threads: int | None = None) -> EmbeddingRuntime:
+    """The runtime a package's manifest asks for."""
+    m = package.manifest
+    return create_runtime(m.runtime, package.model_file, m.pooling, threads or default_threads())

@@ -27,12 +27,13 @@ def session_options(threads: int) -> ort.SessionOptions:
 def check_external_data(model_path: Path) -> None:
     """Refuse ONNX external-data references that leave the model's directory (absolute paths, ``..``, links)."""
     import onnx
+    from onnx.external_data_helper import _get_all_tensors  # initializers, attributes and subgraphs
 
     from serving.errors import PackageError
 
     root = model_path.parent.resolve()
     model = onnx.load(str(model_path), load_external_data=False)
-    for tensor in model.graph.initializer:
+    for tensor in _get_all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
@@ -55,7 +56,6 @@ class OnnxRuntime(EmbeddingRuntime):
             log.warning("ONNX Runtime provider %s is not available here (have %s); skipping it", missing, available)
         self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=chosen or [CPU])
         self.providers = self.session.get_providers()
-        self.device = "cpu" if self.providers == [CPU] else "cuda"
         self._input_names = {i.name for i in self.session.get_inputs()}
 
     def run(self, batch: EncodedBatch) -> np.ndarray:
