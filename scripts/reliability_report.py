@@ -60,7 +60,8 @@ def render(figures: dict, soak: dict) -> str:
         ),
         (
             "Fuzzing every route of the OpenAPI schema (schemathesis)",
-            f"{fuzz['requests']:.0f} requests, by status {fuzz['by_status']}; no 5xx; healthy afterwards",
+            f"{fuzz['requests']:.0f} requests, by status {fuzz['by_status']}; no 5xx; healthy afterwards "
+            f"(limits during the run: {fuzz.get('limits', {})})",
             "tests/test_fuzz.py",
         ),
         (
