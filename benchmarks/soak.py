@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,15 @@ def soak(out: Path, minutes: float, users: int, max_inputs: int, window_s: float
         "p99_first_ms": first["p99_ms"],
         "p99_last_ms": last["p99_ms"],
     }
-    result = {"minutes": minutes, "users": users, "max_inputs": max_inputs, "windows": windows, "summary": summary}
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    result = {
+        "minutes": minutes,
+        "users": users,
+        "max_inputs": max_inputs,
+        "commit": commit or "unknown",
+        "windows": windows,
+        "summary": summary,
+    }
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "soak.md").write_text(render(result) + "\n")
     return result

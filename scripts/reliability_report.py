@@ -31,6 +31,12 @@ def render(figures: dict, soak: dict) -> str:
     kill, config = figures["replica_kill"], figures["config_changes"]
     overload, deadline, fuzz = figures["overload"], figures["deadline"], figures["fuzz"]
     s = soak["summary"]
+    unrecorded = "not recorded"
+    commits = [
+        *(figures[key].get("commit", unrecorded) for key in ("replica_kill", "config_changes", "overload", "deadline")),
+        fuzz.get("commit", unrecorded),
+        soak.get("commit", unrecorded),
+    ]
     rows = [
         (
             f"Replica killed with SIGKILL under load ({kill['workers']} closed-loop clients)",
@@ -75,14 +81,14 @@ def render(figures: dict, soak: dict) -> str:
     lines = [
         "# Reliability figures",
         "",
-        f"Produced by `scripts/reliability_report.py` on {datetime.now(UTC):%Y-%m-%d} from commit {_commit()}, "
+        f"Produced by `scripts/reliability_report.py` on {datetime.now(UTC):%Y-%m-%d} at commit {_commit()}, "
         f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}, ray {version('ray')}, "
         f"onnxruntime {version('onnxruntime')}. Every row is one run of the named test or script (commands in the "
-        "script's docstring); the load generator shares the server's cores.",
+        "script's docstring), at the commit in its row; the load generator shares the server's cores.",
         "",
-        "| scenario | result | source |",
-        "|---|---|---|",
-        *[f"| {a} | {b} | `{c}` |" for a, b, c in rows],
+        "| scenario | result | source | commit |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | `{c}` | {commit} |" for (a, b, c), commit in zip(rows, commits, strict=True)],
         "",
         "Not covered by a live test: a replica whose runtime breaks is restarted by Ray Serve when `check_health` "
         "raises (tested at the replica level in `tests/test_faults.py`; the restart itself is Ray's).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,11 @@ def figures() -> Iterator[dict]:
     collected: dict = {}
     yield collected
     if collected:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=FIGURES_FILE.parents[2]
+        ).stdout.strip()
+        for entry in collected.values():
+            entry["commit"] = commit or "unknown"
         FIGURES_FILE.parent.mkdir(parents=True, exist_ok=True)
         previous = json.loads(FIGURES_FILE.read_text()) if FIGURES_FILE.exists() else {}
         FIGURES_FILE.write_text(json.dumps({**previous, **collected}, indent=2) + "\n")
