@@ -25,7 +25,7 @@ from optimizers.source import bundled_model_dir
 from optiserve.demo import free_port
 from serving.launcher import start
 
-REPLICA_TITLE = "ServeReplica:optiserve:EmbeddingService"
+REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"
 PROXY_TITLE = "ProxyActor"
 
 

@@ -25,8 +25,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from optimizers.corpus import load_split
-from optimizers.fidelity import embedding_fidelity
+from optimizers.fidelity import output_fidelity
 from optimizers.passes import ExportOnnxConfig, QuantizeDynamicConfig, export_onnx, quantize_dynamic
+from optimizers.passes.export_onnx import OUTPUT_NAMES
 from optimizers.profile import best_row, profile_pipeline, serving_defaults
 from optimizers.report import write_report
 from optimizers.source import SourceModel
@@ -45,7 +46,7 @@ from serving.package import (
     utc_now,
     write_package,
 )
-from serving.pipeline import EmbeddingPipeline
+from serving.pipeline import TextPipeline
 from serving.runtimes.base import create_runtime, default_threads
 from serving.tokenizer import TextEncoder
 
@@ -131,10 +132,10 @@ def build_candidates(source: SourceModel, work_dir: Path, check_texts: list[str]
     return candidates
 
 
-def _pipeline(source: SourceModel, candidate: Candidate, threads: int) -> EmbeddingPipeline:
+def _pipeline(source: SourceModel, candidate: Candidate, threads: int) -> TextPipeline:
     encoder = TextEncoder.from_spec(source.path, source.tokenizer)
-    runtime = create_runtime(candidate.runtime, candidate.model_path, source.pooling, threads)
-    return EmbeddingPipeline(encoder, runtime, source.embedding_dim)
+    runtime = create_runtime(candidate.runtime, candidate.model_path, source.pooling, threads, source.task, gpus=[])
+    return TextPipeline(encoder, runtime, source.output_dim)
 
 
 def evaluate(
@@ -145,10 +146,10 @@ def evaluate(
     for candidate in candidates:
         pipeline = _pipeline(source, candidate, threads)
         candidate.profile = profile_pipeline(pipeline, heldout, items=profile_items, threads=threads)
-        embeddings = pipeline.embed_as_served(heldout, serving_defaults(candidate.profile))
+        outputs = pipeline.run_as_served(heldout, serving_defaults(candidate.profile))
         if reference is None:
-            reference = embeddings  # the first candidate is the source model itself
-        candidate.fidelity = embedding_fidelity(reference, embeddings)
+            reference = outputs  # the first candidate is the source model itself
+        candidate.fidelity = output_fidelity(reference, outputs, top1=source.task == "classification")
         log.info(
             "%-24s cosine mean %.4f min %.4f  %.0f items/s",
             candidate.name,
@@ -156,6 +157,12 @@ def evaluate(
             candidate.fidelity.cosine_min,
             candidate.items_per_s,
         )
+
+
+def _closeness(fidelity: Fidelity | None) -> float:
+    if fidelity is None:
+        return -1.0
+    return fidelity.top1_agreement if fidelity.top1_agreement is not None else fidelity.cosine_mean
 
 
 def select(candidates: list[Candidate], budget: FidelityBudget) -> Candidate | None:
@@ -202,10 +209,12 @@ def _fill_package(
         precision=candidate.precision,
         model_path=model_path,
         inputs=MODEL_INPUTS,
-        outputs=[TensorSpec(name="sentence_embedding", dtype="float32", shape=["batch", source.embedding_dim])],
+        task=source.task,
+        outputs=[TensorSpec(name=OUTPUT_NAMES[source.task], dtype="float32", shape=["batch", source.output_dim])],
         tokenizer=source.tokenizer.model_copy(update={"path": "tokenizer/tokenizer.json"}),
         pooling=source.pooling,
-        embedding_dim=source.embedding_dim,
+        embedding_dim=source.output_dim if source.task == "embedding" else None,
+        labels=list(source.labels),
         fidelity=candidate.fidelity,
         budget=budget,
         profile=candidate.profile,
@@ -238,6 +247,7 @@ def optimize(
         selected = select(candidates, budget)
         report = {
             "source": {"name": source.name, "path": str(source.path), "sha256": source.sha256},
+            "task": source.task,
             "budget": budget.model_dump(),
             "heldout_samples": len(heldout),
             "selected": selected.name if selected else None,
@@ -246,7 +256,7 @@ def optimize(
         if selected is None:
             report_dir = out_dir.with_name(out_dir.name + ".report")
             write_report(report_dir, report)
-            closest = max(candidates[1:], key=lambda c: c.fidelity.cosine_mean if c.fidelity else -1)
+            closest = max(candidates[1:], key=lambda c: _closeness(c.fidelity))
             raise BudgetNotMetError(
                 f"no candidate meets the fidelity budget {budget.model_dump()}; closest: {closest.name} "
                 f"({closest.fidelity}); report written to {report_dir}"

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from serving.package import ProfileRow, ServingDefaults
-from serving.pipeline import EmbeddingPipeline
+from serving.pipeline import TextPipeline
 
 DEFAULT_CALL_ITEMS = (1, 4, 8, 16, 32)
 
 
 def profile_pipeline(
-    pipeline: EmbeddingPipeline,
+    pipeline: TextPipeline,
     texts: Sequence[str],
     batch_size: int = ServingDefaults().max_batch_size,
     call_items: Sequence[int] = DEFAULT_CALL_ITEMS,
@@ -31,12 +31,12 @@ def profile_pipeline(
     for call in call_items:
         if call > batch_size:
             continue
-        pipeline.embed(batches[0], max_items=call)  # warm-up: allocator, thread pool
+        pipeline.run(batches[0], max_items=call)  # warm-up: allocator, thread pool
         latencies = []
         start = time.perf_counter()
         for batch in batches:
             t0 = time.perf_counter()
-            pipeline.embed(batch, max_items=call)
+            pipeline.run(batch, max_items=call)
             latencies.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - start
         ms = np.array(latencies) * 1e3

@@ -15,6 +15,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     budget = report["budget"]
+    classifier = report.get("task") == "classification"
     rows = []
     for c in report["candidates"]:
         fid = c["fidelity"] or {}
@@ -27,18 +28,35 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{c['items_per_s']:.0f}",
                 f"{fid.get('cosine_mean', float('nan')):.4f}",
                 f"{fid.get('cosine_min', float('nan')):.4f}",
+                *([f"{fid.get('top1_agreement') or float('nan'):.4f}"] if classifier else []),
                 "yes" if c["within_budget"] else "no",
             ]
         )
+    criterion = (
+        f"top-1 agreement >= {budget['min_top1_agreement']}"
+        if classifier
+        else f"cosine mean >= {budget['min_cosine_mean']}, min >= {budget['min_cosine_min']}"
+    )
     parts = [
         f"# Optimization report: {report['source']['name']}",
         "",
-        f"Fidelity budget: cosine mean >= {budget['min_cosine_mean']}, min >= {budget['min_cosine_min']}, "
+        f"Fidelity budget: {criterion}, "
         f"on {report['heldout_samples']} held-out sentences vs the torch fp32 source. "
         f"Selected: **{report['selected'] or 'none'}**.",
         "",
         _md_table(
-            ["candidate", "runtime", "precision", "size MB", "items/s (best)", "cos mean", "cos min", "in budget"], rows
+            [
+                "candidate",
+                "runtime",
+                "precision",
+                "size MB",
+                "items/s (best)",
+                "cos mean",
+                "cos min",
+                *(["top-1 agree"] if classifier else []),
+                "in budget",
+            ],
+            rows,
         ),
         "",
         "## Profile (dynamic batches of held-out text in arrival order, sorted and cut into model calls)",

@@ -1,10 +1,12 @@
-"""The source model: a Hugging Face encoder directory with its sentence-transformers configuration."""
+"""The source model: a Hugging Face encoder directory, either a sentence embedding model (with its
+sentence-transformers configuration) or a sequence classifier (``*ForSequenceClassification``)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from serving.errors import OptiserveError
 from serving.hashing import sha256_tree
@@ -27,7 +29,9 @@ class SourceModel:
     sha256: str
     pooling: PoolingSpec
     tokenizer: TokenizerSpec
-    embedding_dim: int
+    task: Literal["embedding", "classification"]
+    output_dim: int  # embedding width, or number of labels
+    labels: tuple[str, ...] = ()
 
     @classmethod
     def from_dir(cls, path: Path, name: str | None = None) -> SourceModel:
@@ -40,6 +44,7 @@ class SourceModel:
         if not (path / "tokenizer.json").is_file():
             raise OptiserveError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
         config = json.loads(config_file.read_text())
+        labels = _labels(config)
         return cls(
             path=path,
             name=name or _model_name(path),
@@ -48,8 +53,19 @@ class SourceModel:
             tokenizer=TokenizerSpec(
                 path="tokenizer.json", max_length=_max_length(path, config), pad_token_id=config.get("pad_token_id", 0)
             ),
-            embedding_dim=int(config["hidden_size"]),
+            task="classification" if labels else "embedding",
+            output_dim=len(labels) if labels else int(config["hidden_size"]),
+            labels=labels,
         )
+
+
+def _labels(config: dict) -> tuple[str, ...]:
+    """A classifier's labels in logit order; empty for embedding models."""
+    if not any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+        return ()
+    id2label = config.get("id2label") or {}
+    count = int(config.get("num_labels") or len(id2label) or 2)
+    return tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count))
 
 
 def _model_name(path: Path) -> str:

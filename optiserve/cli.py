@@ -41,6 +41,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for key, value in (("max_batch_size", args.max_batch_size), ("batch_wait_timeout_s", args.batch_wait_s))
         if value is not None
     }
+    options: dict[str, object] = {}
+    if args.num_gpus:
+        options["num_gpus"] = args.num_gpus
+    if args.autoscale:
+        low, _, high = args.autoscale.partition(":")
+        if not (low.isdigit() and high.isdigit() and 0 <= int(low) <= int(high) and int(high) >= 1):
+            raise OptiserveError(f"--autoscale takes MIN:MAX replicas (e.g. 1:4), got {args.autoscale!r}")
+        options["autoscaling_config"] = {"min_replicas": int(low), "max_replicas": int(high)}
+    elif args.replicas:
+        options["num_replicas"] = args.replicas
     run_until_signalled(
         args.package_dir,
         args.host,
@@ -49,6 +59,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         address=args.address,
         num_cpus=args.num_cpus,
         threads=args.threads,
+        **options,
     )
     return 0
 
@@ -93,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="runtime threads to profile with (default: 1, as a replica runs)")
     p.set_defaults(run=_cmd_optimize)
 
-    p = sub.add_parser("serve", help="serve a model package with Ray Serve")
-    p.add_argument("package_dir", type=Path)
+    p = sub.add_parser("serve", help="serve one or more model packages with Ray Serve (routed by model name)")
+    p.add_argument("package_dir", type=Path, nargs="+", help="package directories; model names must differ")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
@@ -102,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="runtime threads (and Ray CPUs) per replica (default: 1)")
     p.add_argument("--max-batch-size", type=int, help="items per dynamic batch (default: from the package)")
     p.add_argument("--batch-wait-s", type=float, help="max wait to fill a batch (default: from the package)")
+    p.add_argument("--num-gpus", type=float, help="GPUs per replica, fractions allowed (default: 0, CPU)")
+    p.add_argument("--replicas", type=int, help="fixed number of replicas (default: 1)")
+    p.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
     p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("loadtest", help="run a bounded headless Locust load against a server")

@@ -16,8 +16,8 @@ from serving.limits import LIMITS
 Text = Annotated[StrictStr, StringConstraints(min_length=1, max_length=LIMITS.max_input_chars, pattern=r"\S")]
 
 
-class EmbeddingsRequest(BaseModel):
-    """OpenAI ``POST /v1/embeddings`` request (text inputs only)."""
+class TextRequest(BaseModel):
+    """Fields every text route takes: ``input`` (one string or a list) and optionally ``model``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,9 +25,7 @@ class EmbeddingsRequest(BaseModel):
         description=f"a string, or a list of 1..{LIMITS.max_inputs} strings, each with a non-space character "
         f"and at most {LIMITS.max_input_chars} characters"
     )
-    model: StrictStr | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, gt=0)
+    model: StrictStr | None = Field(default=None, description="which model; optional when only one fits the route")
     user: StrictStr | None = None
 
     @field_validator("input", mode="before")
@@ -46,23 +44,38 @@ class EmbeddingsRequest(BaseModel):
             items = value
         else:
             raise ValueError(f"must be a string or a list of strings, got {type(value).__name__}")
-        for index, text in enumerate(items):
-            if not isinstance(text, str):
-                raise ValueError(f"item {index} must be a string, got {type(text).__name__}")
-            if not text.strip():
-                raise ValueError(f"item {index} is empty")
-            if len(text) > LIMITS.max_input_chars:
-                raise ValueError(
-                    f"item {index} has {len(text)} characters; at most {LIMITS.max_input_chars} are accepted"
-                )
+        check_texts(items)
         return value
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
+def check_texts(items: list[object]) -> None:
+    """Raise ValueError naming the first item that is not a non-blank string within the length limit."""
+    for index, text in enumerate(items):
+        if not isinstance(text, str):
+            raise ValueError(f"item {index} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"item {index} is empty")
+        if len(text) > LIMITS.max_input_chars:
+            raise ValueError(f"item {index} has {len(text)} characters; at most {LIMITS.max_input_chars} are accepted")
+
+
+class EmbeddingsRequest(TextRequest):
+    """OpenAI ``POST /v1/embeddings`` request (text inputs only)."""
+
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, gt=0)
+
+
+class ClassifyRequest(TextRequest):
+    """``POST /v1/classify``: labels and probabilities for each input, from a classification package."""
+
+
 class ApiError(Exception):
-    """An error to answer with, as JSON, without a traceback."""
+    """An error to answer with, as JSON, without a traceback: ``{"error": {"message", "type", "code"}}``, or
+    ``{"error": message}`` on KServe v2 routes, as that protocol specifies."""
 
     def __init__(self, status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -72,9 +85,9 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def response(self) -> Response:
-        body = {"error": {"message": self.message, "type": self.type, "code": self.code}}
-        return json_response(body, self.status, self.headers)
+    def response(self, kserve: bool = False) -> Response:
+        detail = self.message if kserve else {"message": self.message, "type": self.type, "code": self.code}
+        return json_response({"error": detail}, self.status, self.headers)
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -108,3 +121,31 @@ def embeddings_body(
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+def classification_body(
+    model: str, logits: np.ndarray, labels: list[str], tokens: int, truncated: np.ndarray
+) -> dict[str, object]:
+    """Per input: the top label, its probability, and every label's probability (softmax of the logits)."""
+    probabilities = softmax(logits)
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "classification",
+                "index": i,
+                "label": labels[int(row.argmax())],
+                "score": float(row.max()),
+                "scores": {label: float(p) for label, p in zip(labels, row, strict=True)},
+                "truncated": bool(cut),
+            }
+            for i, (row, cut) in enumerate(zip(probabilities, truncated, strict=True))
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -1,14 +1,20 @@
-"""The Ray Serve application: one deployment per model package, HTTP and model in the same replica.
+"""The Ray Serve application: one deployment serving one or more model packages, routed by model name, with
+HTTP and the models in the same replica.
 
-Note for maintainers: ``serve.ingress`` wraps ``EmbeddingService`` in a class that is pickled *by value*, so the
+Note for maintainers: ``serve.ingress`` wraps ``InferenceService`` in a class that is pickled *by value*, so the
 globals its methods read are frozen as they were in the driver. Per-process settings (``LIMITS``) are read in
 module-level functions or stored on the instance in ``__init__``, never read as globals inside its methods.
 
-    HTTP ─► Ray proxy ─► EmbeddingService replica: FastAPI (validation, errors, metrics)
-                                                  + EmbeddingReplica (@serve.batch over items, runtime)
+    HTTP ─► Ray proxy ─► InferenceService replica: FastAPI (validation, errors, metrics)
+                                                   + a ModelRunner per package (own batch queue, runtime)
 
-HTTP handling and the model share a replica process (as in TEI): measured on 2 cores, a separate ingress
-deployment with a handle call to a model deployment served 57 req/s where this serves 95 (see README).
+Routes: OpenAI ``/v1/embeddings`` and ``/v1/models``; ``/v1/classify`` for classifiers; KServe v2 (Open Inference
+Protocol) ``/v2``, ``/v2/health/*``, ``/v2/models/{m}[/versions/{v}]``, ``.../ready`` and ``.../infer``;
+``/metrics``.
+
+HTTP handling and the models share a replica process (as in TEI and Triton): measured on 2 cores, a separate
+ingress deployment with a handle call to a model deployment served 57 req/s where this serves 95 (see README).
+Several packages share each replica the way a Triton server holds a model repository.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress wrapper.
@@ -17,25 +23,40 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving.api import ApiError, EmbeddingsRequest, embeddings_body, json_response
+from serving import kserve
+from serving.api import (
+    ApiError,
+    ClassifyRequest,
+    EmbeddingsRequest,
+    check_texts,
+    classification_body,
+    embeddings_body,
+    json_response,
+    softmax,
+)
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.limits import LIMITS
-from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, current_labels, exposition, metrics
+from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, NO_MODEL, exposition, metrics
 from serving.package import ServingDefaults, load_package
-from serving.replica import EmbeddingReplica, EmbedResult
+from serving.replica import InferResult, ModelRunner, ServedModels
 
 log = logging.getLogger("optiserve")
+SERVER_VERSION = "0.1.0"
 MAX_ONGOING_REQUESTS = 1024
 RETRY_AFTER_S = "1"
 
 
-api = FastAPI(title="optiserve", version="0.1.0", docs_url=None, redoc_url=None)
+api = FastAPI(title="optiserve", version=SERVER_VERSION, docs_url=None, redoc_url=None)
+
+
+MODEL_LABELS_KEY = "optiserve.model_labels"  # set in the ASGI scope by a handler, read by the metrics middleware
 
 
 def _route_of(request: Request) -> str:
@@ -43,35 +64,43 @@ def _route_of(request: Request) -> str:
     return getattr(route, "path", "unmatched")
 
 
+def _is_kserve(request: Request) -> bool:
+    return request.url.path == "/v2" or request.url.path.startswith("/v2/")
+
+
 @api.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> Response:
-    return exc.response()
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return exc.response(kserve=_is_kserve(request))
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return ApiError(400, "request body is not valid JSON", "invalid_request_error", "invalid_json").response()
+        return ApiError(400, "request body is not valid JSON", "invalid_request_error", "invalid_json").response(
+            kserve=_is_kserve(_)
+        )
     first = errors[0] if errors else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     message = f"{where}: {str(first.get('msg', 'invalid value')).removeprefix('Value error, ')}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
-    return ApiError(422, message, "invalid_request_error", "invalid_value").response()
+    return ApiError(422, message, "invalid_request_error", "invalid_value").response(kserve=_is_kserve(_))
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     code = codes.get(exc.status_code, "http_error")
-    return ApiError(exc.status_code, str(exc.detail), "invalid_request_error", code).response()
+    error = ApiError(exc.status_code, str(exc.detail), "invalid_request_error", code)
+    return error.response(kserve=_is_kserve(request))
 
 
 @api.exception_handler(Exception)
-async def _unexpected_error(_: Request, exc: Exception) -> Response:
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error")
-    return ApiError(500, "internal server error", "server_error", "internal_error").response()
+    error = ApiError(500, "internal server error", "server_error", "internal_error")
+    return error.response(kserve=_is_kserve(request))
 
 
 INFERENCE_PREFIXES = ("/v1/", "/v2/models")
@@ -81,9 +110,8 @@ INFERENCE_PREFIXES = ("/v1/", "/v2/models")
 async def _observe(request: Request, call_next: Any) -> Response:
     """Count and time every request; check the bearer token on inference routes."""
     m = metrics()
-    labels = current_labels()
     started = time.perf_counter()
-    m.inflight.labels(**labels).inc()
+    m.inflight.inc()
     status = 500
     try:
         if request.url.path.startswith(INFERENCE_PREFIXES) and not LIMITS.authorized(
@@ -95,13 +123,14 @@ async def _observe(request: Request, call_next: Any) -> Response:
                 "authentication_error",
                 "invalid_api_key",
                 {"WWW-Authenticate": "Bearer"},
-            ).response()
+            ).response(kserve=_is_kserve(request))
         else:
             response = await call_next(request)
         status = response.status_code
         return response
     finally:
-        m.inflight.labels(**labels).dec()
+        m.inflight.dec()
+        labels = request.scope.get(MODEL_LABELS_KEY, NO_MODEL)
         route = _route_of(request)
         m.requests.labels(**labels, route=route, code=str(status)).inc()
         m.request_duration.labels(**labels, route=route).observe(time.perf_counter() - started)
@@ -125,7 +154,7 @@ class BodySizeLimit:
         limit = LIMITS.max_body_bytes
         too_large = ApiError(
             413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
-        ).response()
+        ).response(kserve=str(scope.get("path", "")).startswith("/v2"))
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await too_large(scope, receive, send)
@@ -163,60 +192,167 @@ def _replay(messages: list[dict], then: Any = None) -> Any:
 api.add_middleware(BodySizeLimit)
 
 
-@serve.deployment(name="EmbeddingService")
+def _not_found(name: str, served: list[str]) -> ApiError:
+    return ApiError(
+        404, f"model {name!r} is not served here; available: {served}", "invalid_request_error", "model_not_found"
+    )
+
+
+def _run_errors(exc: Exception) -> ApiError:
+    """The HTTP answer for an exception raised while a model ran a request."""
+    if isinstance(exc, OverloadedError):
+        return ApiError(
+            503, "server is overloaded; retry later", "overloaded_error", "overloaded", {"Retry-After": RETRY_AFTER_S}
+        )
+    if isinstance(exc, DeadlineExceededError):
+        return ApiError(504, str(exc), "timeout_error", "queue_timeout")
+    log.error("inference failed", exc_info=exc)
+    return ApiError(500, "inference failed", "server_error", "inference_failed")
+
+
+def _kserve_platform(runtime: str) -> str:
+    return {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}.get(runtime, runtime)
+
+
+def _kserve_outputs(runner: ModelRunner, result: InferResult) -> list[kserve.OutputTensor]:
+    if runner.manifest.task == "classification":
+        labels = runner.manifest.labels
+        predicted = np.array([labels[i] for i in result.outputs.argmax(axis=1)], dtype=object)
+        return [
+            kserve.OutputTensor("logits", "FP32", result.outputs),
+            kserve.OutputTensor("probabilities", "FP32", softmax(result.outputs)),
+            kserve.OutputTensor("label", "BYTES", predicted),
+        ]
+    return [kserve.OutputTensor("embedding", "FP32", result.outputs)]
+
+
+def _kserve_metadata(runner: ModelRunner) -> dict[str, Any]:
+    m = runner.manifest
+    outputs = (
+        [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, m.output_dim]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, m.output_dim]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ]
+        if m.task == "classification"
+        else [{"name": "embedding", "datatype": "FP32", "shape": [-1, m.output_dim]}]
+    )
+    return {
+        "name": m.name,
+        "versions": [m.version],
+        "platform": _kserve_platform(m.runtime),
+        "inputs": [{"name": KSERVE_TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": outputs,
+        "parameters": {"optiserve": runner.describe()},
+    }
+
+
+KSERVE_TEXT_INPUT = "text"
+
+
+@serve.deployment(name="InferenceService")
 @serve.ingress(api)
-class EmbeddingService(EmbeddingReplica):
-    """OpenAI embeddings, KServe v2 health and Prometheus metrics for one package."""
+class InferenceService(ServedModels):
+    """OpenAI embeddings, classification, KServe v2 and Prometheus metrics for one or more packages."""
 
-    def __init__(self, package_dir: str, threads: int | None = None) -> None:
-        super().__init__(package_dir, threads)
+    def __init__(self, package_dirs: list[str], threads: int | None = None) -> None:
+        super().__init__(package_dirs, threads)
 
-    @api.post("/v1/embeddings")
-    async def embeddings(self, body: EmbeddingsRequest) -> Response:
-        if body.model is not None and body.model != self.model_name:
+    def _resolve(self, request: Request, name: str | None, task: str, route: str) -> ModelRunner:
+        """The model a text route's request names (or the only one with ``task``); labels its metrics."""
+        if name is None:
+            fitting = self.names(task)
+            if len(fitting) != 1:
+                if not fitting:
+                    raise ApiError(
+                        404,
+                        f"no {task} model is served here; {route} needs one",
+                        "invalid_request_error",
+                        "model_not_found",
+                    )
+                raise ApiError(
+                    400,
+                    f"model is required: this server has several {task} models {fitting}",
+                    "invalid_request_error",
+                    "model_required",
+                )
+            name = fitting[0]
+        runner = self.models.get(name)
+        if runner is None:
+            raise _not_found(name, self.names())
+        request.scope[MODEL_LABELS_KEY] = runner.labels
+        if runner.manifest.task != task:
+            other = "/v1/embeddings" if runner.manifest.task == "embedding" else "/v1/classify"
+            raise ApiError(
+                400,
+                f"model {name!r} is a {runner.manifest.task} model; use {other}",
+                "invalid_request_error",
+                "wrong_task",
+            )
+        return runner
+
+    def _kserve_model(self, request: Request, name: str, version: str | None = None) -> ModelRunner:
+        runner = self.models.get(name)
+        if runner is None or (version is not None and version != runner.manifest.version):
+            what = name if version is None else f"{name} version {version}"
             raise ApiError(
                 404,
-                f"model {body.model!r} is not served here; available: {self.model_name!r}",
+                f"model {what!r} is not served here; available: {self.names()}",
                 "invalid_request_error",
                 "model_not_found",
             )
-        texts = body.texts()
-        if body.dimensions is not None and body.dimensions != self.pipeline.embedding_dim:
+        request.scope[MODEL_LABELS_KEY] = runner.labels
+        return runner
+
+    async def _infer(self, runner: ModelRunner, texts: list[str]) -> InferResult:
+        encoder = runner.pipeline.encoder
+        if self.limits.on_overflow == "reject" and (too_long := encoder.too_long(texts)):
             raise ApiError(
                 422,
-                f"dimensions: this model returns {self.pipeline.embedding_dim}, got {body.dimensions}",
-                "invalid_request_error",
-                "invalid_value",
-            )
-        if self.limits.on_overflow == "reject" and (too_long := self.pipeline.encoder.too_long(texts)):
-            raise ApiError(
-                422,
-                f"input: item {too_long[0]} is longer than the model's {self.pipeline.encoder.max_length} tokens "
+                f"input: item {too_long[0]} is longer than the model's {encoder.max_length} tokens "
                 "(this server rejects instead of truncating)",
                 "invalid_request_error",
                 "input_too_long",
             )
-        result = await self._embed_or_error(texts)
+        try:
+            return await runner.infer(texts)
+        except Exception as exc:  # noqa: BLE001 -- every failure becomes a JSON answer (and is logged there)
+            raise _run_errors(exc) from None
+
+    @api.post("/v1/embeddings")
+    async def embeddings(self, body: EmbeddingsRequest, request: Request) -> Response:
+        runner = self._resolve(request, body.model, "embedding", "/v1/embeddings")
+        if body.dimensions is not None and body.dimensions != runner.manifest.output_dim:
+            raise ApiError(
+                422,
+                f"dimensions: this model returns {runner.manifest.output_dim}, got {body.dimensions}",
+                "invalid_request_error",
+                "invalid_value",
+            )
+        result = await self._infer(runner, body.texts())
         return json_response(
-            embeddings_body(self.model_name, result.embeddings, result.tokens, result.truncated, body.encoding_format)
+            embeddings_body(runner.name, result.outputs, result.tokens, result.truncated, body.encoding_format)
         )
 
-    async def _embed_or_error(self, texts: list[str]) -> EmbedResult:
-        try:
-            return await self.embed(texts)
-        except OverloadedError:
-            raise ApiError(
-                503,
-                "server is overloaded; retry later",
-                "overloaded_error",
-                "overloaded",
-                {"Retry-After": RETRY_AFTER_S},
-            ) from None
-        except DeadlineExceededError as exc:
-            raise ApiError(504, str(exc), "timeout_error", "queue_timeout") from None
-        except Exception:
-            log.exception("inference failed")
-            raise ApiError(500, "inference failed", "server_error", "inference_failed") from None
+    @api.post("/v1/classify")
+    async def classify(self, body: ClassifyRequest, request: Request) -> Response:
+        runner = self._resolve(request, body.model, "classification", "/v1/classify")
+        result = await self._infer(runner, body.texts())
+        return json_response(
+            classification_body(runner.name, result.outputs, runner.manifest.labels, result.tokens, result.truncated)
+        )
+
+    @api.get("/v1/models")
+    async def list_models(self) -> Response:
+        data = [
+            {"id": name, "object": "model", "owned_by": "optiserve", "task": r.manifest.task}
+            for name, r in self.models.items()
+        ]
+        return json_response({"object": "list", "data": data})
+
+    @api.get("/v2")
+    async def server_metadata(self) -> Response:
+        return json_response({"name": "optiserve", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
 
     @api.get("/v2/health/live")
     async def live(self) -> Response:
@@ -224,8 +360,45 @@ class EmbeddingService(EmbeddingReplica):
 
     @api.get("/v2/health/ready")
     async def ready(self) -> Response:
-        # This replica answers only after its constructor loaded and verified the package.
+        # This replica answers only after its constructor loaded and verified every package.
         return json_response({"ready": True})
+
+    @api.get("/v2/models/{name}")
+    async def model_metadata(self, name: str, request: Request) -> Response:
+        return json_response(_kserve_metadata(self._kserve_model(request, name)))
+
+    @api.get("/v2/models/{name}/versions/{version}")
+    async def model_version_metadata(self, name: str, version: str, request: Request) -> Response:
+        return json_response(_kserve_metadata(self._kserve_model(request, name, version)))
+
+    @api.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str, request: Request) -> Response:
+        return json_response({"name": self._kserve_model(request, name).name, "ready": True})
+
+    @api.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_version_ready(self, name: str, version: str, request: Request) -> Response:
+        return json_response({"name": self._kserve_model(request, name, version).name, "ready": True})
+
+    @api.post("/v2/models/{name}/infer")
+    async def kserve_infer(self, name: str, request: Request) -> Response:
+        return await self._kserve_infer(self._kserve_model(request, name), request)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    async def kserve_version_infer(self, name: str, version: str, request: Request) -> Response:
+        return await self._kserve_infer(self._kserve_model(request, name, version), request)
+
+    async def _kserve_infer(self, runner: ModelRunner, request: Request) -> Response:
+        parsed = kserve.parse_infer_request(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
+        texts = kserve.text_input(parsed, KSERVE_TEXT_INPUT, self.limits.max_inputs)
+        try:
+            check_texts(texts)
+        except ValueError as exc:
+            raise kserve.bad_request(f"input {KSERVE_TEXT_INPUT!r}: {exc}") from None
+        result = await self._infer(runner, texts)
+        body, headers = kserve.infer_response(
+            runner.name, runner.manifest.version, parsed, _kserve_outputs(runner, result)
+        )
+        return Response(body, media_type=headers.pop("content-type"), headers=headers)
 
     @api.get("/metrics")
     async def prometheus(self) -> Response:
@@ -233,41 +406,78 @@ class EmbeddingService(EmbeddingReplica):
 
 
 def build_app(
-    package_dir: str,
+    package_dirs: list[str] | str,
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
     env_vars: dict[str, str] | None = None,
+    *,
+    num_gpus: float | None = None,
+    num_replicas: int | None = None,
+    autoscaling_config: dict[str, Any] | None = None,
 ) -> serve.Application:
-    """Bind the deployment for one package, with ``max_ongoing_requests`` large enough for batches to fill."""
-    manifest = load_package(package_dir).manifest
-    settings = ServingDefaults.model_validate({**manifest.serving.model_dump(), **(overrides or {})})
-    return EmbeddingService.options(
-        user_config=settings.model_dump(),
+    """Bind the deployment for one or more packages (model names must differ). ``max_ongoing_requests`` is set
+    large enough for batches to fill; ``num_gpus`` (fractional allowed) reserves GPUs per replica; with
+    ``autoscaling_config`` the replica count follows load (``target_ongoing_requests`` defaults to the largest
+    ``max_batch_size``, since a replica holds that many requests to fill one batch)."""
+    dirs = [package_dirs] if isinstance(package_dirs, str) else list(package_dirs)
+    if not dirs:
+        raise ValueError("build_app needs at least one package directory")
+    batch_sizes = []
+    for package_dir in dirs:
+        manifest = load_package(package_dir).manifest
+        merged = {**manifest.serving.model_dump(), **{k: v for k, v in (overrides or {}).items() if k != "models"}}
+        batch_sizes.append(ServingDefaults.model_validate(merged).max_batch_size)
+    ongoing = max(MAX_ONGOING_REQUESTS, 2 * max(batch_sizes))
+    options: dict[str, Any] = {
+        "user_config": dict(overrides or {}),
         # Requests go straight to the replica, whose own bounded queue (max_queued_items) answers 503 in JSON.
-        # This is far above 2 x max_batch_size, so batches can always fill.
-        max_ongoing_requests=max(MAX_ONGOING_REQUESTS, 2 * settings.max_batch_size),
+        "max_ongoing_requests": ongoing,
         # Last resort if the replica stops taking requests: Ray's router answers 503 past this many waiting.
-        max_queued_requests=MAX_ONGOING_REQUESTS,
+        "max_queued_requests": MAX_ONGOING_REQUESTS,
         # A replica reserves as many cores as its runtime uses threads (Ray also sets OMP_NUM_THREADS to it).
-        ray_actor_options={"num_cpus": threads or 1, "runtime_env": {"env_vars": env_vars} if env_vars else {}},
-    ).bind(package_dir, threads)
+        "ray_actor_options": {
+            "num_cpus": threads or 1,
+            **({"num_gpus": num_gpus} if num_gpus else {}),
+            "runtime_env": {"env_vars": env_vars} if env_vars else {},
+        },
+    }
+    if autoscaling_config is not None:
+        options["autoscaling_config"] = {"target_ongoing_requests": max(batch_sizes), **autoscaling_config}
+    elif num_replicas is not None:
+        options["num_replicas"] = num_replicas
+    return InferenceService.options(**options).bind(dirs, threads)
 
 
-def app_builder(args: dict[str, str]) -> serve.Application:
+APP_BUILDER_ARGS = {
+    "package_dir",
+    "package_dirs",
+    "threads",
+    "num_gpus",
+    "max_batch_size",
+    "batch_wait_timeout_s",
+    "metrics_dir",
+}
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
     """Entry point for ``serve run serving.app:app_builder package_dir=PATH`` and for the ``import_path`` of a
-    Serve config file (``deploy/serve_config.yaml``). Optional args: ``threads``, ``max_batch_size``,
-    ``batch_wait_timeout_s``, ``metrics_dir`` (default ``/tmp/optiserve-metrics``)."""
-    unknown = set(args) - {"package_dir", "threads", "max_batch_size", "batch_wait_timeout_s", "metrics_dir"}
-    if unknown or "package_dir" not in args:
+    Serve config file (``deploy/serve_config.yaml``). ``package_dir`` takes one path or several separated by
+    commas (or give ``package_dirs`` as a YAML list). Optional: ``threads``, ``num_gpus``, ``max_batch_size``,
+    ``batch_wait_timeout_s``, ``metrics_dir`` (default ``/tmp/optiserve-metrics``). Replicas and autoscaling
+    are set in the config's ``deployments`` section."""
+    unknown = set(args) - APP_BUILDER_ARGS
+    if unknown or not ({"package_dir", "package_dirs"} & set(args)):
         raise ValueError(
-            f"app_builder takes package_dir=PATH (required) and threads, max_batch_size, "
-            f"batch_wait_timeout_s, metrics_dir; got {sorted(args)}"
+            f"app_builder takes package_dir=PATH[,PATH...] (or package_dirs) and optional "
+            f"{sorted(APP_BUILDER_ARGS - {'package_dir', 'package_dirs'})}; got {sorted(args)}"
         )
+    dirs = args.get("package_dirs") or str(args["package_dir"]).split(",")
     overrides: dict[str, Any] = {}
     if "max_batch_size" in args:
         overrides["max_batch_size"] = int(args["max_batch_size"])
     if "batch_wait_timeout_s" in args:
         overrides["batch_wait_timeout_s"] = float(args["batch_wait_timeout_s"])
     threads = int(args["threads"]) if "threads" in args else None
-    env_vars = {MULTIPROC_ENV: args.get("metrics_dir", DEFAULT_METRICS_DIR)}
-    return build_app(args["package_dir"], threads, overrides, env_vars)
+    num_gpus = float(args["num_gpus"]) if "num_gpus" in args else None
+    env_vars = {MULTIPROC_ENV: str(args.get("metrics_dir", DEFAULT_METRICS_DIR))}
+    return build_app([str(d).strip() for d in dirs], threads, overrides, env_vars, num_gpus=num_gpus)

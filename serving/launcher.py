@@ -42,10 +42,15 @@ class Server:
         return f"http://{self.host}:{self.port}"
 
     def deploy(
-        self, package_dir: Path | str, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+        self,
+        package_dirs: Path | str | list[Path] | list[str],
+        overrides: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        **options: Any,
     ) -> None:
-        """Deploy (or replace) the application serving ``package_dir`` and wait until it is ready. Limits and the
-        API token (``serving.limits``) reach replicas from this process's environment, or from ``env``."""
+        """Deploy (or replace) the application serving ``package_dirs`` and wait until it is ready. Limits and the
+        API token (``serving.limits``) reach replicas from this process's environment, or from ``env``; ``options``
+        go to :func:`serving.app.build_app` (``num_gpus``, ``num_replicas``, ``autoscaling_config``)."""
         from ray import serve
 
         from serving.app import build_app
@@ -55,7 +60,8 @@ class Server:
         env_vars[MULTIPROC_ENV] = str(self.metrics_dir)
         if self.threads:
             env_vars["OPTISERVE_THREADS"] = str(self.threads)
-        app = build_app(str(Path(package_dir).resolve()), self.threads, overrides, env_vars)
+        dirs = [package_dirs] if isinstance(package_dirs, str | Path) else list(package_dirs)
+        app = build_app([str(Path(d).resolve()) for d in dirs], self.threads, overrides, env_vars, **options)
         serve.run(app, name=APP_NAME, route_prefix="/")
         wait_ready(self.url)
 
@@ -82,8 +88,10 @@ def start(
     address: str | None = None,
     num_cpus: int | None = None,
     threads: int | None = None,
+    num_gpus: int | None = None,
 ) -> Server:
-    """Start (or connect to) Ray and start Serve's HTTP proxy on ``host:port``."""
+    """Start (or connect to) Ray and start Serve's HTTP proxy on ``host:port``. ``num_gpus`` declares GPUs to a
+    local Ray (logical resources: placement can be exercised on a machine without GPUs)."""
     import ray
     from ray import serve
 
@@ -92,6 +100,7 @@ def start(
         ray.init(
             address=address,
             num_cpus=num_cpus if address is None else None,
+            num_gpus=num_gpus if address is None else None,
             include_dashboard=False,
             log_to_driver=os.environ.get("OPTISERVE_RAY_LOGS", "0") == "1",
             logging_level=logging.WARNING,
@@ -138,7 +147,7 @@ class StopSignal:
 
 
 def run_until_signalled(
-    package_dir: Path | str,
+    package_dirs: list[Path] | list[str],
     host: str,
     port: int,
     overrides: dict[str, Any] | None = None,
@@ -146,16 +155,21 @@ def run_until_signalled(
     address: str | None = None,
     num_cpus: int | None = None,
     threads: int | None = None,
+    **options: Any,
 ) -> None:
-    """Start, deploy, print where, and serve until SIGINT/SIGTERM; then shut Serve and Ray down."""
+    """Start, deploy, print where, and serve until SIGINT/SIGTERM; then shut Serve and Ray down. ``options`` go
+    to :meth:`Server.deploy`."""
     stop = StopSignal().install()
     server = start(host, port, address=address, num_cpus=num_cpus, threads=threads)
     stop.install()
     try:
-        server.deploy(package_dir, overrides)
+        server.deploy(package_dirs, overrides, **options)
         if not stop.event.is_set():
+            names = ", ".join(str(d) for d in package_dirs)
             print(
-                f"serving {package_dir} at {server.url} (POST /v1/embeddings, GET /metrics); Ctrl-C to stop", flush=True
+                f"serving {names} at {server.url} (POST /v1/embeddings, /v1/classify, /v2/models/{{m}}/infer; "
+                "GET /metrics); Ctrl-C to stop",
+                flush=True,
             )
         stop.wait()
     finally:

@@ -49,16 +49,7 @@ TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-_labels = {"model": "", "version": ""}
-
-
-def set_labels(model: str, version: str) -> None:
-    """The model and version this process serves; every request metric carries them."""
-    _labels.update(model=model, version=version)
-
-
-def current_labels() -> dict[str, str]:
-    return dict(_labels)
+NO_MODEL = {"model": "", "version": ""}  # labels of requests that reached no model (health, metrics, 404s)
 
 
 @dataclass(frozen=True)
@@ -66,10 +57,12 @@ class Metrics:
     requests: Counter
     request_duration: Histogram
     inflight: Gauge
+    queued_items: Gauge
     queue_wait: Histogram
     batch_size: Histogram
     batch_tokens: Histogram
     batch_padding_ratio: Histogram
+    call_padded_tokens: Histogram
     inference_duration: Histogram
     model_info: Gauge
 
@@ -96,7 +89,14 @@ def metrics() -> Metrics:
         ),
         inflight=Gauge(
             "optiserve_inflight_requests",
-            "Requests being handled by the ingress.",
+            "HTTP requests being handled by the replicas on this node.",
+            [],
+            multiprocess_mode="livesum",
+            registry=None,
+        ),
+        queued_items=Gauge(
+            "optiserve_queued_items",
+            "Inputs admitted and not yet answered (waiting for or in a batch).",
             model,
             multiprocess_mode="livesum",
             registry=None,
@@ -129,6 +129,13 @@ def metrics() -> Metrics:
             buckets=RATIO_BUCKETS,
             registry=None,
         ),
+        call_padded_tokens=Histogram(
+            "optiserve_model_call_padded_tokens",
+            "Padded tokens (rows x width) in each model call; bounded by max_batch_tokens.",
+            model,
+            buckets=TOKEN_BUCKETS,
+            registry=None,
+        ),
         inference_duration=Histogram(
             "optiserve_inference_duration_seconds",
             "Time to tokenize and run one dynamic batch.",
@@ -139,7 +146,7 @@ def metrics() -> Metrics:
         model_info=Gauge(
             "optiserve_model_info",
             "The package a replica serves (value is always 1).",
-            [*model, "runtime", "precision", "chain"],
+            [*model, "task", "runtime", "precision", "device", "chain"],
             multiprocess_mode="max",
             registry=None,
         ),

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.errors import PackageError
 from serving.hashing import sha256_file
@@ -63,19 +63,26 @@ class PassRecord(_Strict):
 
 
 class Fidelity(_Strict):
-    """Agreement of this model's embeddings with the source model's, on held-out text."""
+    """Agreement of this model's outputs with the source model's, on held-out text: row-wise cosine of the output
+    vectors (embeddings or logits) and, for classifiers, how often the top label is the same."""
 
     cosine_mean: float
     cosine_p1: float
     cosine_min: float
     samples: int
+    top1_agreement: float | None = None
 
 
 class FidelityBudget(_Strict):
+    """Embedding models are judged by cosine, classifiers by top-1 agreement with the source model."""
+
     min_cosine_mean: float = Field(default=0.99, ge=-1.0, le=1.0)
     min_cosine_min: float = Field(default=0.95, ge=-1.0, le=1.0)
+    min_top1_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
 
     def admits(self, fidelity: Fidelity) -> bool:
+        if fidelity.top1_agreement is not None:
+            return fidelity.top1_agreement >= self.min_top1_agreement
         return fidelity.cosine_mean >= self.min_cosine_mean and fidelity.cosine_min >= self.min_cosine_min
 
 
@@ -96,7 +103,10 @@ class ServingDefaults(_Strict):
     """What the server uses unless the operator overrides it."""
 
     max_batch_size: int = Field(default=32, gt=0, description="items per dynamic batch")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, description="longest wait to fill a batch")
+    adaptive_wait: bool = Field(
+        default=True, description="wait only while it pays, predicted from recent batches (serving/batching.py)"
+    )
     max_call_items: int = Field(default=8, gt=0, description="rows per model call, after sorting by length")
     max_batch_tokens: int = Field(default=8192, gt=0, description="padded tokens per model call")
     max_queued_items: int = Field(
@@ -122,7 +132,7 @@ class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(min_length=1)
     version: str = "1"
-    task: Literal["embedding"] = "embedding"
+    task: Literal["embedding", "classification"] = "embedding"
     created_at: str
     source: Source
     chain: list[PassRecord]
@@ -134,13 +144,27 @@ class Manifest(_Strict):
     outputs: list[TensorSpec]
     tokenizer: TokenizerSpec
     pooling: PoolingSpec
-    embedding_dim: int = Field(gt=0)
+    embedding_dim: int | None = Field(default=None, gt=0, description="embedding models: vector width")
+    labels: list[str] = Field(default=[], description="classifiers: label of each logit, in order")
     fidelity: Fidelity | None = None
     budget: FidelityBudget | None = None
     profile: list[ProfileRow] = []
     serving: ServingDefaults = ServingDefaults()
     libraries: dict[str, str] = {}
     files: list[FileEntry] = []
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> Manifest:
+        if self.task == "embedding" and (self.embedding_dim is None or self.labels):
+            raise ValueError("an embedding package needs embedding_dim and no labels")
+        if self.task == "classification" and (len(self.labels) < 2 or self.embedding_dim is not None):
+            raise ValueError("a classification package needs two or more labels and no embedding_dim")
+        return self
+
+    @property
+    def output_dim(self) -> int:
+        """Width of one output row: the embedding size, or the number of labels."""
+        return self.embedding_dim if self.embedding_dim is not None else len(self.labels)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Text in, embeddings out: tokenize, group by length, run the runtime, restore order.
+"""Text in, one output row per text (embedding or logits): tokenize, group by length, run the runtime, restore
+order.
 
 The same pipeline runs inside a server replica (on each dynamic batch), in the optimizer chain's profiler and
 in its fidelity check, so what the chain measures is what the server does.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.package import ModelPackage, ServingDefaults
-from serving.runtimes import EmbeddingRuntime, load_runtime
+from serving.runtimes import ModelRuntime, load_runtime
 from serving.tokenizer import TextEncoder
 
 
@@ -24,6 +25,7 @@ class BatchStats:
     padded_tokens: int
     token_counts: np.ndarray  # per item, in input order
     truncated: np.ndarray  # per item: input was longer than the model's token limit and was cut
+    call_padded_tokens: tuple[int, ...] = ()  # per model call: rows x padded width
 
     @property
     def padding_ratio(self) -> float:
@@ -50,45 +52,45 @@ def plan_chunks(lengths: np.ndarray, max_items: int, max_tokens: int) -> list[np
     return chunks
 
 
-class EmbeddingPipeline:
-    def __init__(self, encoder: TextEncoder, runtime: EmbeddingRuntime, embedding_dim: int) -> None:
+class TextPipeline:
+    def __init__(self, encoder: TextEncoder, runtime: ModelRuntime, output_dim: int) -> None:
         self.encoder = encoder
         self.runtime = runtime
-        self.embedding_dim = embedding_dim
+        self.output_dim = output_dim
 
     @classmethod
-    def from_package(cls, package: ModelPackage, threads: int | None = None) -> EmbeddingPipeline:
+    def from_package(cls, package: ModelPackage, threads: int | None = None) -> TextPipeline:
         encoder = TextEncoder.from_spec(package.root, package.manifest.tokenizer)
-        return cls(encoder, load_runtime(package, threads), package.manifest.embedding_dim)
+        return cls(encoder, load_runtime(package, threads), package.manifest.output_dim)
 
-    def embed(self, texts: list[str], max_items: int = 32, max_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:
-        """Embeddings for ``texts`` in their order, one row each."""
+    def run(self, texts: list[str], max_items: int = 32, max_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:
+        """Outputs for ``texts`` in their order, one row each."""
         encodings = self.encoder.encode(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
-        padded = 0
+        out = np.empty((len(texts), self.output_dim), dtype=np.float32)
+        call_tokens: list[int] = []
         chunks = plan_chunks(lengths, max_items, max_tokens)
         for rows in chunks:
             batch = self.encoder.pad([encodings[i] for i in rows])
             result = self.runtime.run(batch)
-            if result.shape != (len(rows), self.embedding_dim):
+            if result.shape != (len(rows), self.output_dim):
                 raise RuntimeError(
                     f"runtime {self.runtime.name} returned shape {result.shape} for {len(rows)} inputs; "
-                    f"expected ({len(rows)}, {self.embedding_dim})"
+                    f"expected ({len(rows)}, {self.output_dim})"
                 )
             out[rows] = result
-            padded += batch.padded_tokens
+            call_tokens.append(batch.padded_tokens)
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
-        stats = BatchStats(len(texts), int(lengths.sum()), padded, lengths, truncated)
+        stats = BatchStats(len(texts), int(lengths.sum()), sum(call_tokens), lengths, truncated, tuple(call_tokens))
         return out, stats
 
-    def embed_as_served(self, texts: list[str], settings: ServingDefaults) -> np.ndarray:
-        """Embeddings as a replica computes them for ``texts`` arriving in this order: dynamic batches of
+    def run_as_served(self, texts: list[str], settings: ServingDefaults) -> np.ndarray:
+        """Outputs as a replica computes them for ``texts`` arriving in this order: dynamic batches of
         ``max_batch_size`` items, each cut into length-sorted model calls. (With dynamic int8 quantization the
         activation scales depend on what shares a model call, so this, not one big sorted pass, is what to check.)
         """
         parts = [
-            self.embed(texts[i : i + settings.max_batch_size], settings.max_call_items, settings.max_batch_tokens)[0]
+            self.run(texts[i : i + settings.max_batch_size], settings.max_call_items, settings.max_batch_tokens)[0]
             for i in range(0, len(texts), settings.max_batch_size)
         ]
-        return np.concatenate(parts) if parts else np.empty((0, self.embedding_dim), dtype=np.float32)
+        return np.concatenate(parts) if parts else np.empty((0, self.output_dim), dtype=np.float32)

@@ -49,6 +49,36 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+CLASSIFIER_LABELS = ("negative", "neutral", "positive")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT sequence classifier with three labels, seeded random weights and MiniLM's tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("tiny-classifier", numbered=False)
+    torch.manual_seed(1)
+    config = BertConfig(
+        **{**TINY_CONFIG, "architectures": ["BertForSequenceClassification"]},
+        num_labels=len(CLASSIFIER_LABELS),
+        id2label=dict(enumerate(CLASSIFIER_LABELS)),
+        label2id={label: i for i, label in enumerate(CLASSIFIER_LABELS)},
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(root, safe_serialization=True)
+    shutil.copy2(bundled_model_dir() / "tokenizer.json", root / "tokenizer.json")
+    return root
+
+
+@pytest.fixture(scope="session")
+def classifier_package(tiny_classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The chain run on the tiny classifier (selection by top-1 agreement)."""
+    from optimizers.chain import optimize
+
+    return optimize(tiny_classifier_dir, tmp_path_factory.mktemp("classifier") / "package", profile_items=32)
+
+
 @pytest.fixture(scope="session")
 def tiny_source(tiny_model_dir: Path) -> SourceModel:
     return SourceModel.from_dir(tiny_model_dir)
@@ -69,7 +99,8 @@ def server(minilm_packages) -> Iterator:
     from optiserve.demo import free_port
     from serving.launcher import start
 
-    srv = start("127.0.0.1", free_port(), num_cpus=2)
+    # One logical GPU (a resource count, no device) so GPU placement can be tested on machines without one.
+    srv = start("127.0.0.1", free_port(), num_cpus=2, num_gpus=1)
     try:
         srv.deploy(minilm_packages.package.root)
         yield srv

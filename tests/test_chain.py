@@ -9,11 +9,11 @@ import onnx
 import pytest
 
 from optimizers.corpus import CALIBRATION_SIZE, HELDOUT_SIZE, load_split
-from optimizers.fidelity import embedding_fidelity
+from optimizers.fidelity import output_fidelity
 from optimizers.passes import ExportOnnxConfig, QuantizeDynamicConfig, export_onnx, quantize_dynamic
 from optimizers.source import SourceModel, bundled_model_dir
 from serving.package import Fidelity, FidelityBudget
-from serving.pipeline import EmbeddingPipeline, plan_chunks
+from serving.pipeline import TextPipeline, plan_chunks
 from serving.runtimes.onnx import OnnxRuntime
 from serving.runtimes.torch import TorchRuntime
 from serving.tokenizer import TextEncoder
@@ -44,7 +44,7 @@ def test_source_reads_pooling_and_limits_from_sentence_transformers_config() -> 
     source = SourceModel.from_dir(bundled_model_dir())
     assert source.name == "all-MiniLM-L6-v2"
     assert (source.pooling.mode, source.pooling.normalize) == ("mean", True)
-    assert source.tokenizer.max_length == 256 and source.embedding_dim == 384
+    assert source.tokenizer.max_length == 256 and source.output_dim == 384 and source.task == "embedding"
 
 
 def test_export_has_dynamic_axes_and_matches_torch(tiny_source: SourceModel, tiny_onnx: Path) -> None:
@@ -52,9 +52,9 @@ def test_export_has_dynamic_axes_and_matches_torch(tiny_source: SourceModel, tin
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert dims == {n: ["batch", "sequence"] for n in ("input_ids", "attention_mask", "token_type_ids")}
     encoder = _encoder(tiny_source)
-    torch_out, _ = EmbeddingPipeline(encoder, TorchRuntime(tiny_source.path, tiny_source.pooling, 1), 32).embed(TEXTS)
+    torch_out, _ = TextPipeline(encoder, TorchRuntime(tiny_source.path, tiny_source.pooling, 1), 32).run(TEXTS)
     # batch sizes and lengths that differ from the export sample
-    onnx_out, _ = EmbeddingPipeline(encoder, OnnxRuntime(tiny_onnx, 1), 32).embed(TEXTS, max_items=5)
+    onnx_out, _ = TextPipeline(encoder, OnnxRuntime(tiny_onnx, 1), 32).run(TEXTS, max_items=5)
     assert np.abs(onnx_out - torch_out).max() < 1e-4
     assert np.allclose(np.linalg.norm(onnx_out, axis=1), 1.0, atol=1e-5)
 
@@ -78,22 +78,22 @@ def test_quantize_dynamic_writes_int8_matmuls(tiny_source: SourceModel, tiny_onn
             t.name: len(onnx.numpy_helper.to_array(t).ravel()) for t in model.graph.initializer if "scale" in t.name
         }
         assert any(n > 1 for n in scales.values()) == per_channel
-        embeddings, _ = EmbeddingPipeline(_encoder(tiny_source), OnnxRuntime(out, 1), 32).embed(TEXTS)
+        embeddings, _ = TextPipeline(_encoder(tiny_source), OnnxRuntime(out, 1), 32).run(TEXTS)
         assert embeddings.shape == (len(TEXTS), 32) and np.isfinite(embeddings).all()
 
 
 def test_fidelity_metrics() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(50, 8)).astype(np.float32)
-    same = embedding_fidelity(ref, ref * 3.0)
+    same = output_fidelity(ref, ref * 3.0)
     assert same.cosine_min == pytest.approx(1.0, abs=1e-6) and same.samples == 50
     flipped = ref.copy()
     flipped[0] *= -1
-    worse = embedding_fidelity(ref, flipped)
+    worse = output_fidelity(ref, flipped)
     assert worse.cosine_min == pytest.approx(-1.0, abs=1e-6)
     assert worse.cosine_mean == pytest.approx(48 / 50, abs=1e-5)
     with pytest.raises(ValueError, match="shapes differ"):
-        embedding_fidelity(ref, ref[:10])
+        output_fidelity(ref, ref[:10])
 
 
 def test_budget_admits_only_candidates_within_both_limits() -> None:
@@ -122,9 +122,9 @@ def test_pipeline_matches_sentence_transformers_on_bundled_model() -> None:
 
     source = SourceModel.from_dir(bundled_model_dir())
     texts = load_split("heldout")[:64]
-    ours, stats = EmbeddingPipeline(_encoder(source), TorchRuntime(source.path, source.pooling, 2), 384).embed(texts)
+    ours, stats = TextPipeline(_encoder(source), TorchRuntime(source.path, source.pooling, 2), 384).run(texts)
     reference = SentenceTransformer(str(source.path), device="cpu").encode(texts, batch_size=16)
-    assert embedding_fidelity(reference, ours).cosine_min > 0.9999
+    assert output_fidelity(reference, ours).cosine_min > 0.9999
     assert stats.items == 64 and stats.real_tokens == int(stats.token_counts.sum()) and stats.padding_ratio < 0.5
 
 

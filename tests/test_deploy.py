@@ -40,7 +40,7 @@ def test_serve_config_is_a_valid_serve_deploy_schema(config: dict[str, Any]) -> 
     (app,) = schema.applications
     assert app.name == "optiserve"
     assert app.route_prefix == "/"
-    assert set(app.deployment_names) == {"EmbeddingService"}
+    assert set(app.deployment_names) == {"InferenceService"}
 
 
 def test_import_path_resolves_to_app_builder(app_config: dict[str, Any]) -> None:
@@ -51,10 +51,11 @@ def test_import_path_resolves_to_app_builder(app_config: dict[str, Any]) -> None
 
 
 def test_args_are_accepted_by_app_builder_and_metrics_dir_is_consistent(app_config: dict[str, Any]) -> None:
+    import serving.app
     from serving.metrics import MULTIPROC_ENV
 
     args = app_config["args"]
-    assert set(args) <= {"package_dir", "threads", "max_batch_size", "batch_wait_timeout_s", "metrics_dir"}
+    assert set(args) <= serving.app.APP_BUILDER_ARGS
     assert args["package_dir"] == "/models/optimized"
     # Replicas get the variable from the application's runtime_env (a deployment's ray_actor_options in the
     # config replaces the code's, runtime_env included); it must name the same directory as metrics_dir.
@@ -64,9 +65,9 @@ def test_args_are_accepted_by_app_builder_and_metrics_dir_is_consistent(app_conf
 def test_user_config_keys_are_serving_defaults_and_batches_can_fill(app_config: dict[str, Any]) -> None:
     from serving.package import ServingDefaults
 
-    model = _deployment(app_config, "EmbeddingService")
+    model = _deployment(app_config, "InferenceService")
     user_config = model["user_config"]
-    assert user_config, "EmbeddingService needs a user_config"
+    assert user_config, "InferenceService needs a user_config"
     assert set(user_config) <= set(ServingDefaults.model_fields)
     ServingDefaults.model_validate(user_config)  # values in range too
     assert model["max_ongoing_requests"] >= 2 * user_config["max_batch_size"]
@@ -75,7 +76,7 @@ def test_user_config_keys_are_serving_defaults_and_batches_can_fill(app_config: 
 def test_deployment_names_exist_in_serving_app(app_config: dict[str, Any]) -> None:
     import serving.app
 
-    code_names = {serving.app.EmbeddingService.name}
+    code_names = {serving.app.InferenceService.name}
     assert {d["name"] for d in app_config["deployments"]} == code_names
 
 

@@ -12,11 +12,11 @@ import psutil
 import pytest
 
 from optimizers.corpus import load_split
-from serving.replica import EmbeddingReplica
+from serving.replica import ModelRunner
 from tests._load import ClosedLoopLoad
 
 pytestmark = pytest.mark.serve
-REPLICA_TITLE = "ServeReplica:optiserve:EmbeddingService"
+REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"
 TEXTS = load_split("heldout")[:200]
 NOTICE_WINDOW_S = 3.0  # time Ray may take to stop routing to a dead replica
 
@@ -89,7 +89,7 @@ def test_config_changes_under_load_fail_no_request(server, minilm_packages, figu
 
 def test_check_health_fails_when_the_runtime_breaks(minilm_packages) -> None:
     async def scenario() -> None:
-        replica = EmbeddingReplica(str(minilm_packages.package.root), threads=1)
+        replica = ModelRunner(str(minilm_packages.package.root), threads=1)
         await replica.check_health()  # healthy
 
         def broken(*_: object) -> None:

@@ -1,4 +1,5 @@
-"""Export the source encoder (with its pooling) to ONNX with dynamic batch and sequence axes, and check it."""
+"""Export the source model (an encoder with its pooling, or a classifier) to ONNX with dynamic batch and
+sequence axes, and check it against the torch model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from serving.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
-OUTPUT_NAME = "sentence_embedding"
+OUTPUT_NAMES = {"embedding": "sentence_embedding", "classification": "logits"}
 
 
 class ExportMismatchError(OptiserveError):
@@ -34,9 +35,10 @@ def export_onnx(source: SourceModel, out_path: Path, check_texts: list[str], con
     import onnxruntime as ort
     import torch
 
-    from serving.runtimes.torch import load_encoder
+    from serving.runtimes.torch import load_model
 
-    model = load_encoder(source.path, source.pooling)
+    model = load_model(source.path, source.task, source.pooling)
+    output_name = OUTPUT_NAMES[source.task]
     encoder = TextEncoder.from_spec(source.path, source.tokenizer)
     sample = encoder.pad(encoder.encode(check_texts[:2]))
     args = tuple(torch.from_numpy(getattr(sample, name)) for name in INPUT_NAMES)
@@ -51,8 +53,8 @@ def export_onnx(source: SourceModel, out_path: Path, check_texts: list[str], con
             args,
             str(out_path),
             input_names=INPUT_NAMES,
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}, OUTPUT_NAME: {0: "batch"}},
+            output_names=[output_name],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}, output_name: {0: "batch"}},
             opset_version=config.opset,
             dynamo=False,
         )

@@ -1,9 +1,11 @@
-"""The runtime contract and the factory that picks one for a package."""
+"""The runtime contract, device selection, and the factory that picks a runtime for a package."""
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +13,61 @@ import numpy as np
 from serving.package import ModelPackage, PoolingSpec
 from serving.tokenizer import EncodedBatch
 
+log = logging.getLogger("optiserve")
+CPU_PROVIDER = "CPUExecutionProvider"
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
-class EmbeddingRuntime(ABC):
-    """Runs one padded batch and returns one float32 embedding per row."""
+
+class ModelRuntime(ABC):
+    """Runs one padded batch and returns one float32 row per input (an embedding, or a classifier's logits)."""
 
     name: str
+    device: str = "cpu"
+    device_reason: str = "no GPU assigned to this replica"
 
     @abstractmethod
     def run(self, batch: EncodedBatch) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """Where a runtime runs, and why there (the reason is logged and shown in model metadata)."""
+
+    device: str  # "cpu" or "cuda"
+    providers: tuple[str, ...]  # ONNX Runtime providers, in preference order
+    reason: str
+
+
+def assigned_gpus() -> list[str]:
+    """GPU ids this process was given: Ray sets ``CUDA_VISIBLE_DEVICES`` for actors with ``num_gpus`` > 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return [gpu for gpu in visible.split(",") if gpu.strip() not in ("", "-1", "NoDevFiles")]
+
+
+def choose_onnx_providers(gpus: list[str], available: list[str]) -> DeviceChoice:
+    """TensorRT, then CUDA, then CPU when a GPU is assigned; CPU alone otherwise. Providers this ONNX Runtime
+    build lacks are skipped, and the reason says so."""
+    if not gpus:
+        return DeviceChoice("cpu", (CPU_PROVIDER,), "no GPU assigned to this replica")
+    usable = tuple(p for p in GPU_PROVIDERS if p in available)
+    missing = [p for p in GPU_PROVIDERS if p not in available]
+    if not usable:
+        return DeviceChoice(
+            "cpu",
+            (CPU_PROVIDER,),
+            f"GPU {','.join(gpus)} assigned but this onnxruntime build has no GPU provider "
+            f"(has {', '.join(available)}); install onnxruntime-gpu — running on CPU",
+        )
+    note = f"; {', '.join(missing)} not available" if missing else ""
+    return DeviceChoice("cuda", (*usable, CPU_PROVIDER), f"GPU {','.join(gpus)} assigned{note}")
+
+
+def choose_torch_device(gpus: list[str], cuda_available: bool) -> DeviceChoice:
+    if not gpus:
+        return DeviceChoice("cpu", (), "no GPU assigned to this replica")
+    if not cuda_available:
+        return DeviceChoice("cpu", (), f"GPU {','.join(gpus)} assigned but torch sees no CUDA device — running on CPU")
+    return DeviceChoice("cuda", (), f"GPU {','.join(gpus)} assigned")
 
 
 def default_threads() -> int:
@@ -30,20 +79,48 @@ def default_threads() -> int:
     return 1
 
 
-def create_runtime(runtime: str, model_path: Path, pooling: PoolingSpec, threads: int) -> EmbeddingRuntime:
-    """A runtime by name. Heavy libraries are imported only here."""
+def create_runtime(
+    runtime: str,
+    model_path: Path,
+    pooling: PoolingSpec,
+    threads: int,
+    task: str = "embedding",
+    gpus: list[str] | None = None,
+) -> ModelRuntime:
+    """A runtime by name, on the GPUs in ``gpus`` if it can use them. Heavy libraries are imported only here."""
     if runtime == "onnxruntime":
+        import onnxruntime as ort
+
         from serving.runtimes.onnx import OnnxRuntime
 
-        return OnnxRuntime(model_path, threads=threads)
+        choice = choose_onnx_providers(gpus or [], ort.get_available_providers())
+        if gpus:
+            log.warning("%s: %s", model_path.name, choice.reason)
+        onnx_runtime = OnnxRuntime(model_path, threads=threads, providers=list(choice.providers), device=choice.device)
+        onnx_runtime.device_reason = choice.reason
+        return onnx_runtime
     if runtime == "torch":
+        import torch
+
         from serving.runtimes.torch import TorchRuntime
 
-        return TorchRuntime(model_path, pooling, threads=threads)
+        choice = choose_torch_device(gpus or [], torch.cuda.is_available())
+        if gpus:
+            log.warning("%s: %s", model_path.name, choice.reason)
+        torch_runtime = TorchRuntime(model_path, pooling, threads=threads, task=task, device=choice.device)
+        torch_runtime.device_reason = choice.reason
+        return torch_runtime
     raise ValueError(f"unknown runtime {runtime!r}; expected 'onnxruntime' or 'torch'")
 
 
-def load_runtime(package: ModelPackage, threads: int | None = None) -> EmbeddingRuntime:
-    """The runtime a package's manifest asks for."""
+def load_runtime(package: ModelPackage, threads: int | None = None, gpus: list[str] | None = None) -> ModelRuntime:
+    """The runtime a package's manifest asks for, on this process's assigned GPUs (if any)."""
     m = package.manifest
-    return create_runtime(m.runtime, package.model_file, m.pooling, threads or default_threads())
+    return create_runtime(
+        m.runtime,
+        package.model_file,
+        m.pooling,
+        threads or default_threads(),
+        m.task,
+        assigned_gpus() if gpus is None else gpus,
+    )

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for exported encoders (input ids, mask, token types → sentence embedding)."""
+"""ONNX Runtime sessions for exported text models (input ids, mask, token types → embedding or logits)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.runtimes.base import EmbeddingRuntime
+from serving.runtimes.base import CPU_PROVIDER, ModelRuntime
 from serving.tokenizer import EncodedBatch
 
 log = logging.getLogger(__name__)
-CPU = "CPUExecutionProvider"
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -44,18 +43,21 @@ def check_external_data(model_path: Path) -> None:
             )
 
 
-class OnnxRuntime(EmbeddingRuntime):
+class OnnxRuntime(ModelRuntime):
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, threads: int, providers: list[str] | None = None) -> None:
+    def __init__(self, model_path: Path, threads: int, providers: list[str] | None = None, device: str = "cpu") -> None:
         check_external_data(model_path)
         available = ort.get_available_providers()
-        wanted = providers or [CPU]
+        wanted = providers or [CPU_PROVIDER]
         chosen = [p for p in wanted if p in available]
         for missing in sorted(set(wanted) - set(chosen)):
             log.warning("ONNX Runtime provider %s is not available here (have %s); skipping it", missing, available)
-        self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=chosen or [CPU])
+        self.session = ort.InferenceSession(
+            str(model_path), session_options(threads), providers=chosen or [CPU_PROVIDER]
+        )
         self.providers = self.session.get_providers()
+        self.device = device if any(p != CPU_PROVIDER for p in self.providers) else "cpu"
         self._input_names = {i.name for i in self.session.get_inputs()}
 
     def run(self, batch: EncodedBatch) -> np.ndarray:
@@ -68,5 +70,5 @@ class OnnxRuntime(EmbeddingRuntime):
             )
             if name in self._input_names
         }
-        (embeddings,) = self.session.run(None, feeds)
-        return np.asarray(embeddings, dtype=np.float32)
+        outputs = self.session.run(None, feeds)
+        return np.asarray(outputs[0], dtype=np.float32)

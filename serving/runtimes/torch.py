@@ -1,4 +1,5 @@
-"""PyTorch eager runtime: the unoptimized baseline, and the reference the chain measures fidelity against."""
+"""PyTorch eager runtime (embedding encoders and sequence classifiers): the unoptimized baseline, and the
+reference the chain measures fidelity against."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 
 from serving.package import PoolingSpec
-from serving.runtimes.base import EmbeddingRuntime
+from serving.runtimes.base import ModelRuntime
 from serving.tokenizer import EncodedBatch
 
 
@@ -43,26 +44,48 @@ class SentenceEncoder(torch.nn.Module):
         return pooled
 
 
-def load_encoder(model_dir: Path, pooling: PoolingSpec) -> SentenceEncoder:
-    """Load a transformers encoder from safetensors only (never a pickle) and wrap it with pooling."""
+class SequenceClassifier(torch.nn.Module):
+    """A transformers sequence classifier returning its logits, with the same three-tensor ``forward``."""
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.classifier(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def load_model(model_dir: Path, task: str, pooling: PoolingSpec) -> torch.nn.Module:
+    """Load a transformers model from safetensors only (never a pickle): an encoder wrapped with its pooling, or
+    a sequence classifier returning logits."""
+    if task == "classification":
+        from transformers import AutoModelForSequenceClassification
+
+        classifier = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        return SequenceClassifier(classifier).eval()
     from transformers import AutoModel
 
     encoder = AutoModel.from_pretrained(model_dir, use_safetensors=True, add_pooling_layer=False)
     return SentenceEncoder(encoder, pooling).eval()
 
 
-class TorchRuntime(EmbeddingRuntime):
+class TorchRuntime(ModelRuntime):
     name = "torch"
 
-    def __init__(self, model_dir: Path, pooling: PoolingSpec, threads: int) -> None:
+    def __init__(
+        self, model_dir: Path, pooling: PoolingSpec, threads: int, task: str = "embedding", device: str = "cpu"
+    ) -> None:
         torch.set_num_threads(threads)
-        self.model = load_encoder(model_dir, pooling)
+        self.device = device
+        self.model = load_model(model_dir, task, pooling).to(device)
 
     def run(self, batch: EncodedBatch) -> np.ndarray:
         with torch.inference_mode():
             out = self.model(
-                torch.from_numpy(batch.input_ids),
-                torch.from_numpy(batch.attention_mask),
-                torch.from_numpy(batch.token_type_ids),
+                torch.from_numpy(batch.input_ids).to(self.device),
+                torch.from_numpy(batch.attention_mask).to(self.device),
+                torch.from_numpy(batch.token_type_ids).to(self.device),
             )
-        return out.float().numpy()
+        return out.float().cpu().numpy()

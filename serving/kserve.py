@@ -1,0 +1,216 @@
+"""KServe v2 / Open Inference Protocol: parse ``POST /v2/models/{m}/infer`` bodies and build responses, in JSON
+or with Triton's binary tensor extension (what ``tritonclient.http`` sends and asks for by default).
+
+A binary request is a JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw tensors, in
+input order, each ``parameters.binary_data_size`` bytes long; a BYTES tensor's raw form is, per element, a
+4-byte little-endian length and then the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from serving.api import ApiError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+NUMPY_DTYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", "invalid_infer_request")
+
+
+@dataclass(frozen=True)
+class InferInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | np.ndarray
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: list[InferInput]
+    outputs: list[str] | None  # requested output names; None = all
+    binary_outputs: set[str] = field(default_factory=set)  # outputs to send as binary data
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    array: np.ndarray  # FP32 numbers, or an object array of str for BYTES
+
+
+def _decode_bytes_tensor(raw: bytes) -> list[str]:
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise bad_request("BYTES tensor data is truncated (an element length is cut off)")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise bad_request("BYTES tensor data is truncated (an element is shorter than its length)")
+        items.append(raw[offset : offset + length].decode("utf-8", errors="strict"))
+        offset += length
+    return items
+
+
+def _encode_bytes_tensor(items: np.ndarray) -> bytes:
+    parts = []
+    for item in items.reshape(-1):
+        encoded = str(item).encode("utf-8")
+        parts.append(struct.pack("<I", len(encoded)) + encoded)
+    return b"".join(parts)
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body; raises :class:`ApiError` (400) naming the problem."""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise bad_request(f"{HEADER_LENGTH} {header_length!r} is not a length within the body")
+        header, binary = body[: int(header_length)], body[int(header_length) :]
+    else:
+        header, binary = body, b""
+    try:
+        request = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        raise bad_request("request body is not valid JSON") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise bad_request("request must be a JSON object with a non-empty 'inputs' list")
+    parameters = _parameters(request, "request")
+    inputs, offset = [], 0
+    for index, tensor in enumerate(request["inputs"]):
+        parsed, offset = _parse_input(index, tensor, binary, offset)
+        inputs.append(parsed)
+    if offset != len(binary):
+        raise bad_request(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    outputs, binary_outputs = _requested_outputs(request.get("outputs"), bool(parameters.get("binary_data_output")))
+    request_id = request.get("id")
+    return InferRequest(str(request_id) if request_id is not None else None, inputs, outputs, binary_outputs)
+
+
+def _parameters(entry: dict, where: str) -> dict:
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise bad_request(f"{where}: 'parameters' must be an object")
+    return parameters
+
+
+def _parse_input(index: int, tensor: object, binary: bytes, offset: int) -> tuple[InferInput, int]:
+    """One entry of ``inputs``; binary data is taken from ``binary`` at ``offset``. Returns the new offset."""
+    if not isinstance(tensor, dict):
+        raise bad_request(f"inputs[{index}] must be an object")
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise bad_request(f"inputs[{index}] needs a 'name' and a 'datatype'")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise bad_request(f"input {name!r}: binary_data_size {size!r} runs past the end of the body")
+        return InferInput(name, datatype, shape, _decode_binary(name, datatype, binary[offset : offset + size])), (
+            offset + size
+        )
+    if "data" not in tensor:
+        raise bad_request(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    return InferInput(name, datatype, shape, tensor["data"]), offset
+
+
+def _decode_binary(name: str, datatype: str, raw: bytes) -> list[Any] | np.ndarray:
+    if datatype == "BYTES":
+        try:
+            return _decode_bytes_tensor(raw)
+        except UnicodeDecodeError:
+            raise bad_request(f"input {name!r}: BYTES elements must be UTF-8 text") from None
+    if datatype not in NUMPY_DTYPES:
+        raise bad_request(f"input {name!r}: unknown datatype {datatype!r}")
+    dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
+    if len(raw) % dtype.itemsize:
+        raise bad_request(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} elements")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _requested_outputs(raw: object, binary_default: bool) -> tuple[list[str] | None, set[str]]:
+    if raw is None:
+        return None, {"*"} if binary_default else set()
+    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
+        raise bad_request("'outputs' must be a list of objects with a 'name'")
+    names = [o["name"] for o in raw]
+    binary = {o["name"] for o in raw if _parameters(o, f"output {o['name']!r}").get("binary_data", binary_default)}
+    return names, binary
+
+
+def text_input(request: InferRequest, expected_name: str, max_inputs: int) -> list[str]:
+    """The texts of a text model's single BYTES input (any shape: it is flattened)."""
+    if len(request.inputs) != 1 or request.inputs[0].name != expected_name:
+        names = [i.name for i in request.inputs]
+        raise bad_request(f"this model takes one input named {expected_name!r} (BYTES); got {names}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise bad_request(f"input {expected_name!r} must be BYTES (UTF-8 text), got {tensor.datatype}")
+    data = tensor.data
+    count = int(np.prod(tensor.shape)) if tensor.shape else 0
+    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+        raise bad_request(f"input {expected_name!r}: data must be a list of strings")
+    if len(data) != count:
+        raise bad_request(f"input {expected_name!r}: shape {tensor.shape} holds {count} elements, data has {len(data)}")
+    if not data:
+        raise bad_request(f"input {expected_name!r} is empty")
+    if len(data) > max_inputs:
+        raise ApiError(
+            413, f"at most {max_inputs} inputs per request, got {len(data)}", "invalid_request_error", "too_many_inputs"
+        )
+    return data
+
+
+def infer_response(
+    model: str, version: str, request: InferRequest, outputs: list[OutputTensor]
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of the response: JSON, or JSON header + binary tensors when any output is binary."""
+    by_name = {o.name: o for o in outputs}
+    if request.outputs is not None:
+        unknown = [name for name in request.outputs if name not in by_name]
+        if unknown:
+            raise bad_request(f"unknown output(s) {unknown}; this model has {sorted(by_name)}")
+        outputs = [by_name[name] for name in request.outputs]
+    entries, blobs = [], []
+    for out in outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.array.shape)}
+        if "*" in request.binary_outputs or out.name in request.binary_outputs:
+            blob = _encode_bytes_tensor(out.array) if out.datatype == "BYTES" else out.array.astype("<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = out.array.reshape(-1).tolist()
+        entries.append(entry)
+    body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
+    if request.id is not None:
+        body["id"] = request.id
+    header = orjson.dumps(body)
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
