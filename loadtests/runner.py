@@ -89,7 +89,7 @@ def _locust_command(cfg: LoadTestConfig, csv_prefix: Path) -> list[str]:
     ]
 
 
-def _client_stats(stats_csv: Path) -> dict[str, float]:
+def client_stats(stats_csv: Path) -> dict[str, float]:
     with stats_csv.open(newline="") as fh:
         rows = {row["Name"]: row for row in csv.DictReader(fh)}
     row = rows.get("Aggregated") or rows.get(ENDPOINT)
@@ -182,7 +182,7 @@ def run_loadtest(cfg: LoadTestConfig) -> LoadTestSummary:
         users=cfg.users,
         duration_s=cfg.duration_s,
         max_inputs=cfg.max_inputs,
-        client=_client_stats(Path(f"{csv_prefix}_stats.csv")),
+        client=client_stats(Path(f"{csv_prefix}_stats.csv")),
         server=_server_stats(before, after),
     )
     json_path, md_path = cfg.out_dir / f"{cfg.label}.json", cfg.out_dir / f"{cfg.label}.md"

@@ -97,3 +97,21 @@ def test_prometheus_scrapes_the_serve_http_port(config: dict[str, Any]) -> None:
     targets = [target for static in job["static_configs"] for target in static["targets"]]
     http = config["http_options"]
     assert targets == [f"{http['host']}:{http['port']}"] == ["127.0.0.1:8000"]
+
+
+def test_grafana_dashboard_queries_only_metrics_the_server_exports() -> None:
+    """Every optiserve_* series a dashboard panel queries is one serving.metrics defines (with its suffix)."""
+    import json
+    import re
+
+    from serving.metrics import metrics
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "optiserve.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    exported = set()
+    for metric in metrics().__dict__.values():
+        for family in metric.collect():
+            exported |= {family.name} | {f"{family.name}{s}" for s in ("_total", "_bucket", "_sum", "_count")}
+    queried = {name for expr in exprs for name in re.findall(r"\b(optiserve_[a-z_]+)", expr)}
+    assert queried and queried <= exported, queried - exported

@@ -30,8 +30,9 @@ def _post(server, body: object, **kwargs) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60, **kwargs)
 
 
-def _batch_buckets(server) -> dict[str, float]:
-    return {s.labels["le"]: s.value for s in _metric_samples(server)["optiserve_batch_size_bucket"]}
+def _batch_buckets(server, model: str = MODEL) -> dict[str, float]:
+    samples = _metric_samples(server)["optiserve_batch_size_bucket"]
+    return {s.labels["le"]: s.value for s in samples if s.labels["model"] == model}
 
 
 def _metric_samples(server) -> dict[str, list]:
