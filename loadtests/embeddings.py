@@ -3,21 +3,23 @@
     locust -f loadtests/embeddings.py --host http://127.0.0.1:8000            # web UI
     locust -f loadtests/embeddings.py --host http://127.0.0.1:8000 --headless -u 8 -t 30s
 
-Environment: ``OPTISERVE_INPUTS`` (each request carries 1..N sentences, default 1), ``OPTISERVE_MODEL``.
+Environment: ``OPTISERVE_INPUTS`` (each request carries 1..N sentences, default 1), ``OPTISERVE_MODEL``,
+``OPTISERVE_RATE`` (target requests/s over all users; default: closed loop). Add a shape file for a load shape:
+``-f loadtests/embeddings.py,loadtests/shape_step.py`` (see ``loadtests/shapes.py``).
 A response counts as a failure unless it is 200 and holds one embedding per input.
 """
 
 from __future__ import annotations
 
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, task
 
-from loadtests.payloads import EmbeddingsPayloads
+from loadtests.payloads import EmbeddingsPayloads, paced_wait
 
 HEADERS = {"Content-Type": "application/json"}
 
 
 class EmbeddingsUser(FastHttpUser):
-    wait_time = constant(0)  # closed loop: each user sends its next request as soon as the last one returns
+    wait_time = paced_wait  # closed loop (next request as soon as the last returns) unless OPTISERVE_RATE is set
 
     def on_start(self) -> None:
         self.payloads = EmbeddingsPayloads.from_env()

@@ -1,4 +1,5 @@
-"""Request bodies drawn from the corpus's held-out split (never seen by the optimizer's training/calibration)."""
+"""Request bodies drawn from the corpus's held-out split (never seen by the optimizer's training/calibration), and
+the pacing that turns closed-loop users into a target request rate."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ _USER_NUMBERS = itertools.count()
 INPUTS_ENV = "OPTISERVE_INPUTS"
 MODEL_ENV = "OPTISERVE_MODEL"
 SEED_ENV = "OPTISERVE_SEED"
+RATE_ENV = "OPTISERVE_RATE"
+RATE_PER_USER_ENV = "OPTISERVE_RATE_PER_USER"
 
 
 @dataclass
@@ -41,11 +44,38 @@ class EmbeddingsPayloads:
             seed=int(os.environ.get(SEED_ENV, "0")) + 100_000 * os.getpid() + next(_USER_NUMBERS),
         )
 
+    def texts(self) -> list[str]:
+        """1..max_inputs held-out sentences (a uniformly drawn count; their lengths are the corpus's own)."""
+        return self._rng.sample(self.sentences, self._rng.randint(1, self.max_inputs))
+
     def next(self) -> tuple[bytes, int]:
-        """A JSON body and the number of inputs in it."""
-        count = self._rng.randint(1, self.max_inputs)
-        texts = self._rng.sample(self.sentences, count)
-        body: dict[str, object] = {"input": texts[0] if count == 1 else texts}
+        """An OpenAI-style JSON body (``/v1/embeddings``, ``/v1/classify``) and the number of inputs in it."""
+        texts = self.texts()
+        body: dict[str, object] = {"input": texts[0] if len(texts) == 1 else texts}
         if self.model:
             body["model"] = self.model
-        return orjson.dumps(body), count
+        return orjson.dumps(body), len(texts)
+
+    def next_kserve(self) -> tuple[bytes, int]:
+        """A KServe v2 infer body with one BYTES input ``text``, and the number of inputs in it."""
+        texts = self.texts()
+        tensor = {"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+        return orjson.dumps({"inputs": [tensor]}), len(texts)
+
+
+def paced_wait(user: object) -> float:
+    """Locust ``wait_time`` for a whole-run target rate: each user paces itself (Locust's ``constant_throughput``)
+    at ``OPTISERVE_RATE_PER_USER``, or at ``OPTISERVE_RATE`` (requests/s over all users) divided by this process's
+    users; without either, a closed loop (no wait). ``optiserve loadtest --rate`` sets the per-user rate, which
+    also holds with distributed workers. A user cannot send faster than its responses return, so give enough
+    users for the rate."""
+    per_user = float(os.environ.get(RATE_PER_USER_ENV, "0") or 0)
+    rate = float(os.environ.get(RATE_ENV, "0") or 0)
+    if per_user <= 0 and rate <= 0:
+        return 0.0
+    from locust import constant_throughput
+
+    if per_user <= 0:
+        runner = user.environment.runner  # type: ignore[attr-defined]
+        per_user = rate / max(1, getattr(runner, "target_user_count", None) or getattr(runner, "user_count", 1) or 1)
+    return constant_throughput(per_user)(user)

@@ -1,4 +1,4 @@
-"""``optiserve optimize | serve | loadtest | demo``."""
+"""``optiserve optimize | serve | loadtest | bench | compare | demo``."""
 
 from __future__ import annotations
 
@@ -59,27 +59,87 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         address=args.address,
         num_cpus=args.num_cpus,
         threads=args.threads,
+        ingress=args.ingress,
         **options,
     )
     return 0
 
 
+def _shape_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {}
+    for option, variable in (("stages", "OPTISERVE_STAGES"), ("ramp", "OPTISERVE_RAMP"), ("spike", "OPTISERVE_SPIKE")):
+        if getattr(args, option):
+            env[variable] = getattr(args, option)
+    return env
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise OptiserveError(f"--sweep takes user counts like 1,2,4,8; got {text!r}")
+    return levels
+
+
 def _cmd_loadtest(args: argparse.Namespace) -> int:
     from loadtests.runner import LoadTestConfig, render_summary, run_loadtest
 
-    summary = run_loadtest(
-        LoadTestConfig(
-            host=args.host,
-            out_dir=args.out,
-            users=args.users,
-            duration_s=args.duration,
-            max_inputs=args.inputs,
-            model=args.model,
-            label=args.label,
-        )
+    config = LoadTestConfig(
+        host=args.host,
+        out_dir=args.out,
+        users=args.users,
+        duration_s=args.duration,
+        max_inputs=args.inputs,
+        model=args.model,
+        api=args.api,
+        shape=args.shape,
+        rate=args.rate,
+        workers=args.workers,
+        env=_shape_env(args),
+        slo_p99_ms=args.slo_p99_ms,
+        max_error_rate=args.max_error_rate,
+        plots=not args.no_plots,
+        label=args.label,
     )
+    if args.sweep:
+        from loadtests.sweep import run_sweep
+
+        result = run_sweep(config, _levels(args.sweep), args.slo_p99_ms, max_step_s=args.max_step_s)
+        print((args.out / f"{args.label}_sweep.md").read_text())
+        return 0 if result["knee"] is not None else 1
+    summary = run_loadtest(config)
     print(render_summary(summary))
-    return 1 if summary.failures else 0
+    return 1 if summary.failures or summary.slo_broken else 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from optiserve.demo import run_demo
+
+    if (args.baseline is None) != (args.optimized is None):
+        raise OptiserveError("give both --baseline and --optimized, or neither (the bundled model is optimized)")
+    comparison = run_demo(
+        args.out,
+        users=args.users,
+        duration_s=args.duration,
+        port=args.port,
+        baseline=args.baseline,
+        optimized=args.optimized,
+        slo_p99_ms=args.slo_p99_ms,
+        max_inputs=args.inputs,
+    )
+    return 0 if comparison["ok"] else 1
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from loadtests.compare import compare
+
+    try:
+        print(compare(args.a, args.b))
+    except ValueError as exc:
+        raise OptiserveError(str(exc)) from None
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -116,17 +176,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, help="GPUs per replica, fractions allowed (default: 0, CPU)")
     p.add_argument("--replicas", type=int, help="fixed number of replicas (default: 1)")
     p.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    p.add_argument(
+        "--ingress",
+        choices=["haproxy", "proxy"],
+        help="Ray Serve's HAProxy ingress (default; OPTISERVE_INGRESS) or its Python proxy",
+    )
     p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("loadtest", help="run a bounded headless Locust load against a server")
     p.add_argument("--host", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api", choices=["embeddings", "kserve", "classify"], default="embeddings")
     p.add_argument("--users", type=int, default=8)
-    p.add_argument("--duration", type=int, default=20, help="seconds")
+    p.add_argument("--duration", type=int, default=20, help="seconds (with --shape: upper bound)")
     p.add_argument("--inputs", type=int, default=1, help="each request carries 1..N sentences")
     p.add_argument("--model", help="model name to send (default: none, the server's own)")
+    p.add_argument("--rate", type=float, help="target requests/s over all users (default: closed loop)")
+    p.add_argument("--shape", choices=["step", "ramp", "spike"], help="a Locust load shape (loadtests/shapes.py)")
+    p.add_argument("--stages", help="step shape: users:seconds,… (e.g. 1:10,2:10,4:10)")
+    p.add_argument("--ramp", help="ramp shape: from:to:seconds (e.g. 1:16:60)")
+    p.add_argument("--spike", help="spike shape: base:spike:before_s:during_s:after_s (e.g. 2:16:20:10:20)")
+    p.add_argument("--sweep", metavar="USERS", help="goodput sweep over user counts, e.g. 1,2,4,8,16")
+    p.add_argument("--max-step-s", type=float, default=30.0, help="sweep: longest hold per step (seconds)")
+    p.add_argument("--workers", type=int, default=0, help="distributed Locust: master + N workers on 127.0.0.1")
+    p.add_argument("--slo-p99-ms", type=float, help="exit non-zero if client p99 is above this (sweep: the SLO)")
+    p.add_argument("--max-error-rate", type=float, help="exit non-zero if the failed share is above this")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", type=Path, default=Path("runs/loadtest"))
     p.add_argument("--label", default="loadtest")
     p.set_defaults(run=_cmd_loadtest)
+
+    p = sub.add_parser("bench", help="baseline vs optimized package under identical load, with ratios")
+    p.add_argument("--baseline", type=Path, help="baseline package (default: the bundled model's torch fp32)")
+    p.add_argument("--optimized", type=Path, help="optimized package (default: optimize the bundled model)")
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--duration", type=int, default=20, help="seconds of load per package")
+    p.add_argument("--inputs", type=int, default=1, help="each request carries 1..N sentences")
+    p.add_argument("--slo-p99-ms", type=float, help="also report goodput: requests/s answered within this")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("compare", help="compare two load-test summaries (<label>.json from loadtest)")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.set_defaults(run=_cmd_compare)
 
     p = sub.add_parser("demo", help="optimize the bundled model, serve baseline and optimized, load-test, compare")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

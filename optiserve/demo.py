@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.runner import LoadTestConfig, LoadTestSummary, run_loadtest
+from loadtests.runner import LoadTestConfig, LoadTestSummary, goodput_rps, run_loadtest
 from optimizers.chain import optimize
 from optimizers.source import bundled_model_dir
 from serving.launcher import DEFAULT_HOST, start
@@ -30,7 +30,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def _row(label: str, package: ModelPackage, load: LoadTestSummary) -> dict[str, Any]:
+def _row(label: str, package: ModelPackage, load: LoadTestSummary, slo_p99_ms: float | None) -> dict[str, Any]:
     m = package.manifest
     size = sum(f.size for f in m.files if f.path.startswith(m.model_path))
     return {
@@ -48,6 +48,7 @@ def _row(label: str, package: ModelPackage, load: LoadTestSummary) -> dict[str, 
         "requests": load.client["requests"],
         "server_p50_ms": load.server["request_p50_ms"],
         "mean_batch_size": load.server["batch_size_mean"],
+        "goodput_rps": goodput_rps(load.client, slo_p99_ms) if slo_p99_ms is not None else None,
     }
 
 
@@ -59,9 +60,10 @@ def render(rows: list[dict[str, Any]], ratios: dict[str, float], context: dict[s
     lines = [
         "# optiserve demo: baseline vs optimized",
         "",
-        f"Same Locust load for each ({context['users']} users, {context['duration_s']} s, one held-out sentence per "
-        f"request), served one after the other by Ray Serve on {context['machine']}. Locust runs on the same cores "
-        "as the server, so absolute numbers understate both; the ratios are the comparison.",
+        f"Same Locust load for each ({context['users']} users, {context['duration_s']} s, "
+        f"1..{context.get('max_inputs', 1)} held-out sentences per request), served one after the other by Ray Serve "
+        f"on {context['machine']}. Locust runs on the same cores as the server, so absolute numbers understate "
+        "both; the ratios are the comparison.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -77,17 +79,38 @@ def render(rows: list[dict[str, Any]], ratios: dict[str, float], context: dict[s
         f"**Optimized vs baseline:** throughput x{ratios['throughput']:.2f}, p50 latency x{ratios['p50_speedup']:.2f} "
         f"faster, p99 latency x{ratios['p99_speedup']:.2f} faster, size x{ratios['size']:.2f}.",
     ]
+    if context.get("slo_p99_ms") is not None:
+        base, opt = rows
+        lines.append(
+            f"Goodput (requests/s answered within {context['slo_p99_ms']:g} ms, a lower bound from Locust's "
+            f"percentiles): baseline {base['goodput_rps']:.1f}, optimized {opt['goodput_rps']:.1f} "
+            f"(x{ratios['goodput']:.2f})."
+        )
     return "\n".join(lines)
 
 
-def run_demo(out: Path, users: int = 8, duration_s: int = 20, port: int = 0) -> dict[str, Any]:
-    """Run the whole job; write ``comparison.md`` and ``comparison.json`` under ``out`` and return the data."""
+def run_demo(
+    out: Path,
+    users: int = 8,
+    duration_s: int = 20,
+    port: int = 0,
+    *,
+    baseline: Path | None = None,
+    optimized: Path | None = None,
+    slo_p99_ms: float | None = None,
+    max_inputs: int = 1,
+) -> dict[str, Any]:
+    """Run the whole job (``optiserve demo``, and ``optiserve bench`` with given packages); write
+    ``comparison.md`` and ``comparison.json`` under ``out`` and return the data. Without packages, the bundled
+    model is optimized first (its torch fp32 package is the baseline)."""
     started = time.monotonic()
     packages = out / "packages"
-    result = optimize(bundled_model_dir(), packages / "optimized", baseline_out=packages / "baseline")
+    if baseline is None or optimized is None:
+        optimize(bundled_model_dir(), packages / "optimized", baseline_out=packages / "baseline")
+        baseline, optimized = packages / "baseline", packages / "optimized"
     variants = [
-        ("baseline", load_package(packages / "baseline"), NO_BATCHING),
-        ("optimized", result.package, {}),
+        ("baseline", load_package(baseline), NO_BATCHING),
+        ("optimized", load_package(optimized), {}),
     ]
     server = start(DEFAULT_HOST, port or free_port())
     rows = []
@@ -106,10 +129,16 @@ def run_demo(out: Path, users: int = 8, duration_s: int = 20, port: int = 0) -> 
             )
             load = run_loadtest(
                 LoadTestConfig(
-                    host=server.url, out_dir=out / "loadtests", users=users, duration_s=duration_s, label=label
+                    host=server.url,
+                    out_dir=out / "loadtests",
+                    users=users,
+                    duration_s=duration_s,
+                    max_inputs=max_inputs,
+                    slo_p99_ms=slo_p99_ms,
+                    label=label,
                 )
             )
-            rows.append(_row(label, package, load))
+            rows.append(_row(label, package, load, slo_p99_ms))
     finally:
         server.stop()
     base, opt = rows
@@ -119,7 +148,15 @@ def run_demo(out: Path, users: int = 8, duration_s: int = 20, port: int = 0) -> 
         "p99_speedup": base["p99_ms"] / opt["p99_ms"],
         "size": opt["size_mb"] / base["size_mb"],
     }
-    context = {"users": users, "duration_s": duration_s, "machine": f"{platform.machine()} with {os.cpu_count()} cores"}
+    if slo_p99_ms is not None:
+        ratios["goodput"] = opt["goodput_rps"] / base["goodput_rps"] if base["goodput_rps"] else float("inf")
+    context = {
+        "users": users,
+        "duration_s": duration_s,
+        "max_inputs": max_inputs,
+        "slo_p99_ms": slo_p99_ms,
+        "machine": f"{platform.machine()} with {os.cpu_count()} cores",
+    }
     comparison = {
         "rows": rows,
         "ratios": ratios,

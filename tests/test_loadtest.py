@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from loadtests.runner import LoadTestConfig, run_loadtest
 from loadtests.scrape import HistogramDelta, histogram_delta
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.serve
@@ -46,3 +52,143 @@ def test_histogram_quantiles_interpolate_like_prometheus() -> None:
     assert delta.quantile(0.5) == pytest.approx(1.5)  # rank 20 lies halfway through the (1, 2] bucket
     assert delta.quantile(0.25) == pytest.approx(1.0)
     assert delta.distribution() == [("<= 1", 10.0), ("<= 2", 20.0), ("<= 4", 10.0)]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "optiserve.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+
+
+@pytest.mark.serve
+def test_kserve_load_writes_reports_that_parse_including_png_plots(server, tmp_path: Path) -> None:
+    from PIL import Image
+
+    summary = run_loadtest(
+        LoadTestConfig(host=server.url, out_dir=tmp_path, users=4, duration_s=5, max_inputs=3, api="kserve", label="k")
+    )
+    assert summary.failures == 0 and summary.client["requests"] > 5
+    assert summary.server["requests_by_code"].get("200", 0) >= summary.client["requests"]
+    written = json.loads((tmp_path / "k.json").read_text())
+    assert written["api"] == "kserve" and written["client_processes"] == 1
+    pngs = [Path(f) for f in summary.files if f.endswith(".png")]
+    assert {p.name for p in pngs} == {"k_timeseries.png", "k_batch_sizes.png"}
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    markdown = (tmp_path / "k.md").read_text()
+    assert "![k_timeseries.png](k_timeseries.png)" in markdown
+
+
+@pytest.mark.serve
+def test_unreachable_slo_exits_non_zero(server, tmp_path: Path) -> None:
+    run = _run_cli(
+        "loadtest", "--host", server.url, "--users", "2", "--duration", "3", "--slo-p99-ms", "0.001", "--no-plots",
+        "--out", str(tmp_path), "--label", "slo",
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "SLO broken" in run.stdout
+    summary = json.loads((tmp_path / "slo.json").read_text())
+    assert summary["slo"]["violations"] and summary["client"]["failures"] == 0
+    held = _run_cli(
+        "loadtest", "--host", server.url, "--users", "2", "--duration", "3", "--slo-p99-ms", "60000",
+        "--max-error-rate", "0", "--no-plots", "--out", str(tmp_path), "--label", "held",
+    )  # fmt: skip
+    assert held.returncode == 0, held.stdout + held.stderr
+    compared = _run_cli("compare", str(tmp_path / "slo.json"), str(tmp_path / "held.json"))
+    assert compared.returncode == 0 and "| req/s (client) |" in compared.stdout
+
+
+@pytest.mark.serve
+def test_step_shape_runs_the_user_counts_of_each_stage(server, tmp_path: Path) -> None:
+    stages = [(1, 4), (4, 4), (2, 4)]
+    summary = run_loadtest(
+        LoadTestConfig(
+            host=server.url,
+            out_dir=tmp_path,
+            duration_s=60,  # an upper bound: the shape stops after its last stage
+            shape="step",
+            env={"OPTISERVE_STAGES": ",".join(f"{u}:{s}" for u, s in stages)},
+            plots=False,
+            label="step",
+        )
+    )
+    assert summary.failures == 0
+    with (tmp_path / "step_locust_stats_history.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["Name"] == "Aggregated"]
+    start = float(rows[0]["Timestamp"])
+    observed: dict[int, set[int]] = {0: set(), 1: set(), 2: set()}
+    for row in rows:
+        t = float(row["Timestamp"]) - start
+        stage = min(int(t // 4), 2)
+        if t % 4 >= 1.5:  # away from the stage boundaries (history rows are once a second)
+            observed[stage].add(int(row["User Count"]))
+    assert observed == {0: {1}, 1: {4}, 2: {2}}
+    assert summary.duration_s < 30
+
+
+@pytest.mark.serve
+def test_target_rate_paces_users_and_distributed_locust_reports_its_workers(server, tmp_path: Path) -> None:
+    summary = run_loadtest(
+        LoadTestConfig(
+            host=server.url, out_dir=tmp_path, users=4, duration_s=8, rate=10, workers=2, plots=False, label="rate"
+        )
+    )
+    assert summary.failures == 0 and summary.client_processes == 2
+    assert 6 <= summary.client["rps"] <= 14  # paced at 10 req/s over all users, not a closed loop (~80 req/s here)
+    assert (tmp_path / "rate_locust-worker1.log").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_served(server, tiny_model_dir: Path, minilm_packages, tmp_path_factory: pytest.TempPathFactory):
+    from optimizers.chain import optimize
+
+    package = optimize(tiny_model_dir, tmp_path_factory.mktemp("tiny-serve") / "package", profile_items=32).package
+    server.deploy(package.root)
+    try:
+        yield server
+    finally:
+        server.deploy(minilm_packages.package.root)
+
+
+@pytest.mark.serve
+def test_sweep_finds_a_knee_on_a_tiny_model_in_bounded_time(tiny_served, tmp_path: Path) -> None:
+    from loadtests.sweep import run_sweep
+
+    levels = [1, 2, 4, 8]
+    started = time.monotonic()
+    result = run_sweep(
+        LoadTestConfig(host=tiny_served.url, out_dir=tmp_path, plots=False, label="sweep"),
+        levels,
+        slo_p99_ms=10_000,
+        window_s=1.0,
+        max_step_s=8.0,
+    )
+    elapsed = time.monotonic() - started
+    assert [s["users"] for s in result["steps"]] == levels
+    assert elapsed < len(levels) * 9 + 40  # every step ended by stability or its cap
+    assert result["knee"] is not None and result["goodput_rps"] > 0
+    assert result["goodput_rps"] == max(s["rps"] for s in result["steps"] if s["p99_ms"] <= 10_000)
+    assert all(s["server_p99_ms"] is not None for s in result["steps"])  # server side read from /metrics
+    assert (tmp_path / "sweep_sweep.png").stat().st_size > 1000
+    assert "Knee" in (tmp_path / "sweep_sweep.md").read_text()
+
+
+def test_knee_is_the_best_throughput_within_the_slo_or_the_power_point() -> None:
+    from loadtests.runner import goodput_rps
+    from loadtests.sweep import find_knee
+
+    steps = [
+        {"users": 1, "rps": 50.0, "p50_ms": 18.0, "p99_ms": 25.0, "failures": 0},
+        {"users": 2, "rps": 90.0, "p50_ms": 20.0, "p99_ms": 30.0, "failures": 0},
+        {"users": 4, "rps": 100.0, "p50_ms": 38.0, "p99_ms": 60.0, "failures": 0},
+        {"users": 8, "rps": 101.0, "p50_ms": 75.0, "p99_ms": 120.0, "failures": 3},
+    ]
+    assert find_knee(steps, slo_p99_ms=70) == 2
+    assert find_knee(steps, slo_p99_ms=28) == 0
+    assert find_knee(steps, slo_p99_ms=10) is None
+    assert find_knee(steps, slo_p99_ms=None) == 1  # 90 / 30 is the most throughput per ms of p99
+    client = {"rps": 100.0, "failures": 0, "percentiles_ms": {"50%": 10.0, "90%": 20.0, "99%": 40.0, "100%": 90.0}}
+    assert goodput_rps(client, 25.0) == pytest.approx(90.0)
+    assert goodput_rps(client, 5.0) == 0.0
+    assert goodput_rps({**client, "failures": 1}, 100.0) == 0.0

@@ -159,3 +159,16 @@ def test_metrics_show_batches_per_model_and_the_token_budget_held(both) -> None:
     assert buckets("optiserve_batch_size_bucket", CLASSIFIER)[float("inf")] >= 1
     info = {s.labels["model"]: s.labels for s in samples["optiserve_model_info"]}
     assert info[CLASSIFIER]["task"] == "classification" and info[MODEL]["task"] == "embedding"
+
+
+def test_classify_and_kserve_locust_files_run_against_the_classifier(both, tmp_path) -> None:
+    from loadtests.runner import LoadTestConfig, run_loadtest
+
+    for api in ("classify", "kserve"):
+        summary = run_loadtest(
+            LoadTestConfig(
+                host=both.url, out_dir=tmp_path, users=2, duration_s=3, max_inputs=4, api=api, model=CLASSIFIER,
+                plots=False, label=api,
+            )
+        )  # fmt: skip
+        assert summary.failures == 0 and summary.client["requests"] > 3, api

@@ -230,3 +230,37 @@ def test_user_config_change_retunes_the_running_replica(server, minilm_packages)
         assert gained["1.0"] < gained["+Inf"]  # and batching still happened
     finally:
         server.deploy(package)
+
+
+def test_ingress_listens_on_loopback_only(server) -> None:
+    """The HAProxy ingress (the default) and the replicas' direct-ingress listeners bind 127.0.0.1 only: Ray's
+    HAProxy config would put the stats (8404) and metrics (9101) ports on every interface (serving/haproxy-local).
+    Ray's own gRPC ports are out of scope here (docs/security.md)."""
+    import psutil
+
+    haproxy = [p for p in psutil.process_iter(["name"]) if "haproxy" in (p.info["name"] or "")]
+    assert haproxy, "the default ingress is HAProxy"
+    listening = {
+        (c.laddr.ip, c.laddr.port) for p in haproxy for c in p.net_connections(kind="inet") if c.status == "LISTEN"
+    }
+    assert {port for _, port in listening} >= {8404, 9101, server.port}
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}
+
+
+def test_haproxy_wrapper_rebinds_all_interface_listeners(tmp_path) -> None:
+    from serving.launcher import HAPROXY_WRAPPER
+
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "frontend prometheus\n    bind :9101\nlisten stats\n  bind *:8404\nfrontend http\n    bind 10.0.0.5:80\n"
+    )
+    run = subprocess.run(
+        [str(HAPROXY_WRAPPER), "-db", "-f", str(config)],
+        env={"PATH": "/usr/bin:/bin", "OPTISERVE_HAPROXY_BINARY": shutil.which("echo") or "/bin/echo"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.split() == ["-db", "-f", str(config)]  # the real binary gets the same arguments
+    binds = [line.strip() for line in config.read_text().splitlines() if line.strip().startswith("bind")]
+    assert binds == ["bind 127.0.0.1:9101", "bind 127.0.0.1:8404", "bind 10.0.0.5:80"]

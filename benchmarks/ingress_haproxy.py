@@ -1,0 +1,113 @@
+"""Evaluate Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``) against the default Python proxy for
+optiserve, and check what it leaves behind: the addresses it listens on and processes alive after shutdown.
+
+    .venv/bin/python benchmarks/ingress_haproxy.py [--users 8] [--duration 20]
+
+Each ingress runs in a fresh process with its own Ray instance (the flag is read when Serve starts), one after
+the other, serving the same optimized package under the same single-sentence Locust load. Writes
+``runs/bench-ingress/ingress.json`` and copies a Markdown summary to ``benchmarks/results/ingress_haproxy.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving_cpu import ensure_package, locust_client  # noqa: E402
+
+RESULT_FILE = ROOT / "benchmarks" / "results" / "ingress_haproxy.md"
+
+
+def haproxy_processes() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name", "cmdline"]) if "haproxy" in (p.info["name"] or "")]
+
+
+def listening(processes: list[psutil.Process]) -> list[str]:
+    sockets = set()
+    for proc in processes:
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    sockets.add(f"{conn.laddr.ip}:{conn.laddr.port}")
+        except psutil.Error:
+            continue
+    return sorted(sockets)
+
+
+def child(variant: str, package: Path, out: Path, users: int, duration: int) -> dict[str, Any]:
+    from optiserve.demo import free_port
+    from serving.launcher import start
+
+    server = start("127.0.0.1", free_port(), num_cpus=2, threads=1)
+    try:
+        server.deploy(package)
+        stats = locust_client(server.url, out, f"ingress-{variant}", users, duration, 1)
+        sockets = listening(haproxy_processes())
+    finally:
+        server.stop()
+    time.sleep(5)
+    left = haproxy_processes()
+    result = {"variant": variant, "client": stats, "haproxy_listening": sockets, "haproxy_alive_after_stop": len(left)}
+    for proc in left:  # do not leave them to the next run
+        proc.kill()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-ingress"))
+    parser.add_argument("--variant", choices=["default", "haproxy"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    package = ensure_package(out)
+    if args.variant:
+        result = child(args.variant, package, out, args.users, args.duration)
+        (out / f"{args.variant}.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    results = {}
+    for variant in ("default", "haproxy"):
+        env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1" if variant == "haproxy" else "0"}
+        cmd = [sys.executable, __file__, "--variant", variant, "--out", str(out)]
+        cmd += ["--users", str(args.users), "--duration", str(args.duration)]
+        subprocess.run(cmd, env=env, check=True, timeout=args.duration + 600)
+        results[variant] = json.loads((out / f"{variant}.json").read_text())
+    ratio = results["haproxy"]["client"]["rps"] / results["default"]["client"]["rps"]
+    lines = [
+        "# Ray Serve ingress: HAProxy vs the default proxy (optiserve, CPU)",
+        "",
+        f"Command: `python benchmarks/ingress_haproxy.py --users {args.users} --duration {args.duration}`  ",
+        f"When: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; single-sentence requests, Locust on the "
+        "same 2 cores.",
+        "",
+        "| ingress | req/s | p50 ms | p99 ms | failures | haproxy listening on | haproxy alive after stop |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        c = r["client"]
+        lines.append(
+            f"| {name} | {c['rps']:.1f} | {c['p50_ms']:.0f} | {c['p99_ms']:.0f} | {c['failures']:.0f} | "
+            f"{', '.join(r['haproxy_listening']) or '-'} | {r['haproxy_alive_after_stop']} |"
+        )
+    lines += ["", f"HAProxy / default throughput: {ratio:.2f}", ""]
+    (out / "ingress.json").write_text(json.dumps({"results": results, "ratio": ratio}, indent=2) + "\n")
+    RESULT_FILE.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
