@@ -61,7 +61,12 @@ def render(rows: list[dict[str, Any]], ratios: dict[str, float], context: dict[s
         "# optiserve demo: baseline vs optimized",
         "",
         f"Same Locust load for each ({context['users']} users, {context['duration_s']} s, "
-        f"1..{context.get('max_inputs', 1)} held-out sentences per request), served one after the other by Ray Serve "
+        + (
+            "one held-out sentence"
+            if context.get("max_inputs", 1) == 1
+            else f"1..{context['max_inputs']} held-out sentences"
+        )
+        + " per request), served one after the other by Ray Serve "
         f"on {context['machine']}. Locust runs on the same cores as the server, so absolute numbers understate "
         "both; the ratios are the comparison.",
         "",

@@ -31,8 +31,8 @@ HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-local"
 
 def ingress_environment(ingress: str) -> dict[str, str]:
     """Environment that selects Ray Serve's ingress; it must be in place before Ray starts (Serve's processes
-    read it when they start). ``haproxy``: HAProxy (measured 1.89x the default proxy's throughput for optiserve
-    on 2 cores, benchmarks/results/ingress_haproxy.md), run through ``serving/haproxy-local``, which keeps its
+    read it when they start). ``haproxy``: HAProxy (1.57x the Python proxy's throughput for optiserve on 2 cores,
+    benchmarks/results/ingress_haproxy.md), run through ``serving/haproxy-local``, which keeps its
     stats and metrics ports on 127.0.0.1 and stops it with its parent. ``proxy``: Ray's Python proxy."""
     if ingress not in INGRESSES:
         raise ValueError(f"ingress must be one of {INGRESSES}, got {ingress!r}")
