@@ -147,7 +147,7 @@ def metrics() -> Metrics:
             "optiserve_model_info",
             "The package a replica serves (value is always 1).",
             [*model, "task", "runtime", "precision", "device", "chain"],
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",  # only replicas that exist: a replaced package's info goes away
             registry=None,
         ),
     )
