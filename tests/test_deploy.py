@@ -115,3 +115,28 @@ def test_grafana_dashboard_queries_only_metrics_the_server_exports() -> None:
             exported |= {family.name} | {f"{family.name}{s}" for s in ("_total", "_bucket", "_sum", "_count")}
     queried = {name for expr in exprs for name in re.findall(r"\b(optiserve_[a-z_]+)", expr)}
     assert queried and queried <= exported, queried - exported
+
+
+def test_rayservice_manifest_is_current_and_its_serve_config_is_valid() -> None:
+    import subprocess
+    import sys
+
+    from ray.serve.schema import ServeDeploySchema
+
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render_rayservice.py"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    (app,) = serve_config.applications
+    (deployment,) = app.deployments
+    assert deployment.ray_actor_options.num_gpus == 1 and app.args["package_dir"].startswith("/models/")
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # replicas go to the workers
+    (gpu_group,) = cluster["workerGroupSpecs"]
+    (container,) = gpu_group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert gpu_group["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
