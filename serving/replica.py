@@ -152,6 +152,7 @@ class ModelRunner:
             "device": runtime.device,
             "device_reason": runtime.device_reason,
             "gpus": assigned_gpus(),
+            "node_id": _node_id(),
             "providers": list(getattr(runtime, "providers", [])),
             "batching": self.settings.model_dump(),
         }
@@ -159,6 +160,13 @@ class ModelRunner:
     async def check_health(self) -> None:
         """Raise if the runtime can no longer compute."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self.pipeline.run, ["health check"])
+
+
+def _node_id() -> str | None:
+    """The Ray node this replica runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 class ServedModels:

@@ -1,0 +1,222 @@
+"""A two-node Ray cluster on one machine, each node started with ``ray start`` as its own processes: placement by
+GPU resources, a proxy on every node, and losing the worker node under load.
+
+    .venv/bin/python benchmarks/cluster.py --package runs/demo/packages/optimized   # writes runs/cluster/cluster.json
+
+The head declares 1 CPU and no GPU; the worker declares 2 CPUs and 1 logical GPU (a resource count: placement is
+exercised without a device). One application serves the package with two CPU replicas (Serve spreads them over
+the nodes) and a second application asks for half a GPU, so it can only land on the worker. Requests go through
+both nodes' proxies. Then a closed-loop load runs through the head's proxy while the worker node's processes
+are SIGKILLed: the head's replica keeps answering; the figures say how many requests failed and when.
+Ray's Python proxy is used here (on one machine, each node's HAProxy would need its own stats/metrics ports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from optiserve.demo import free_port  # noqa: E402
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+TEMP_DIR = "/tmp/ray-optiserve-cluster"  # its own sockets and logs: never touches another Ray on this machine
+# Ray 2.60 token authentication, with this cluster's own token for every node and this driver.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Proxies spread requests over all replicas instead of preferring their own node's, so load entering through
+    # the head reaches the worker's replica too (what node loss must be tested against).
+    spread = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+    return {**env, **AUTH, **spread, "RAY_SERVE_ENABLE_HA_PROXY": "0", **(extra or {})}
+
+
+def _node(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A node in the foreground (``--block``) in its own session, so it can be killed as one process group."""
+    return subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_nodes(gcs_port: int, worker_http_port: int) -> list[subprocess.Popen[bytes]]:
+    head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=1"]
+    head += ["--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={TEMP_DIR}", "--block"]
+    nodes = [_node(head, ray_env())]
+    wait_for(lambda: _port_open(gcs_port), 120, "the head node's GCS")
+    ports = {
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+    }
+    worker = [RAY, "start", f"--address=127.0.0.1:{gcs_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
+    worker += ["--num-gpus=1", "--block", *(f"{k}={v}" for k, v in ports.items())]
+    nodes.append(_node(worker, ray_env({"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(worker_http_port)})))
+    return nodes
+
+
+def kill_node(node: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(node.pid, signal.SIGKILL)  # raylet, its workers (replicas, proxy) and the `ray start` process
+    except ProcessLookupError:
+        pass
+    node.wait()
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not within {timeout_s:.0f} s")
+
+
+async def closed_loop(url: str, seconds: float, workers: int, events: list[tuple[float, int]]) -> None:
+    """POST single sentences from ``workers`` concurrent clients for ``seconds``; record (time, status)."""
+    start = time.monotonic()
+
+    async def client() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            while time.monotonic() - start < seconds:
+                try:
+                    status = (await http.post(url, json={"input": "a node may go away"})).status_code
+                except httpx.HTTPError:
+                    status = 0
+                events.append((time.monotonic() - start, status))
+
+    await asyncio.gather(*(client() for _ in range(workers)))
+
+
+def run(package: Path, load_s: float, kill_at_s: float) -> dict[str, Any]:
+    os.environ.update(AUTH)  # before Ray is imported in this process
+    os.environ.pop("RAY_ADDRESS", None)
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    gcs_port, head_http, worker_http = free_port(), free_port(), free_port()
+    head, worker = start_nodes(gcs_port, worker_http)
+    figures: dict[str, Any] = {}
+    try:
+        ray.init(address=f"127.0.0.1:{gcs_port}", log_to_driver=False)
+        wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 120, "two live nodes")
+        serve.start(http_options={"host": "127.0.0.1", "port": head_http, "location": "EveryNode"})
+        env = {"PROMETHEUS_MULTIPROC_DIR": "/tmp/optiserve-cluster-metrics"}
+        # The GPU application first: it can only go to the worker and takes one of its two CPUs, so the two CPU
+        # replicas that follow end up one per node.
+        serve.run(build_app([str(package)], env_vars=env, num_gpus=0.5), name="gpu", route_prefix="/gpu")
+        serve.run(build_app([str(package)], env_vars=env, num_replicas=2), name="cpu", route_prefix="/")
+        model = json.loads((package / "manifest.json").read_text())["name"]
+        head_node = ray.get_runtime_context().get_node_id()
+
+        def describe(port: int, prefix: str = "") -> dict[str, Any]:
+            url = f"http://127.0.0.1:{port}{prefix}/v2/models/{model}"
+            return httpx.get(url, timeout=10).json()["parameters"]["optiserve"]
+
+        for port in (head_http, worker_http):
+            wait_for(lambda p=port: describe(p)["device"] == "cpu", 180, f"the proxy on port {port}")
+        gpu = describe(head_http, "/gpu")
+        figures["gpu_replica"] = {
+            "on_worker": gpu["node_id"] != head_node,
+            "gpus": gpu["gpus"],
+            "device": gpu["device"],
+        }
+        seen = {describe(head_http)["node_id"] for _ in range(30)}  # requests spread over both replicas
+        figures["cpu_replicas_on_nodes"] = len(seen)
+        figures["served_through"] = {
+            "head_proxy": httpx.post(f"http://127.0.0.1:{head_http}/v1/embeddings", json={"input": "x"}).status_code,
+            "worker_proxy": httpx.post(
+                f"http://127.0.0.1:{worker_http}/v1/embeddings", json={"input": "x"}
+            ).status_code,
+        }
+
+        events: list[tuple[float, int]] = []
+
+        async def load_and_kill() -> None:
+            load = asyncio.create_task(closed_loop(f"http://127.0.0.1:{head_http}/v1/embeddings", load_s, 4, events))
+            await asyncio.sleep(kill_at_s)
+            kill_node(worker)
+            figures["killed_at_s"] = kill_at_s
+            await load
+
+        asyncio.run(load_and_kill())
+        failed = [(t, s) for t, s in events if s != 200]
+        after = [s for t, s in events if t > kill_at_s + 10]
+        figures["node_loss"] = {
+            "requests": len(events),
+            "failed": len(failed),
+            "failed_before_kill": sum(1 for t, _ in failed if t < kill_at_s),
+            "failed_within_10s_of_kill": sum(1 for t, _ in failed if kill_at_s <= t <= kill_at_s + 10),
+            "last_failure_s_after_kill": max((t - kill_at_s for t, _ in failed), default=None),
+            "ok_after_10s": sum(1 for s in after if s == 200),
+            "failed_after_10s": sum(1 for s in after if s != 200),
+            "statuses": sorted({s for _, s in events}),
+        }
+    finally:
+        ray.shutdown()
+        for node in (worker, head):
+            kill_node(node)
+        leftovers = _cluster_processes()
+        for proc in leftovers:  # anything that left the process groups: matched by this cluster's temp dir
+            proc.kill()
+        figures["leftover_processes_killed"] = len(leftovers)
+    return figures
+
+
+def _cluster_processes() -> list[Any]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(TEMP_DIR in part for part in proc.info["cmdline"] or []) and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", type=Path, required=True)
+    parser.add_argument("--load-s", type=float, default=40.0)
+    parser.add_argument("--kill-at-s", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path("runs/cluster"))
+    args = parser.parse_args()
+    figures = run(args.package.resolve(), args.load_s, args.kill_at_s)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cluster.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

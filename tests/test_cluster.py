@@ -1,0 +1,38 @@
+"""Two Ray nodes started with ``ray start`` on 127.0.0.1 (benchmarks/cluster.py, run as its own process): GPU
+placement by resources, a proxy on every node, and the worker node lost under load.
+
+Run alone with: .venv/bin/pytest -m cluster
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_two_node_cluster_places_by_resources_and_survives_losing_a_node(minilm_packages, tmp_path, figures) -> None:
+    run = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--package", str(minilm_packages.package.root),
+            "--load-s", "25", "--kill-at-s", "8", "--out", str(tmp_path),
+        ],
+        capture_output=True, text=True, timeout=540, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((tmp_path / "cluster.json").read_text())
+    print("\ncluster:", json.dumps(result))
+    figures["cluster"] = result
+    assert result["gpu_replica"] == {"on_worker": True, "gpus": ["0"], "device": "cpu"}
+    assert result["cpu_replicas_on_nodes"] == 2
+    assert result["served_through"] == {"head_proxy": 200, "worker_proxy": 200}
+    loss = result["node_loss"]
+    assert loss["failed_before_kill"] == 0
+    assert loss["ok_after_10s"] > 0 and loss["failed_after_10s"] == 0  # the head's replica carries on
+    assert loss["failed"] < loss["requests"] / 4  # only what was in flight on (or routed to) the lost node
