@@ -1,13 +1,16 @@
 """A two-node Ray cluster on one machine, each node started with ``ray start`` as its own processes: placement by
-GPU resources, a proxy on every node, and losing the worker node under load.
+GPU resources, a proxy on every node, autoscaling under a Locust step load, and losing the worker node under
+load.
 
     .venv/bin/python benchmarks/cluster.py --package runs/demo/packages/optimized   # writes runs/cluster/cluster.json
 
 The head declares 1 CPU and no GPU; the worker declares 2 CPUs and 1 logical GPU (a resource count: placement is
 exercised without a device). One application serves the package with two CPU replicas (Serve spreads them over
 the nodes) and a second application asks for half a GPU, so it can only land on the worker. Requests go through
-both nodes' proxies. Then a closed-loop load runs through the head's proxy while the worker node's processes
-are SIGKILLed: the head's replica keeps answering; the figures say how many requests failed and when.
+both nodes' proxies. An autoscaled application (1..2 replicas, short delays) then takes a Locust step load
+(1 user, then 8) and the running replica count is recorded until it is back to 1. Then a closed-loop load runs
+through the head's proxy while the worker node's processes are SIGKILLed: the head's replica keeps answering;
+the figures say how many requests failed and when.
 Ray's Python proxy is used here (on one machine, each node's HAProxy would need its own stats/metrics ports).
 """
 
@@ -117,7 +120,68 @@ async def closed_loop(url: str, seconds: float, workers: int, events: list[tuple
     await asyncio.gather(*(client() for _ in range(workers)))
 
 
-def run(package: Path, load_s: float, kill_at_s: float) -> dict[str, Any]:
+def running_replicas(app: str) -> int:
+    from ray import serve
+
+    from serving.app import InferenceService
+
+    status = serve.status().applications.get(app)
+    if status is None or InferenceService.name not in status.deployments:
+        return 0
+    return sum(n for state, n in status.deployments[InferenceService.name].replica_states.items() if state == "RUNNING")
+
+
+def autoscale(package: Path, env: dict[str, str], url: str, high_s: float) -> dict[str, Any]:
+    """Replace the fixed application with an autoscaled one (1..2 replicas, short delays), drive it with a Locust
+    step shape (1 user, then 8), and record the running replicas until they are back to 1 after the load."""
+    import threading
+
+    from ray import serve
+
+    from loadtests.runner import LoadTestConfig, run_loadtest
+    from serving.app import build_app
+
+    serve.delete("cpu")
+    config = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
+    config |= {"upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "look_back_period_s": 2.0}
+    serve.run(build_app([str(package)], env_vars=env, autoscaling_config=config), name="auto", route_prefix="/")
+    low_s = 5
+    timeline: list[tuple[float, int]] = []
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def poll() -> None:
+        while not stop.is_set():
+            timeline.append((time.monotonic() - start, running_replicas("auto")))
+            time.sleep(0.5)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    out = Path(TEMP_DIR) / "locust"
+    stages = {"OPTISERVE_STAGES": f"1:{low_s},8:{high_s:g}"}
+    load = run_loadtest(
+        LoadTestConfig(host=url, out_dir=out, duration_s=int(low_s + high_s + 30), shape="step", env=stages,
+                       plots=False, label="autoscale")
+    )  # fmt: skip
+    load_end = time.monotonic() - start
+    wait_for(lambda: running_replicas("auto") == 1, 60, "scale-down to 1 replica")
+    stop.set()
+    poller.join()
+    up = next((t for t, n in timeline if t >= low_s and n >= 2), None)
+    down = next((t for t, n in timeline if t >= load_end and n == 1), None)
+    serve.delete("auto")
+    return {
+        "config": config,
+        "max_replicas_seen": max(n for _, n in timeline),
+        "scale_up_s_after_load_rose": None if up is None else up - low_s,
+        "scale_down_s_after_load_stopped": None if down is None else down - load_end,
+        "requests": load.client["requests"],
+        "failures": load.failures,
+        "timeline": timeline[:: max(1, len(timeline) // 60)],
+    }
+
+
+def run(package: Path, load_s: float, kill_at_s: float, autoscale_s: float) -> dict[str, Any]:
     os.environ.update(AUTH)  # before Ray is imported in this process
     os.environ.pop("RAY_ADDRESS", None)
     import ray
@@ -160,6 +224,9 @@ def run(package: Path, load_s: float, kill_at_s: float) -> dict[str, Any]:
                 f"http://127.0.0.1:{worker_http}/v1/embeddings", json={"input": "x"}
             ).status_code,
         }
+
+        figures["autoscaling"] = autoscale(package, env, f"http://127.0.0.1:{head_http}", autoscale_s)
+        serve.run(build_app([str(package)], env_vars=env, num_replicas=2), name="cpu", route_prefix="/")
 
         events: list[tuple[float, int]] = []
 
@@ -209,9 +276,10 @@ def main() -> int:
     parser.add_argument("--package", type=Path, required=True)
     parser.add_argument("--load-s", type=float, default=40.0)
     parser.add_argument("--kill-at-s", type=float, default=10.0)
+    parser.add_argument("--autoscale-s", type=float, default=20.0, help="seconds of high load for autoscaling")
     parser.add_argument("--out", type=Path, default=Path("runs/cluster"))
     args = parser.parse_args()
-    figures = run(args.package.resolve(), args.load_s, args.kill_at_s)
+    figures = run(args.package.resolve(), args.load_s, args.kill_at_s, args.autoscale_s)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cluster.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

@@ -1,5 +1,6 @@
 """Two Ray nodes started with ``ray start`` on 127.0.0.1 (benchmarks/cluster.py, run as its own process): GPU
-placement by resources, a proxy on every node, and the worker node lost under load.
+placement by resources, a proxy on every node, autoscaling 1 -> 2 -> 1 under a Locust step load, and the worker
+node lost under load.
 
 Run alone with: .venv/bin/pytest -m cluster
 """
@@ -17,11 +18,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_two_node_cluster_places_by_resources_and_survives_losing_a_node(minilm_packages, tmp_path, figures) -> None:
+def test_two_node_cluster_places_by_resources_autoscales_and_survives_losing_a_node(minilm_packages, tmp_path, figures) -> None:
     run = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--package", str(minilm_packages.package.root),
-            "--load-s", "25", "--kill-at-s", "8", "--out", str(tmp_path),
+            "--load-s", "25", "--kill-at-s", "8", "--autoscale-s", "20", "--out", str(tmp_path),
         ],
         capture_output=True, text=True, timeout=540, cwd=ROOT,
     )  # fmt: skip
@@ -32,6 +33,9 @@ def test_two_node_cluster_places_by_resources_and_survives_losing_a_node(minilm_
     assert result["gpu_replica"] == {"on_worker": True, "gpus": ["0"], "device": "cpu"}
     assert result["cpu_replicas_on_nodes"] == 2
     assert result["served_through"] == {"head_proxy": 200, "worker_proxy": 200}
+    scaling = result["autoscaling"]
+    assert scaling["max_replicas_seen"] == 2 and scaling["scale_up_s_after_load_rose"] is not None
+    assert scaling["scale_down_s_after_load_stopped"] is not None and scaling["failures"] == 0
     loss = result["node_loss"]
     assert loss["failed_before_kill"] == 0
     assert loss["ok_after_10s"] > 0 and loss["failed_after_10s"] == 0  # the head's replica carries on
