@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_two_node_cluster_places_by_resources_autoscales_and_survives_losing_a_node(minilm_packages, tmp_path, figures) -> None:
+def test_two_nodes_place_by_resources_autoscale_and_survive_losing_one(minilm_packages, tmp_path, figures) -> None:
     run = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--package", str(minilm_packages.package.root),

@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -124,7 +123,7 @@ def test_step_shape_runs_the_user_counts_of_each_stage(server, tmp_path: Path) -
         if t % 4 >= 1.5:  # away from the stage boundaries (history rows are once a second)
             observed[stage].add(int(row["User Count"]))
     assert observed == {0: {1}, 1: {4}, 2: {2}}
-    assert summary.duration_s < 30
+    assert {int(r["User Count"]) for r in rows[-2:]} <= {2, 0}  # the run ended after the last stage
 
 
 @pytest.mark.serve
@@ -156,7 +155,6 @@ def test_sweep_finds_a_knee_on_a_tiny_model_in_bounded_time(tiny_served, tmp_pat
     from loadtests.sweep import run_sweep
 
     levels = [1, 2, 4, 8]
-    started = time.monotonic()
     result = run_sweep(
         LoadTestConfig(host=tiny_served.url, out_dir=tmp_path, plots=False, label="sweep"),
         levels,
@@ -164,9 +162,9 @@ def test_sweep_finds_a_knee_on_a_tiny_model_in_bounded_time(tiny_served, tmp_pat
         window_s=1.0,
         max_step_s=8.0,
     )
-    elapsed = time.monotonic() - started
     assert [s["users"] for s in result["steps"]] == levels
-    assert elapsed < len(levels) * 9 + 40  # every step ended by stability or its cap
+    # bounded: every step ended by stability or at its cap (8 s, checked once per 1 s window)
+    assert all(s["seconds"] <= 8.0 + 1.5 for s in result["steps"])
     assert result["knee"] is not None and result["goodput_rps"] > 0
     assert result["goodput_rps"] == max(s["rps"] for s in result["steps"] if s["p99_ms"] <= 10_000)
     assert all(s["server_p99_ms"] is not None for s in result["steps"])  # server side read from /metrics
