@@ -165,16 +165,16 @@ def autoscale(package: Path, env: dict[str, str], url: str, high_s: float) -> di
     )  # fmt: skip
     load_end = time.monotonic() - start
     wait_for(lambda: running_replicas("auto") == 1, 60, "scale-down to 1 replica")
+    down = time.monotonic() - start  # when the wait saw 1 replica again (within its 0.5 s polling)
     stop.set()
     poller.join()
     up = next((t for t, n in timeline if t >= low_s and n >= 2), None)
-    down = next((t for t, n in timeline if t >= load_end and n == 1), None)
     serve.delete("auto")
     return {
         "config": config,
         "max_replicas_seen": max(n for _, n in timeline),
         "scale_up_s_after_load_rose": None if up is None else up - low_s,
-        "scale_down_s_after_load_stopped": None if down is None else down - load_end,
+        "scale_down_s_after_load_stopped": down - load_end,
         "requests": load.client["requests"],
         "failures": load.failures,
         "timeline": timeline[:: max(1, len(timeline) // 60)],
