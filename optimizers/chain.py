@@ -1,34 +1,28 @@
-"""The optimizer chain: build candidates from a source model, check each against it, profile each, and write
-the fastest candidate within the fidelity budget as a model package.
+"""The optimizer chain: run a recipe's candidates from a source model, check each against the source, profile
+each as the server runs it, and write the fastest candidate within the fidelity budget as a model package.
 
-Candidates (each one a pass applied to the previous artifact, never changing its input):
-
-    torch-fp32              the source model as-is (the baseline; also the fidelity reference)
-    onnx-fp32               export_onnx
-    onnx-int8-per-tensor    export_onnx → quantize_dynamic(per_channel=False)
-    onnx-int8-per-channel   export_onnx → quantize_dynamic(per_channel=True)
+Data flows one way: source → (per candidate) passes, each through the content-addressed cache → fidelity on
+the held-out split → profile → selection, Pareto front and report → package.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
 
-from optimizers.corpus import load_split
+from optimizers.cache import StepCache, content_hash, library_versions, step_key
+from optimizers.datasets import load_dataset
 from optimizers.fidelity import output_fidelity
-from optimizers.passes import ExportOnnxConfig, QuantizeDynamicConfig, export_onnx, quantize_dynamic
+from optimizers.passes.base import Artifact, PassContext, PassFailedError, PassUnavailableError, get_pass
 from optimizers.passes.export_onnx import OUTPUT_NAMES
-from optimizers.profile import best_row, profile_pipeline, serving_defaults
+from optimizers.profile import PeakMemory, best_row, profile_pipeline, serving_defaults
+from optimizers.recipe import PlannedCandidate, Recipe, Step, load_recipe, plan
 from optimizers.report import write_report
 from optimizers.source import SourceModel
 from serving.errors import OptiserveError
@@ -39,6 +33,7 @@ from serving.package import (
     ModelPackage,
     PassRecord,
     ProfileRow,
+    ServingDefaults,
     Source,
     TensorSpec,
     load_package,
@@ -46,7 +41,7 @@ from serving.package import (
     utc_now,
     write_package,
 )
-from serving.pipeline import TextPipeline
+from serving.pipeline import Pipeline, TensorPipeline, TextPipeline
 from serving.runtimes.base import create_runtime, default_threads
 from serving.tokenizer import TextEncoder
 
@@ -56,40 +51,65 @@ MODEL_INPUTS = [
     TensorSpec(name=name, dtype="int64", shape=["batch", "sequence"])
     for name in ("input_ids", "attention_mask", "token_type_ids")
 ]
+Status = Literal["ok", "skipped", "failed"]
 
 
 class BudgetNotMetError(OptiserveError):
-    """No candidate reached the fidelity budget. The report was still written."""
+    """No candidate reached the fidelity budget. The report was still written; ``candidates`` holds them all."""
+
+    def __init__(self, message: str, candidates: list[Candidate] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = candidates or []
 
 
 @dataclass
 class Candidate:
     name: str
-    runtime: Literal["onnxruntime", "torch"]
-    precision: Literal["fp32", "int8"]
-    model_path: Path
+    artifact: Artifact | None
     chain: list[PassRecord]
+    status: Status = "ok"
+    reason: str = ""
     fidelity: Fidelity | None = None
     profile: list[ProfileRow] = field(default_factory=list)
+    pareto: bool = False
+
+    @property
+    def runtime(self) -> str:
+        return self.artifact.runtime if self.artifact else "-"
+
+    @property
+    def precision(self) -> str:
+        return self.artifact.precision if self.artifact else "-"
+
+    @property
+    def model_path(self) -> Path:
+        assert self.artifact is not None
+        return self.artifact.path
 
     @property
     def size_bytes(self) -> int:
-        files = [self.model_path] if self.model_path.is_file() else list(self.model_path.glob("*.safetensors"))
-        return sum(f.stat().st_size for f in files)
+        if self.artifact is None:
+            return 0
+        path = self.artifact.path
+        return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
     @property
     def items_per_s(self) -> float:
         return best_row(self.profile).items_per_s if self.profile else 0.0
 
-    def summary(self, budget: FidelityBudget) -> dict[str, object]:
+    def summary(self, budget: FidelityBudget) -> dict[str, Any]:
         return {
             "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
             "runtime": self.runtime,
             "precision": self.precision,
             "size_bytes": self.size_bytes,
             "items_per_s": self.items_per_s,
             "within_budget": bool(self.fidelity and budget.admits(self.fidelity)),
-            "fidelity": self.fidelity.model_dump() if self.fidelity else None,
+            "violations": budget.violations(self.fidelity) if self.fidelity else [],
+            "pareto": self.pareto,
+            "fidelity": self.fidelity.model_dump(exclude_none=True) if self.fidelity else None,
             "profile": [row.model_dump() for row in self.profile],
             "chain": [record.model_dump() for record in self.chain],
         }
@@ -100,58 +120,157 @@ class ChainResult:
     package: ModelPackage
     candidates: list[Candidate]
     selected: Candidate
-    report: dict[str, object]
+    report: dict[str, Any]
 
 
-def _run_pass(name: str, config: BaseModel, work: Callable[..., Path], *args: object) -> tuple[Path, PassRecord]:
-    """Run one pass function ``work(*args, config)`` and record what it was given and how long it took."""
-    start = time.perf_counter()
-    path = work(*args, config)
-    return path, PassRecord(name=name, config=config.model_dump(), duration_s=time.perf_counter() - start)
+class OutputsEvaluator:
+    """Runs artifacts through the same pipeline the server uses (text or tensors) and compares them with the
+    source model's outputs on the same inputs (the source's outputs are computed once per input list)."""
 
+    def __init__(
+        self, source: SourceModel, threads: int, budget_items: list[Any], labels: np.ndarray | None = None
+    ) -> None:
+        self.source = source
+        self.threads = threads
+        self.encoder = TextEncoder.from_spec(source.path, source.tokenizer) if source.tokenizer else None
+        self.default_items = budget_items
+        self.labels = labels  # true labels of the held-out split, if the data has them
+        self._reference: dict[int, tuple[list[Any], np.ndarray]] = {}
 
-def build_candidates(source: SourceModel, work_dir: Path, check_texts: list[str]) -> list[Candidate]:
-    """Run the passes. Each output is a new file in ``work_dir``."""
-    onnx_fp32, export_record = _run_pass(
-        "export_onnx", ExportOnnxConfig(), export_onnx, source, work_dir / "fp32.onnx", check_texts
-    )
-    candidates = [
-        Candidate("torch-fp32", "torch", "fp32", source.path, chain=[]),
-        Candidate("onnx-fp32", "onnxruntime", "fp32", onnx_fp32, chain=[export_record]),
-    ]
-    for per_channel in (False, True):
-        label = "per-channel" if per_channel else "per-tensor"
-        path, record = _run_pass(
-            "quantize_dynamic",
-            QuantizeDynamicConfig(per_channel=per_channel),
-            quantize_dynamic,
-            onnx_fp32,
-            work_dir / f"int8-{label}.onnx",
+    def pipeline(self, artifact: Artifact) -> Pipeline:
+        if self.encoder is None:
+            if artifact.format == "module":
+                from optimizers.modules import ModuleRuntime
+
+                runtime: Any = ModuleRuntime(artifact.path, self.threads)
+            else:
+                runtime = create_runtime("onnxruntime", artifact.path, self.source.pooling, self.threads, gpus=[])
+            return TensorPipeline(runtime, self.source.item_shape, self.source.output_dim)
+        runtime = create_runtime(
+            artifact.runtime, artifact.path, self.source.pooling, self.threads, self.source.task, gpus=[]
         )
-        candidates.append(Candidate(f"onnx-int8-{label}", "onnxruntime", "int8", path, [export_record, record]))
-    return candidates
+        return TextPipeline(self.encoder, runtime, self.source.output_dim)
+
+    def outputs(self, artifact: Artifact, items: list[Any], settings: ServingDefaults | None = None) -> np.ndarray:
+        return self.pipeline(artifact).run_as_served(items, settings or ServingDefaults())
+
+    def reference(self, items: list[Any]) -> np.ndarray:
+        key = id(items)
+        if key not in self._reference:
+            self._reference[key] = (items, self.outputs(source_artifact(self.source), items))
+        return self._reference[key][1]
+
+    def fidelity(self, outputs: np.ndarray, items: list[Any], labels: np.ndarray | None = None) -> Fidelity:
+        return output_fidelity(self.reference(items), outputs, task=self.source.task, labels=labels)
+
+    def __call__(self, artifact: Artifact, items: list[Any] | None = None) -> Fidelity:
+        items = items if items is not None else self.default_items
+        return self.fidelity(self.outputs(artifact, items), items)
 
 
-def _pipeline(source: SourceModel, candidate: Candidate, threads: int) -> TextPipeline:
+def source_artifact(source: SourceModel) -> Artifact:
+    return Artifact(source.model_path, source.format, "fp32")
+
+
+class StepRunner:
+    """Runs one pass on one artifact through the cache."""
+
+    def __init__(self, context: PassContext, cache: StepCache) -> None:
+        self.context = context
+        self.cache = cache
+        self._hashes: dict[Path, str] = {}
+
+    def _hash(self, path: Path) -> str:
+        if path not in self._hashes:
+            self._hashes[path] = content_hash(path)
+        return self._hashes[path]
+
+    def run(self, step: Step, artifact: Artifact) -> tuple[Artifact, PassRecord]:
+        spec = get_pass(step.pass_name)
+        config = step.config.model_dump(mode="json")
+        budget = self.context.budget.model_dump() if spec.uses_budget else None
+        key = step_key(
+            self._hash(artifact.path), spec.name, config, library_versions(spec.libraries), self.context.device, budget
+        )
+        entry = self.cache.get(key)
+        cached = entry is not None
+        if entry is None:
+            staging = self.cache.staging(key)
+            import time
+
+            start = time.perf_counter()
+            try:
+                output = spec.run(artifact, step.config, replace(self.context, out_dir=staging))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            meta = {
+                "pass": spec.name,
+                "config": config,
+                "format": output.artifact.format,
+                "precision": output.artifact.precision,
+                "duration_s": time.perf_counter() - start,
+                "details": output.details,
+            }
+            entry = self.cache.commit(key, staging, output.artifact.path, meta)
+        meta = entry.meta
+        log.info("%-16s %s (%.1f s)", spec.name, "cached" if cached else "ran", meta["duration_s"])
+        record = PassRecord(
+            name=spec.name, config=config, duration_s=meta["duration_s"], details=meta["details"], cached=cached
+        )
+        return Artifact(entry.output, meta["format"], meta["precision"]), record
+
+
+def build_candidate(planned: PlannedCandidate, source: SourceModel, runner: StepRunner) -> Candidate:
+    artifact, records = source_artifact(source), []
+    try:
+        for step in planned.steps:
+            artifact, record = runner.run(step, artifact)
+            records.append(record)
+    except PassUnavailableError as exc:
+        return Candidate(planned.name, None, records, "skipped", f"{step.pass_name}: {exc}")
+    except PassFailedError as exc:
+        record = PassRecord(
+            name=step.pass_name, config=step.config.model_dump(mode="json"), duration_s=0.0, details=exc.details
+        )
+        return Candidate(planned.name, None, [*records, record], "failed", str(exc))
+    return Candidate(planned.name, artifact, records)
+
+
+def token_p99(source: SourceModel, texts: list[str]) -> int | None:
+    """The 99th-percentile length in tokens of ``texts`` (None for tensor models)."""
+    if source.tokenizer is None:
+        return None
     encoder = TextEncoder.from_spec(source.path, source.tokenizer)
-    runtime = create_runtime(candidate.runtime, candidate.model_path, source.pooling, threads, source.task, gpus=[])
-    return TextPipeline(encoder, runtime, source.output_dim)
+    return int(np.percentile([len(e.ids) for e in encoder.encode(texts)], 99))
 
 
 def evaluate(
-    source: SourceModel, candidates: list[Candidate], heldout: list[str], profile_items: int, threads: int
+    evaluator: OutputsEvaluator, candidates: list[Candidate], heldout: list[str], recipe: Recipe, threads: int
 ) -> None:
-    """Fill in each candidate's fidelity (vs the torch source) and profile, on the held-out split."""
-    reference: np.ndarray | None = None
+    """Fill in each built candidate's profile and its fidelity on the held-out split, served as profiled."""
+    length_p99 = token_p99(evaluator.source, heldout)
+    measured: dict[str, Candidate] = {}  # content hash -> the candidate that was measured with that model
     for candidate in candidates:
-        pipeline = _pipeline(source, candidate, threads)
-        candidate.profile = profile_pipeline(pipeline, heldout, items=profile_items, threads=threads)
-        outputs = pipeline.run_as_served(heldout, serving_defaults(candidate.profile))
-        if reference is None:
-            reference = outputs  # the first candidate is the source model itself
-        candidate.fidelity = output_fidelity(reference, outputs, top1=source.task == "classification")
+        if candidate.artifact is None:
+            continue
+        digest = content_hash(candidate.artifact.path)
+        twin = measured.setdefault(digest, candidate)
+        if twin is not candidate:  # two searches ended at the same model: measure it once
+            candidate.profile, candidate.fidelity = twin.profile, twin.fidelity
+            candidate.reason = f"same model as {twin.name}"
+            continue
+        memory = PeakMemory()
+        with memory.sampling():
+            pipeline = evaluator.pipeline(candidate.artifact)
+        spec = recipe.profile
+        candidate.profile = profile_pipeline(
+            pipeline, heldout, spec.max_batch, spec.items, threads, spec.min_gain, memory=memory
+        )
+        outputs = pipeline.run_as_served(heldout, serving_defaults(candidate.profile, length_p99))
+        candidate.fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels)
         log.info(
-            "%-24s cosine mean %.4f min %.4f  %.0f items/s",
+            "%-28s cosine mean %.4f min %.4f  %.0f items/s",
             candidate.name,
             candidate.fidelity.cosine_mean,
             candidate.fidelity.cosine_min,
@@ -159,15 +278,35 @@ def evaluate(
         )
 
 
-def _closeness(fidelity: Fidelity | None) -> float:
+def fidelity_score(fidelity: Fidelity | None) -> float:
+    """One number per candidate for ranking and the Pareto front: top-1 agreement for classifiers, else cosine
+    mean."""
     if fidelity is None:
         return -1.0
     return fidelity.top1_agreement if fidelity.top1_agreement is not None else fidelity.cosine_mean
 
 
+def mark_pareto(candidates: list[Candidate]) -> None:
+    """A candidate is on the front if no other is at least as fast and as faithful, and better in one."""
+    built = [c for c in candidates if c.fidelity is not None]
+    for c in built:
+        c.pareto = not any(
+            o is not c
+            and o.items_per_s >= c.items_per_s
+            and fidelity_score(o.fidelity) >= fidelity_score(c.fidelity)
+            and (o.items_per_s > c.items_per_s or fidelity_score(o.fidelity) > fidelity_score(c.fidelity))
+            for o in built
+        )
+
+
 def select(candidates: list[Candidate], budget: FidelityBudget) -> Candidate | None:
-    """The fastest candidate whose fidelity is within budget."""
-    admitted = [c for c in candidates if c.fidelity and budget.admits(c.fidelity)]
+    """The fastest servable candidate whose fidelity is within budget (plain PyTorch ``module`` models are
+    references only: packages never carry model code)."""
+    admitted = [
+        c
+        for c in candidates
+        if c.fidelity and budget.admits(c.fidelity) and c.artifact and c.artifact.format != "module"
+    ]
     return max(admitted, key=lambda c: c.items_per_s, default=None)
 
 
@@ -176,28 +315,45 @@ def write_candidate_package(
     candidate: Candidate,
     out_dir: Path,
     budget: FidelityBudget | None = None,
-    report: dict[str, object] | None = None,
+    report: dict[str, Any] | None = None,
+    report_dir: Path | None = None,
+    serving: ServingDefaults | None = None,
 ) -> ModelPackage:
-    """Write a candidate's model, the tokenizer, the report and the manifest as the package ``out_dir``
-    (assembled beside it and moved into place whole)."""
+    """Write a candidate's model, the tokenizer, the report (and its plots, from ``report_dir``) and the manifest
+    as the package ``out_dir`` (assembled beside it and moved into place whole)."""
     with staged_package_dir(out_dir) as root:
-        _fill_package(source, candidate, root, budget, report)
+        _fill_package(source, candidate, root, budget, report, report_dir, serving)
     return load_package(out_dir)
 
 
 def _fill_package(
-    source: SourceModel, candidate: Candidate, root: Path, budget: FidelityBudget | None, report: dict | None
+    source: SourceModel,
+    candidate: Candidate,
+    root: Path,
+    budget: FidelityBudget | None,
+    report: dict[str, Any] | None,
+    report_dir: Path | None,
+    serving: ServingDefaults | None,
 ) -> None:
-    (root / "tokenizer").mkdir()
-    shutil.copy2(source.path / source.tokenizer.path, root / "tokenizer" / "tokenizer.json")
-    if candidate.runtime == "torch":
+    artifact = candidate.artifact
+    assert artifact is not None
+    if artifact.format == "module":
+        raise OptiserveError(f"{candidate.name} is a plain PyTorch model; packages carry ONNX or safetensors only")
+    tokenizer = None
+    if source.tokenizer is not None:
+        (root / "tokenizer").mkdir()
+        shutil.copy2(source.path / source.tokenizer.path, root / "tokenizer" / "tokenizer.json")
+        tokenizer = source.tokenizer.model_copy(update={"path": "tokenizer/tokenizer.json"})
+    if artifact.runtime == "torch":
         model_path, fmt = "model", "safetensors"
         (root / "model").mkdir()
         for name in ("config.json", "model.safetensors"):
-            shutil.copy2(source.path / name, root / "model" / name)
+            shutil.copy2(artifact.path / name, root / "model" / name)
     else:
         model_path, fmt = "model.onnx", "onnx"
-        shutil.copy2(candidate.model_path, root / model_path)
+        shutil.copy2(artifact.path, root / model_path)
+    if serving is None:
+        serving = serving_defaults(candidate.profile) if candidate.profile else ServingDefaults()
     manifest = Manifest(
         name=source.name,
         version=candidate.name,
@@ -205,25 +361,53 @@ def _fill_package(
         source=Source(path=str(source.path), sha256=source.sha256),
         chain=candidate.chain,
         format=fmt,
-        runtime=candidate.runtime,
-        precision=candidate.precision,
+        runtime=artifact.runtime,
+        precision=artifact.precision,
         model_path=model_path,
-        inputs=MODEL_INPUTS,
+        inputs=MODEL_INPUTS if source.input is None else [source.input],
         task=source.task,
         outputs=[TensorSpec(name=OUTPUT_NAMES[source.task], dtype="float32", shape=["batch", source.output_dim])],
-        tokenizer=source.tokenizer.model_copy(update={"path": "tokenizer/tokenizer.json"}),
+        tokenizer=tokenizer,
         pooling=source.pooling,
         embedding_dim=source.output_dim if source.task == "embedding" else None,
         labels=list(source.labels),
         fidelity=candidate.fidelity,
         budget=budget,
         profile=candidate.profile,
-        serving=serving_defaults(candidate.profile) if candidate.profile else Manifest.model_fields["serving"].default,
+        serving=serving,
         libraries={lib: version(lib) for lib in LIBRARIES},
     )
     if report is not None:
         write_report(root, report)
+        for plot in sorted(report_dir.glob("*.png")) if report_dir else []:
+            shutil.copy2(plot, root / plot.name)
     write_package(root, manifest)
+
+
+def _source_name(source: SourceModel) -> str:
+    return {"hf": "torch-fp32", "module": "torch-module", "onnx": "onnx-source"}[source.format]
+
+
+def build_report(
+    source: SourceModel,
+    recipe: Recipe,
+    budget: FidelityBudget,
+    candidates: list[Candidate],
+    selected: Candidate | None,
+    heldout: int,
+    serving: ServingDefaults | None,
+) -> dict[str, Any]:
+    return {
+        "source": {"name": source.name, "path": str(source.path), "sha256": source.sha256, "format": source.format},
+        "task": source.task,
+        "recipe": recipe.name,
+        "budget": budget.model_dump(exclude_none=True),
+        "heldout_samples": heldout,
+        "selected": selected.name if selected else None,
+        "serving": serving.model_dump() if serving else None,
+        "pareto_front": [c.name for c in candidates if c.pareto],
+        "candidates": [c.summary(budget) for c in candidates],
+    }
 
 
 def optimize(
@@ -231,37 +415,57 @@ def optimize(
     out_dir: Path,
     budget: FidelityBudget | None = None,
     baseline_out: Path | None = None,
-    profile_items: int = 256,
+    profile_items: int | None = None,
     threads: int | None = None,
+    recipe: str | Path | Recipe = "cpu",
+    cache_dir: Path | None = None,
 ) -> ChainResult:
-    """Optimize ``source_dir`` into the package at ``out_dir``; optionally also write the unoptimized baseline
-    (torch fp32) package to ``baseline_out``. Candidates are profiled with ``threads`` runtime threads (default:
-    as a replica runs them, see ``default_threads``). Raises :class:`BudgetNotMetError` if no candidate
-    qualifies."""
-    budget = budget or FidelityBudget()
-    source = SourceModel.from_dir(source_dir)
-    heldout = load_split("heldout")
-    with tempfile.TemporaryDirectory(prefix="optiserve-chain-") as tmp:
-        candidates = build_candidates(source, Path(tmp), heldout[:32])
-        evaluate(source, candidates, heldout, profile_items, threads or default_threads())
-        selected = select(candidates, budget)
-        report = {
-            "source": {"name": source.name, "path": str(source.path), "sha256": source.sha256},
-            "task": source.task,
-            "budget": budget.model_dump(),
-            "heldout_samples": len(heldout),
-            "selected": selected.name if selected else None,
-            "candidates": [c.summary(budget) for c in candidates],
-        }
-        if selected is None:
-            report_dir = out_dir.with_name(out_dir.name + ".report")
-            write_report(report_dir, report)
-            closest = max(candidates[1:], key=lambda c: _closeness(c.fidelity))
-            raise BudgetNotMetError(
-                f"no candidate meets the fidelity budget {budget.model_dump()}; closest: {closest.name} "
-                f"({closest.fidelity}); report written to {report_dir}"
-            )
-        package = write_candidate_package(source, selected, out_dir, budget, report)
-        if baseline_out is not None:
-            write_candidate_package(source, candidates[0], baseline_out, budget)
+    """Optimize ``source_dir`` (a Hugging Face directory or an ONNX file) with ``recipe`` into the package at
+    ``out_dir``; optionally also write the unoptimized source as a package at ``baseline_out``. ``budget``
+    overrides the recipe's. Raises :class:`BudgetNotMetError` (after writing the report beside ``out_dir``) if no
+    candidate qualifies."""
+    from optimizers.plots import write_plots
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if profile_items is not None:
+        recipe = recipe.model_copy(update={"profile": recipe.profile.model_copy(update={"items": profile_items})})
+    budget = budget or recipe.budget
+    source = SourceModel.load(source_dir)
+    planned = plan(recipe, start=source.format, origin=f"recipe {recipe.name}")
+    threads = threads or default_threads()
+    data = load_dataset(recipe.dataset or ("corpus" if source.tokenizer else "digits"))
+    heldout = data.heldout
+    evaluator = OutputsEvaluator(source, threads, data.validation, data.heldout_labels)
+    context = PassContext(
+        source=source,
+        out_dir=out_dir,
+        train=data.train,
+        calibration=data.calibration,
+        validation=data.validation,
+        budget=budget,
+        evaluate=evaluator,
+    )
+    runner = StepRunner(context, StepCache(cache_dir))
+    candidates = [Candidate(_source_name(source), source_artifact(source), [])]
+    candidates += [build_candidate(p, source, runner) for p in planned]
+    evaluate(evaluator, candidates, heldout, recipe, threads)
+    mark_pareto(candidates)
+    selected = select(candidates, budget)
+    serving = serving_defaults(selected.profile, token_p99(source, heldout)) if selected else None
+    report = build_report(source, recipe, budget, candidates, selected, len(heldout), serving)
+    report_dir = out_dir.with_name(out_dir.name + ".report")
+    write_report(report_dir, report)
+    write_plots(report_dir, report)
+    if selected is None:
+        built = [c for c in candidates[1:] if c.fidelity] or candidates[:1]
+        closest = max(built, key=lambda c: fidelity_score(c.fidelity))
+        violations = "; ".join(budget.violations(closest.fidelity)) if closest.fidelity else closest.reason
+        raise BudgetNotMetError(
+            f"no candidate meets the fidelity budget {budget.model_dump(exclude_none=True)}; closest: "
+            f"{closest.name} ({violations}); report written to {report_dir}",
+            candidates,
+        )
+    package = write_candidate_package(source, selected, out_dir, budget, report, report_dir, serving)
+    if baseline_out is not None:
+        write_candidate_package(source, candidates[0], baseline_out, budget)
     return ChainResult(package=package, candidates=candidates, selected=selected, report=report)

@@ -7,9 +7,10 @@ from functools import cache
 from importlib.resources import files
 from typing import Literal
 
-Split = Literal["train", "calibration", "heldout"]
+Split = Literal["train", "validation", "calibration", "heldout"]
 HELDOUT_SIZE = 1000
 CALIBRATION_SIZE = 200
+VALIDATION_SIZE = 200  # early stopping and accuracy-aware searches; the held-out split only judges the result
 
 
 @cache
@@ -19,11 +20,17 @@ def _sentences() -> tuple[str, ...]:
 
 
 def load_split(split: Split) -> list[str]:
-    """The sentences of one split; the three splits never overlap."""
+    """The sentences of one split; the four splits never overlap."""
     items = _sentences()
     held_start = len(items) - HELDOUT_SIZE
     cal_start = held_start - CALIBRATION_SIZE
-    bounds = {"train": (0, cal_start), "calibration": (cal_start, held_start), "heldout": (held_start, len(items))}
+    val_start = cal_start - VALIDATION_SIZE
+    bounds = {
+        "train": (0, val_start),
+        "validation": (val_start, cal_start),
+        "calibration": (cal_start, held_start),
+        "heldout": (held_start, len(items)),
+    }
     if split not in bounds:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(bounds)}")
     start, end = bounds[split]

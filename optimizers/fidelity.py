@@ -1,25 +1,60 @@
-"""Fidelity of a candidate's outputs against the source model's, on the same held-out texts."""
+"""Fidelity of a candidate's outputs against the source model's, on the same held-out inputs, per task."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
 from serving.package import Fidelity
 
+Task = Literal["embedding", "classification", "tensor"]
+NEIGHBOURS = 10
 
-def output_fidelity(reference: np.ndarray, candidate: np.ndarray, top1: bool = False) -> Fidelity:
-    """Row-wise cosine similarity between two (n, dim) output matrices (embeddings or logits): mean, 1st
-    percentile and minimum; with ``top1``, also the share of rows whose arg-max (predicted label) agrees."""
+
+def nn_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = NEIGHBOURS) -> float:
+    """Mean share of each row's ``k`` nearest neighbours (by cosine, among the other rows) that the candidate's
+    outputs keep: what a retrieval index built on the candidate would still return."""
+    k = min(k, len(reference) - 1)
+    if k < 1:
+        return 1.0
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argpartition(-similarity, k, axis=1)[:, :k]
+
+    ref, cand = neighbours(reference), neighbours(candidate)
+    return float(np.mean([len(set(r) & set(c)) / k for r, c in zip(ref, cand, strict=True)]))
+
+
+def output_fidelity(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    top1: bool = False,
+    task: Task | None = None,
+    labels: np.ndarray | None = None,
+) -> Fidelity:
+    """Row-wise cosine between two (n, dim) output matrices (mean, 1st percentile, minimum) and max absolute /
+    relative error; for classifiers (``task="classification"`` or ``top1``) top-1 agreement and, given true
+    ``labels``, accuracy; for embeddings, nearest-neighbour agreement@10."""
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+    classifier = top1 or task == "classification"
     ref = reference / np.linalg.norm(reference, axis=1, keepdims=True).clip(min=1e-12)
     cand = candidate / np.linalg.norm(candidate, axis=1, keepdims=True).clip(min=1e-12)
     cosine = np.einsum("ij,ij->i", ref, cand)
-    agreement = float((reference.argmax(axis=1) == candidate.argmax(axis=1)).mean()) if top1 else None
+    error = np.abs(candidate.astype(np.float64) - reference)
+    scale = np.abs(reference).max()
     return Fidelity(
         cosine_mean=float(cosine.mean()),
         cosine_p1=float(np.percentile(cosine, 1)),
         cosine_min=float(cosine.min()),
         samples=len(cosine),
-        top1_agreement=agreement,
+        top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()) if classifier else None,
+        nn_agreement_at10=nn_agreement(reference, candidate) if task == "embedding" else None,
+        labelled_accuracy=float((candidate.argmax(1) == labels).mean()) if labels is not None else None,
+        max_abs_error=float(error.max()),
+        max_rel_error=float(error.max() / scale) if scale > 0 else 0.0,
     )

@@ -1,56 +1,122 @@
-"""Profile a pipeline as the server runs it: dynamic batches of held-out text in arrival order, each sorted by
-length and cut into model calls by the pipeline exactly as a replica does."""
+"""Profile a pipeline as the server runs it: held-out texts arrive in order and are grouped into dynamic batches
+(32 items, or the call size if larger); each batch is sorted by length and cut into model calls of 1, 2, 4, …
+items, doubling until throughput stops rising. Per call size: items/s, the p50/p99 latency of a dynamic batch,
+and the process's peak memory growth."""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
 from serving.package import ProfileRow, ServingDefaults
 from serving.pipeline import TextPipeline
 
-DEFAULT_CALL_ITEMS = (1, 4, 8, 16, 32)
+MIN_BATCHES = 8  # dynamic batches per call size, so that p99 is not just the single slowest one
+DYNAMIC_BATCH = ServingDefaults().max_batch_size
+
+
+class PeakMemory:
+    """Peak resident memory of this process above a starting point, sampled every few milliseconds."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval_s
+        release_freed_memory()
+        self.start_bytes = self._process.memory_info().rss
+        self.peak_bytes = self.start_bytes
+
+    @contextmanager
+    def sampling(self) -> Iterator[PeakMemory]:
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(self._interval):
+                self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak_bytes - self.start_bytes) / 2**20
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc), so that RSS growth measures this model
+    rather than what earlier ones left in the allocator."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def batch_sizes(limit: int) -> list[int]:
+    return [2**i for i in range(int(math.log2(limit)) + 1)]
 
 
 def profile_pipeline(
     pipeline: TextPipeline,
     texts: Sequence[str],
-    batch_size: int = ServingDefaults().max_batch_size,
-    call_items: Sequence[int] = DEFAULT_CALL_ITEMS,
+    max_batch: int = 64,
     items: int = 256,
     threads: int = 1,
+    min_gain: float = 0.03,
+    memory: PeakMemory | None = None,
 ) -> list[ProfileRow]:
-    """One row per model-call size: items/s over ``items`` texts and per-batch p50/p99 latency (over
-    ``items / batch_size`` batches: few batches make p99 close to the maximum). ``threads`` is recorded."""
-    stream = [texts[i % len(texts)] for i in range(items)]
-    batches = [stream[i : i + batch_size] for i in range(0, items, batch_size)]
-    rows = []
-    for call in call_items:
-        if call > batch_size:
-            continue
-        pipeline.run(batches[0], max_items=call)  # warm-up: allocator, thread pool
-        latencies = []
-        start = time.perf_counter()
-        for batch in batches:
-            t0 = time.perf_counter()
-            pipeline.run(batch, max_items=call)
-            latencies.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
-        ms = np.array(latencies) * 1e3
-        rows.append(
-            ProfileRow(
-                batch_size=batch_size,
-                call_items=call,
+    """One row per batch size 1, 2, 4, …, ``max_batch``; stops once two sizes in a row were not ``min_gain``
+    above the best throughput before them (those rows are kept, to show the plateau)."""
+    memory = memory or PeakMemory()
+    rows: list[ProfileRow] = []
+    stale = 0
+    with memory.sampling():
+        for size in batch_sizes(max_batch):
+            dynamic = max(size, DYNAMIC_BATCH)
+            count = max(items, dynamic * MIN_BATCHES)
+            stream = [texts[i % len(texts)] for i in range(count)]
+            batches = [stream[i : i + dynamic] for i in range(0, count, dynamic)]
+            pipeline.run(batches[0], max_items=size)  # warm-up: allocator, thread pool, shapes
+            latencies, start = [], time.perf_counter()
+            for batch in batches:
+                t0 = time.perf_counter()
+                pipeline.run(batch, max_items=size)
+                latencies.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - start
+            ms = np.array(latencies) * 1e3
+            row = ProfileRow(
+                batch_size=dynamic,
+                call_items=size,
                 threads=threads,
                 batches=len(batches),
-                items_per_s=items / elapsed,
+                items_per_s=count / elapsed,
                 p50_ms=float(np.percentile(ms, 50)),
                 p99_ms=float(np.percentile(ms, 99)),
+                peak_memory_mb=round(memory.growth_mb, 1),
             )
-        )
+            best = max((r.items_per_s for r in rows), default=0.0)
+            rows.append(row)
+            stale = stale + 1 if best and row.items_per_s < best * (1 + min_gain) else 0
+            if stale == 2:
+                break
     return rows
 
 
@@ -59,11 +125,28 @@ def best_row(profile: Sequence[ProfileRow]) -> ProfileRow:
 
 
 QUEUE_SECONDS = 1.0
+MAX_QUEUED_ITEMS = 4096  # whatever the model's speed, a replica never holds more than this many items
+MAX_BATCH_WAIT_S = 0.01
 
 
-def serving_defaults(profile: Sequence[ProfileRow]) -> ServingDefaults:
-    """Serve with the model-call size that was fastest in the profile, and queue at most about
-    ``QUEUE_SECONDS`` of work per replica (at that speed) before answering 503."""
+def serving_defaults(profile: Sequence[ProfileRow], token_p99: int | None = None) -> ServingDefaults:
+    """The package's recommended serving config, from its profile:
+
+    - model calls of the fastest batch size (``max_call_items``), dynamic batches of at least 32 items;
+    - ``max_batch_tokens``: that many rows of the held-out split's 99th-percentile length (calls of long texts
+      are cut smaller, which keeps their latency near the profiled one);
+    - batch wait at most the time of one model call of that size (p50 of a dynamic batch over its number of
+      calls): waiting longer than one call costs more than it saves; capped at 10 ms;
+    - at most about ``QUEUE_SECONDS`` of work (and ``MAX_QUEUED_ITEMS``) queued per replica before answering 503.
+    """
     best = best_row(profile)
-    queue = max(math.ceil(best.items_per_s * QUEUE_SECONDS), 2 * best.batch_size)
-    return ServingDefaults(max_batch_size=best.batch_size, max_call_items=best.call_items, max_queued_items=queue)
+    call_ms = best.p50_ms * best.call_items / best.batch_size
+    queue = min(max(math.ceil(best.items_per_s * QUEUE_SECONDS), 2 * best.batch_size), MAX_QUEUED_ITEMS)
+    defaults = ServingDefaults()
+    return ServingDefaults(
+        max_batch_size=max(best.call_items, defaults.max_batch_size),
+        max_call_items=best.call_items,
+        max_batch_tokens=best.call_items * token_p99 if token_p99 else defaults.max_batch_tokens,
+        batch_wait_timeout_s=round(min(call_ms / 1e3, MAX_BATCH_WAIT_S), 4),
+        max_queued_items=queue,
+    )

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+NAN = float("nan")
+
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -13,67 +15,127 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    budget = report["budget"]
-    classifier = report.get("task") == "classification"
+def _num(value: float | None, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]:
     rows = []
     for c in report["candidates"]:
         fid = c["fidelity"] or {}
+        name = f"**{c['name']}**" if c["name"] == report["selected"] else c["name"]
+        best = max(c["profile"], key=lambda r: r["items_per_s"]) if c["profile"] else None
+        if c["status"] != "ok":
+            rows.append([name, c["status"], "-", "-", "-", "-", "-", "-", "-", "-", c["reason"][:160]])
+            continue
+        status = "in budget" if c["within_budget"] else "; ".join(c["violations"])
         rows.append(
             [
-                ("**" + c["name"] + "**") if c["name"] == report["selected"] else c["name"],
-                c["runtime"],
-                c["precision"],
-                f"{c['size_bytes'] / 1e6:.1f}",
+                name,
+                f"{c['runtime']} {c['precision']}",
+                f"{c['size_bytes'] / 1e6:.2f}",
                 f"{c['items_per_s']:.0f}",
-                f"{fid.get('cosine_mean', float('nan')):.4f}",
-                f"{fid.get('cosine_min', float('nan')):.4f}",
-                *([f"{fid.get('top1_agreement') or float('nan'):.4f}"] if classifier else []),
-                "yes" if c["within_budget"] else "no",
+                str(best["call_items"]) if best else "-",
+                _num(fid.get("top1_agreement") if classifier else fid.get("cosine_mean")),
+                _num(fid.get("cosine_min")),
+                _num(fid.get("labelled_accuracy") if classifier else fid.get("nn_agreement_at10")),
+                "yes" if c["pareto"] else "",
+                f"{best['peak_memory_mb']:.0f}" if best and best.get("peak_memory_mb") is not None else "-",
+                status,
             ]
         )
-    criterion = (
-        f"top-1 agreement >= {budget['min_top1_agreement']}"
-        if classifier
-        else f"cosine mean >= {budget['min_cosine_mean']}, min >= {budget['min_cosine_min']}"
-    )
+    return rows
+
+
+def _pass_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for c in report["candidates"]:
+        for record in c["chain"]:
+            details = record.get("details") or {}
+            cached = " (cached)" if record.get("cached") else ""
+            summary = [f"- {c['name']} · `{record['name']}` {record['duration_s']:.1f} s{cached}"]
+            if "tries" in details:
+                tries = ", ".join(
+                    f"per_channel={t['per_channel']} fp32 nodes={len(t['excluded'])} → cos "
+                    f"{t['fidelity']['cosine_mean']:.4f}/{t['fidelity']['cosine_min']:.4f}"
+                    for t in details["tries"]
+                )
+                summary.append(f": tries {tries}")
+            if "history" in details:
+                history = details["history"]
+                step = max(1, len(history) // 8)
+                shown = [*history[:-1:step], history[-1]]
+                losses = ", ".join(f"{h['epoch']}: {h['validation_loss']:.4f}" for h in shown)
+                student = details.get("kept_layers") or details.get("student_kwargs") or details.get("student")
+                summary.append(
+                    f": validation loss by epoch {losses} (best {details['best_validation_loss']:.4f}); "
+                    f"student {student}"
+                )
+            if "fused_operators" in details:
+                summary.append(f": fused {details['fused_operators']}")
+            lines.append("".join(summary))
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    budget = report["budget"]
+    classifier = report.get("task") == "classification"
+    text_limits = ("min_cosine_mean", "min_cosine_min", "min_nn_agreement_at10")
+    shown = {k: v for k, v in budget.items() if (k in text_limits) != classifier and k != "min_top1_agreement"}
+    if classifier:
+        shown = {"min_top1_agreement": budget["min_top1_agreement"], **shown}
+    criterion = ", ".join(f"{k} {v}" for k, v in shown.items())
+    header = [
+        "candidate",
+        "runtime",
+        "size MB",
+        "items/s",
+        "best batch",
+        "top-1 agree" if classifier else "cos mean",
+        "cos min",
+        "labelled acc" if classifier else "NN@10",
+        "Pareto",
+        "peak MB",
+        "budget",
+    ]
     parts = [
         f"# Optimization report: {report['source']['name']}",
         "",
-        f"Fidelity budget: {criterion}, "
-        f"on {report['heldout_samples']} held-out sentences vs the torch fp32 source. "
+        f"Recipe `{report.get('recipe', '-')}`. Fidelity budget: {criterion}; measured on "
+        f"{report['heldout_samples']} held-out samples against the source model. "
         f"Selected: **{report['selected'] or 'none'}**.",
         "",
-        _md_table(
-            [
-                "candidate",
-                "runtime",
-                "precision",
-                "size MB",
-                "items/s (best)",
-                "cos mean",
-                "cos min",
-                *(["top-1 agree"] if classifier else []),
-                "in budget",
-            ],
-            rows,
-        ),
+        _md_table(header, _candidate_rows(report, classifier)),
         "",
-        "## Profile (dynamic batches of held-out text in arrival order, sorted and cut into model calls)",
+    ]
+    if report.get("serving"):
+        parts += [
+            "Recommended serving config (from the selected candidate's profile): "
+            + ", ".join(f"`{k}={v}`" for k, v in report["serving"].items()),
+            "",
+        ]
+    parts += [
+        "## Passes",
+        "",
+        *_pass_lines(report),
+        "",
+        "## Profile (held-out texts in arrival order, one model call per batch)",
         "",
     ]
     for c in report["candidates"]:
+        if not c["profile"]:
+            continue
         parts += [f"### {c['name']}", ""]
         parts.append(
             _md_table(
-                ["batch", "rows per call", "items/s", "p50 ms", "p99 ms"],
+                ["batch", "items/s", "p50 ms", "p99 ms", "peak MB"],
                 [
                     [
-                        str(r["batch_size"]),
                         str(r["call_items"]),
                         f"{r['items_per_s']:.0f}",
                         f"{r['p50_ms']:.1f}",
                         f"{r['p99_ms']:.1f}",
+                        _num(r.get("peak_memory_mb"), ".0f"),
                     ]
                     for r in c["profile"]
                 ],

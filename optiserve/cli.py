@@ -21,12 +21,26 @@ def _configure_logging(verbose: bool) -> None:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from optimizers.chain import optimize
+    from optimizers.recipe import load_recipe
     from optimizers.source import bundled_model_dir
     from serving.package import FidelityBudget
 
-    budget = FidelityBudget(min_cosine_mean=args.min_cosine_mean, min_cosine_min=args.min_cosine_min)
+    recipe = load_recipe(args.recipe)
+    limits = {
+        "min_cosine_mean": args.min_cosine_mean,
+        "min_cosine_min": args.min_cosine_min,
+        "min_top1_agreement": args.min_top1_agreement,
+    }
+    budget = recipe.budget.model_copy(update={k: v for k, v in limits.items() if v is not None})
+    budget = FidelityBudget.model_validate(budget.model_dump())
     result = optimize(
-        args.model_dir or bundled_model_dir(), args.out, budget, baseline_out=args.baseline_out, threads=args.threads
+        args.model_dir or bundled_model_dir(),
+        args.out,
+        budget,
+        baseline_out=args.baseline_out,
+        threads=args.threads,
+        recipe=recipe,
+        cache_dir=args.cache_dir,
     )
     print((result.package.root / "report.md").read_text())
     print(f"package written to {result.package.root} (selected {result.selected.name})")
@@ -156,11 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("optimize", help="optimize a model into a model package")
-    p.add_argument("model_dir", nargs="?", type=Path, help="Hugging Face encoder directory (default: bundled MiniLM)")
+    p.add_argument(
+        "model_dir",
+        nargs="?",
+        type=Path,
+        help="Hugging Face encoder or classifier directory, or an ONNX file with tokenizer.json beside it "
+        "(default: bundled MiniLM)",
+    )
     p.add_argument("--out", type=Path, required=True, help="package directory to write")
-    p.add_argument("--baseline-out", type=Path, help="also write the unoptimized torch fp32 package here")
-    p.add_argument("--min-cosine-mean", type=float, default=0.99)
-    p.add_argument("--min-cosine-min", type=float, default=0.95)
+    p.add_argument("--baseline-out", type=Path, help="also write the unoptimized source as a package here")
+    p.add_argument(
+        "--recipe",
+        default="cpu",
+        help="recipe YAML file, or a built-in one: cpu (default), cpu-full, cpu-distill, gpu (optimizers/recipes/)",
+    )
+    p.add_argument("--cache-dir", type=Path, help="pass cache (default: $OPTISERVE_CACHE or ~/.cache/optiserve/chain)")
+    p.add_argument("--min-cosine-mean", type=float, help="override the recipe's budget")
+    p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")
+    p.add_argument("--min-top1-agreement", type=float, help="override the recipe's budget (classifiers)")
     p.add_argument("--threads", type=int, help="runtime threads to profile with (default: 1, as a replica runs)")
     p.set_defaults(run=_cmd_optimize)
 

@@ -44,7 +44,7 @@ from serving.api import (
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.limits import LIMITS
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, NO_MODEL, exposition, metrics
-from serving.package import ServingDefaults, load_package
+from serving.package import Manifest, ServingDefaults, load_package
 from serving.replica import InferResult, ModelRunner, ServedModels
 
 log = logging.getLogger("optiserve")
@@ -241,13 +241,20 @@ def _kserve_metadata(runner: ModelRunner) -> dict[str, Any]:
         "name": m.name,
         "versions": [m.version],
         "platform": _kserve_platform(m.runtime),
-        "inputs": [{"name": KSERVE_TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [_kserve_input(m)],
         "outputs": outputs,
         "parameters": {"optiserve": runner.describe()},
     }
 
 
 KSERVE_TEXT_INPUT = "text"
+
+
+def _kserve_input(manifest: Manifest) -> dict[str, Any]:
+    if manifest.takes_text:
+        return {"name": KSERVE_TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}
+    spec = manifest.inputs[0]
+    return {"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape[1:]]}
 
 
 @serve.deployment(name="InferenceService")
@@ -261,7 +268,7 @@ class InferenceService(ServedModels):
     def _resolve(self, request: Request, name: str | None, task: str, route: str) -> ModelRunner:
         """The model a text route's request names (or the only one with ``task``); labels its metrics."""
         if name is None:
-            fitting = self.names(task)
+            fitting = [n for n in self.names(task) if self.models[n].manifest.takes_text]
             if len(fitting) != 1:
                 if not fitting:
                     raise ApiError(
@@ -281,6 +288,13 @@ class InferenceService(ServedModels):
         if runner is None:
             raise _not_found(name, self.names())
         request.scope[MODEL_LABELS_KEY] = runner.labels
+        if not runner.manifest.takes_text:
+            raise ApiError(
+                400,
+                f"model {name!r} takes float32 tensors, not text; use POST /v2/models/{name}/infer",
+                "invalid_request_error",
+                "wrong_input",
+            )
         if runner.manifest.task != task:
             other = "/v1/embeddings" if runner.manifest.task == "embedding" else "/v1/classify"
             raise ApiError(
@@ -304,9 +318,9 @@ class InferenceService(ServedModels):
         request.scope[MODEL_LABELS_KEY] = runner.labels
         return runner
 
-    async def _infer(self, runner: ModelRunner, texts: list[str]) -> InferResult:
+    async def _infer(self, runner: ModelRunner, texts: list[Any]) -> InferResult:
         encoder = runner.pipeline.encoder
-        if self.limits.on_overflow == "reject" and (too_long := encoder.too_long(texts)):
+        if encoder is not None and self.limits.on_overflow == "reject" and (too_long := encoder.too_long(texts)):
             raise ApiError(
                 422,
                 f"input: item {too_long[0]} is longer than the model's {encoder.max_length} tokens "
@@ -389,12 +403,18 @@ class InferenceService(ServedModels):
 
     async def _kserve_infer(self, runner: ModelRunner, request: Request) -> Response:
         parsed = kserve.parse_infer_request(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
-        texts = kserve.text_input(parsed, KSERVE_TEXT_INPUT, self.limits.max_inputs)
-        try:
-            check_texts(texts)
-        except ValueError as exc:
-            raise kserve.bad_request(f"input {KSERVE_TEXT_INPUT!r}: {exc}") from None
-        result = await self._infer(runner, texts)
+        manifest = runner.manifest
+        if manifest.takes_text:
+            items: list[Any] = kserve.text_input(parsed, KSERVE_TEXT_INPUT, self.limits.max_inputs)
+            try:
+                check_texts(items)
+            except ValueError as exc:
+                raise kserve.bad_request(f"input {KSERVE_TEXT_INPUT!r}: {exc}") from None
+        else:
+            spec = manifest.inputs[0]
+            shape = tuple(int(d) for d in spec.shape[1:])
+            items = kserve.tensor_input(parsed, spec.name, shape, self.limits.max_inputs)
+        result = await self._infer(runner, items)
         body, headers = kserve.infer_response(
             runner.name, runner.manifest.version, parsed, _kserve_outputs(runner, result)
         )

@@ -184,6 +184,42 @@ def text_input(request: InferRequest, expected_name: str, max_inputs: int) -> li
     return data
 
 
+def tensor_input(
+    request: InferRequest, expected_name: str, item_shape: tuple[int, ...], max_inputs: int
+) -> list[np.ndarray]:
+    """The items of a tensor model's single input, shaped ``[n, *item_shape]``: one float32 array per item."""
+    if len(request.inputs) != 1 or request.inputs[0].name != expected_name:
+        names = [i.name for i in request.inputs]
+        raise bad_request(f"this model takes one input named {expected_name!r} (FP32); got {names}")
+    tensor = request.inputs[0]
+    expected = f"[n, {', '.join(map(str, item_shape))}]"
+    if tensor.datatype not in NUMPY_DTYPES or tensor.datatype == "BOOL":
+        raise bad_request(f"input {expected_name!r} must be numeric (FP32), got {tensor.datatype}")
+    if len(tensor.shape) != 1 + len(item_shape) or tuple(tensor.shape[1:]) != item_shape:
+        raise bad_request(f"input {expected_name!r}: shape {tensor.shape} does not match {expected}")
+    try:
+        array = np.asarray(tensor.data, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise bad_request(f"input {expected_name!r}: data must be numbers") from None
+    count = int(np.prod(tensor.shape))
+    if array.size != count:
+        raise bad_request(
+            f"input {expected_name!r}: shape {tensor.shape} holds {count} elements, data has {array.size}"
+        )
+    if not np.isfinite(array).all():
+        raise bad_request(f"input {expected_name!r}: data must be finite numbers")
+    if tensor.shape[0] == 0:
+        raise bad_request(f"input {expected_name!r} is empty")
+    if tensor.shape[0] > max_inputs:
+        raise ApiError(
+            413,
+            f"at most {max_inputs} inputs per request, got {tensor.shape[0]}",
+            "invalid_request_error",
+            "too_many_inputs",
+        )
+    return list(array.reshape(tensor.shape))
+
+
 def infer_response(
     model: str, version: str, request: InferRequest, outputs: list[OutputTensor]
 ) -> tuple[bytes, dict[str, str]]:

@@ -8,8 +8,8 @@ Layout written by :func:`write_package`::
 
     manifest.json
     model.onnx | model/ (config.json, model.safetensors)
-    tokenizer/tokenizer.json
-    report.json, report.md            (optional)
+    tokenizer/tokenizer.json          (text models)
+    report.json, report.md, *.png     (optional)
 """
 
 from __future__ import annotations
@@ -60,17 +60,25 @@ class PassRecord(_Strict):
     name: str
     config: dict[str, object]
     duration_s: float
+    details: dict[str, object] = Field(default={}, description="what the pass reports: tries, exclusions, curves")
+    cached: bool = Field(default=False, description="reused from the chain's content-addressed cache")
 
 
 class Fidelity(_Strict):
-    """Agreement of this model's outputs with the source model's, on held-out text: row-wise cosine of the output
-    vectors (embeddings or logits) and, for classifiers, how often the top label is the same."""
+    """Agreement of this model's outputs with the source model's, on held-out data: row-wise cosine of the output
+    vectors (embeddings or logits), max absolute / relative error, and per task: for embeddings, how many of each
+    item's 10 nearest neighbours stay the same; for classifiers, how often the top label is the same (and the
+    accuracy against true labels where the data has them)."""
 
     cosine_mean: float
     cosine_p1: float
     cosine_min: float
     samples: int
     top1_agreement: float | None = None
+    nn_agreement_at10: float | None = None
+    labelled_accuracy: float | None = None
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
 
 
 class FidelityBudget(_Strict):
@@ -79,16 +87,36 @@ class FidelityBudget(_Strict):
     min_cosine_mean: float = Field(default=0.99, ge=-1.0, le=1.0)
     min_cosine_min: float = Field(default=0.95, ge=-1.0, le=1.0)
     min_top1_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
+    min_nn_agreement_at10: float | None = Field(default=None, ge=0.0, le=1.0, description="embeddings, optional")
+    min_labelled_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="labelled data, optional")
+    max_abs_error: float | None = Field(default=None, gt=0.0, description="optional, any task")
 
     def admits(self, fidelity: Fidelity) -> bool:
+        return not self.violations(fidelity)
+
+    def violations(self, fidelity: Fidelity) -> list[str]:
+        """Each limit ``fidelity`` breaks, as text (empty when within budget)."""
+        checks: list[tuple[str, float | None, float | None, bool]] = []  # name, value, limit, higher is better
         if fidelity.top1_agreement is not None:
-            return fidelity.top1_agreement >= self.min_top1_agreement
-        return fidelity.cosine_mean >= self.min_cosine_mean and fidelity.cosine_min >= self.min_cosine_min
+            checks.append(("top1_agreement", fidelity.top1_agreement, self.min_top1_agreement, True))
+        else:
+            checks.append(("cosine_mean", fidelity.cosine_mean, self.min_cosine_mean, True))
+            checks.append(("cosine_min", fidelity.cosine_min, self.min_cosine_min, True))
+            checks.append(("nn_agreement_at10", fidelity.nn_agreement_at10, self.min_nn_agreement_at10, True))
+        checks.append(("labelled_accuracy", fidelity.labelled_accuracy, self.min_labelled_accuracy, True))
+        checks.append(("max_abs_error", fidelity.max_abs_error, self.max_abs_error, False))
+        broken = []
+        for name, value, limit, higher in checks:
+            if limit is None or value is None:
+                continue
+            if (value < limit) if higher else (value > limit):
+                broken.append(f"{name} {value:.4f} {'<' if higher else '>'} {limit}")
+        return broken
 
 
 class ProfileRow(_Strict):
-    """Throughput and latency when dynamic batches of ``batch_size`` texts are cut into model calls of at most
-    ``call_items`` rows (after sorting by length)."""
+    """Throughput and per-call latency when held-out texts arrive in dynamic batches of ``batch_size`` and run in
+    model calls of at most ``call_items`` rows (after sorting by length)."""
 
     batch_size: int
     call_items: int
@@ -97,6 +125,7 @@ class ProfileRow(_Strict):
     items_per_s: float
     p50_ms: float
     p99_ms: float
+    peak_memory_mb: float | None = Field(default=None, description="process RSS growth while loading and running")
 
 
 class ServingDefaults(_Strict):
@@ -142,8 +171,10 @@ class Manifest(_Strict):
     model_path: str = Field(description="model file or directory, relative to the package root")
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    tokenizer: TokenizerSpec
-    pooling: PoolingSpec
+    tokenizer: TokenizerSpec | None = Field(
+        default=None, description="text models; a package without one takes its single float32 input tensor as is"
+    )
+    pooling: PoolingSpec = PoolingSpec()
     embedding_dim: int | None = Field(default=None, gt=0, description="embedding models: vector width")
     labels: list[str] = Field(default=[], description="classifiers: label of each logit, in order")
     fidelity: Fidelity | None = None
@@ -152,6 +183,20 @@ class Manifest(_Strict):
     serving: ServingDefaults = ServingDefaults()
     libraries: dict[str, str] = {}
     files: list[FileEntry] = []
+
+    @model_validator(mode="after")
+    def _inputs(self) -> Manifest:
+        if self.tokenizer is None and (len(self.inputs) != 1 or self.inputs[0].dtype != "float32"):
+            raise ValueError("a package without a tokenizer takes exactly one float32 input tensor")
+        return self
+
+    @property
+    def takes_text(self) -> bool:
+        return self.tokenizer is not None
+
+    @property
+    def required_files(self) -> list[str]:
+        return [self.model_path] + ([self.tokenizer.path] if self.tokenizer else [])
 
     @model_validator(mode="after")
     def _task_fields(self) -> Manifest:
@@ -213,7 +258,7 @@ def write_package(root: Path, manifest: Manifest) -> ModelPackage:
         _refuse_pickle(relative)
         path = _confined(root, relative)
         entries.append(FileEntry(path=relative, sha256=sha256_file(path), size=path.stat().st_size))
-    for required in (manifest.model_path, manifest.tokenizer.path):
+    for required in manifest.required_files:
         if not (root / required).exists():
             raise PackageError(f"package is missing {required!r}, which its manifest names")
     final = manifest.model_copy(update={"files": entries, "schema_version": SCHEMA_VERSION})
@@ -255,7 +300,7 @@ def _verify_files(root: Path, manifest: Manifest) -> None:
     unlisted = sorted(set(_listed_files(root)) - listed)
     if unlisted:
         raise PackageError(f"package {root} holds files its manifest does not list: {unlisted[:5]}")
-    for required in (manifest.model_path, manifest.tokenizer.path):
+    for required in manifest.required_files:
         _confined(root, required)
         if not any(path == required or path.startswith(required.rstrip("/") + "/") for path in listed):
             raise PackageError(f"package {root}: {required!r} is named by the manifest but not listed in its files")

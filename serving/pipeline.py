@@ -1,5 +1,5 @@
 """Text in, one output row per text (embedding or logits): tokenize, group by length, run the runtime, restore
-order.
+order. Packages without a tokenizer take tensors: :class:`TensorPipeline` stacks the rows and runs them.
 
 The same pipeline runs inside a server replica (on each dynamic batch), in the optimizer chain's profiler and
 in its fidelity check, so what the chain measures is what the server does.
@@ -94,3 +94,42 @@ class TextPipeline:
             for i in range(0, len(texts), settings.max_batch_size)
         ]
         return np.concatenate(parts) if parts else np.empty((0, self.output_dim), dtype=np.float32)
+
+
+class TensorPipeline:
+    """One float32 tensor per item (e.g. an image), stacked into model calls of at most ``max_items`` rows."""
+
+    def __init__(self, runtime: ModelRuntime, item_shape: tuple[int, ...], output_dim: int) -> None:
+        self.runtime = runtime
+        self.item_shape = item_shape
+        self.output_dim = output_dim
+        self.encoder = None  # no tokenizer
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, threads: int | None = None) -> TensorPipeline:
+        spec = package.manifest.inputs[0]
+        shape = tuple(int(d) for d in spec.shape[1:])
+        return cls(load_runtime(package, threads), shape, package.manifest.output_dim)
+
+    def run(self, items: list[np.ndarray], max_items: int = 32, max_tokens: int = 0) -> tuple[np.ndarray, BatchStats]:
+        """Outputs for ``items`` in order (``max_tokens`` is ignored: tensors have no tokens)."""
+        stacked = np.stack(items).astype(np.float32, copy=False) if items else np.empty((0, *self.item_shape))
+        if stacked.shape[1:] != self.item_shape:
+            raise ValueError(f"items have shape {stacked.shape[1:]}; this model takes {self.item_shape}")
+        parts = [self.runtime.run_array(stacked[i : i + max_items]) for i in range(0, len(items), max_items)]
+        out = np.concatenate(parts) if parts else np.empty((0, self.output_dim), dtype=np.float32)
+        zeros = np.zeros(len(items), dtype=np.int64)
+        return out, BatchStats(len(items), 0, 0, zeros, zeros.astype(bool), ())
+
+    def run_as_served(self, items: list[np.ndarray], settings: ServingDefaults) -> np.ndarray:
+        return self.run(items, settings.max_call_items)[0]
+
+
+Pipeline = TextPipeline | TensorPipeline
+
+
+def load_pipeline(package: ModelPackage, threads: int | None = None) -> Pipeline:
+    """The pipeline a package needs: text (it has a tokenizer) or tensors."""
+    if package.manifest.takes_text:
+        return TextPipeline.from_package(package, threads)
+    return TensorPipeline.from_package(package, threads)

@@ -24,7 +24,7 @@ from serving.batching import AdaptiveWait
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.metrics import metrics
 from serving.package import Manifest, ServingDefaults, load_package
-from serving.pipeline import TextPipeline
+from serving.pipeline import TextPipeline, load_pipeline
 from serving.runtimes.base import assigned_gpus
 
 log = logging.getLogger("optiserve")
@@ -48,7 +48,7 @@ class ModelRunner:
         package = load_package(package_dir)
         self.manifest: Manifest = package.manifest
         self.name = self.manifest.name
-        self.pipeline = TextPipeline.from_package(package, threads)
+        self.pipeline = load_pipeline(package, threads)
         self.labels = {"model": self.manifest.name, "version": self.manifest.version}
         self._metrics = metrics()
         self._metrics.model_info.labels(
@@ -83,10 +83,11 @@ class ModelRunner:
         self._batch.set_max_batch_size(settings.max_batch_size)
         self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    async def infer(self, texts: list[str]) -> InferResult:
-        """Outputs for ``texts``, in order. Raises :class:`OverloadedError` when this model already holds
-        ``max_queued_items`` items (a request alone is always admitted), and :class:`DeadlineExceededError` when
-        the request waited longer than ``queue_timeout_s`` before its batch started."""
+    async def infer(self, texts: list[Any]) -> InferResult:
+        """Outputs for ``texts`` (or tensors, for a package without a tokenizer), in order. Raises
+        :class:`OverloadedError` when this model already holds ``max_queued_items`` items (a request alone is
+        always admitted), and :class:`DeadlineExceededError` when the request waited longer than
+        ``queue_timeout_s`` before its batch started."""
         settings = self.settings
         if self._pending_items and self._pending_items + len(texts) > settings.max_queued_items:
             raise OverloadedError(f"{self._pending_items} items are queued (limit {settings.max_queued_items})")
@@ -109,7 +110,7 @@ class ModelRunner:
             np.array([cut for _, _, cut in done], dtype=bool),
         )
 
-    async def _run_batch(self, items: list[tuple[str, float]]) -> list[ItemResult]:
+    async def _run_batch(self, items: list[tuple[Any, float]]) -> list[ItemResult]:
         """Run one dynamic batch. Items past their deadline are dropped (``None``) without computing them."""
         started = time.perf_counter()
         m, labels, settings = self._metrics, self.labels, self.settings
@@ -159,7 +160,9 @@ class ModelRunner:
 
     async def check_health(self) -> None:
         """Raise if the runtime can no longer compute."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.pipeline.run, ["health check"])
+        pipeline = self.pipeline
+        probe = ["health check"] if isinstance(pipeline, TextPipeline) else [np.zeros(pipeline.item_shape, np.float32)]
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.pipeline.run, probe)
 
 
 def _node_id() -> str | None:

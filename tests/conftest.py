@@ -4,12 +4,17 @@ Serve instance on 127.0.0.1 (tests that need another deployment redeploy on it a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Every chain step the tests run is cached in the session's temp dir, never in the user's cache.
+os.environ.setdefault("OPTISERVE_CACHE", tempfile.mkdtemp(prefix="optiserve-test-cache-"))
 
 from optimizers.source import SourceModel, bundled_model_dir
 
@@ -25,6 +30,7 @@ TINY_CONFIG = {
     "type_vocab_size": 2,
     "pad_token_id": 0,
 }
+TEST_RECIPE = Path(__file__).resolve().parent / "recipes" / "minilm-ci.yaml"
 FIGURES_FILE = Path(__file__).resolve().parent.parent / "runs" / "reliability" / "figures.json"
 SENTENCE_TRANSFORMERS_FILES = ("tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
@@ -76,7 +82,9 @@ def classifier_package(tiny_classifier_dir: Path, tmp_path_factory: pytest.TempP
     """The chain run on the tiny classifier (selection by top-1 agreement)."""
     from optimizers.chain import optimize
 
-    return optimize(tiny_classifier_dir, tmp_path_factory.mktemp("classifier") / "package", profile_items=32)
+    return optimize(
+        tiny_classifier_dir, tmp_path_factory.mktemp("classifier") / "package", profile_items=32, recipe=TEST_RECIPE
+    )
 
 
 @pytest.fixture(scope="session")
@@ -85,12 +93,19 @@ def tiny_source(tiny_model_dir: Path) -> SourceModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_classifier_source(tiny_classifier_dir: Path) -> SourceModel:
+    return SourceModel.from_dir(tiny_classifier_dir)
+
+
+@pytest.fixture(scope="session")
 def minilm_packages(tmp_path_factory: pytest.TempPathFactory):
     """The real chain on the bundled MiniLM: optimized package + baseline package (built once, ~1 min)."""
     from optimizers.chain import optimize
 
     root = tmp_path_factory.mktemp("minilm")
-    return optimize(bundled_model_dir(), root / "optimized", baseline_out=root / "baseline", profile_items=64)
+    return optimize(
+        bundled_model_dir(), root / "optimized", baseline_out=root / "baseline", profile_items=64, recipe=TEST_RECIPE
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from optimizers.corpus import CALIBRATION_SIZE, HELDOUT_SIZE, load_split
-from optimizers.fidelity import output_fidelity
-from optimizers.passes import ExportOnnxConfig, QuantizeDynamicConfig, export_onnx, quantize_dynamic
+from optimizers.corpus import CALIBRATION_SIZE, HELDOUT_SIZE, VALIDATION_SIZE, load_split
+from optimizers.fidelity import nn_agreement, output_fidelity
+from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
+from optimizers.passes.quantize import QuantizeDynamicConfig, quantize_dynamic
 from optimizers.source import SourceModel, bundled_model_dir
 from serving.package import Fidelity, FidelityBudget
 from serving.pipeline import TextPipeline, plan_chunks
@@ -32,9 +33,14 @@ def tiny_onnx(tiny_source: SourceModel, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_corpus_splits_are_disjoint_and_fixed() -> None:
-    train, calibration, heldout = (load_split(s) for s in ("train", "calibration", "heldout"))
-    assert len(heldout) == HELDOUT_SIZE and len(calibration) == CALIBRATION_SIZE and len(train) > 2000
-    assert not (set(train) & set(heldout)) and not (set(calibration) & set(heldout))
+    splits = {s: load_split(s) for s in ("train", "validation", "calibration", "heldout")}  # type: ignore[arg-type]
+    train, heldout = splits["train"], splits["heldout"]
+    assert len(heldout) == HELDOUT_SIZE and len(splits["calibration"]) == CALIBRATION_SIZE and len(train) > 2000
+    assert len(splits["validation"]) == VALIDATION_SIZE
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not set(splits[a]) & set(splits[b]), (a, b)
     assert load_split("heldout") == heldout
     with pytest.raises(ValueError, match="unknown split"):
         load_split("test")  # type: ignore[arg-type]
@@ -94,13 +100,33 @@ def test_fidelity_metrics() -> None:
     assert worse.cosine_mean == pytest.approx(48 / 50, abs=1e-5)
     with pytest.raises(ValueError, match="shapes differ"):
         output_fidelity(ref, ref[:10])
+    assert same.max_abs_error == pytest.approx(2 * np.abs(ref).max(), rel=1e-5)
+    assert same.max_rel_error == pytest.approx(2.0, rel=1e-5)
 
 
-def test_budget_admits_only_candidates_within_both_limits() -> None:
+def test_task_fidelity_nearest_neighbours_and_labelled_accuracy() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(40, 16)).astype(np.float32)
+    assert nn_agreement(ref, ref * 2) == 1.0
+    shuffled = rng.permutation(ref)  # unrelated vectors: neighbours agree by chance only (about 10/39)
+    assert nn_agreement(ref, shuffled) < 0.5
+    emb = output_fidelity(ref, ref + 1e-3, task="embedding")
+    assert emb.nn_agreement_at10 == 1.0 and emb.top1_agreement is None
+    logits = rng.normal(size=(40, 3)).astype(np.float32)
+    truth = logits.argmax(1)
+    truth[:4] = (truth[:4] + 1) % 3  # 4 of 40 labels differ from the reference's predictions
+    cls = output_fidelity(logits, logits, task="classification", labels=truth)
+    assert cls.top1_agreement == 1.0 and cls.labelled_accuracy == pytest.approx(0.9)
+
+
+def test_budget_admits_only_candidates_within_every_limit() -> None:
     budget = FidelityBudget(min_cosine_mean=0.99, min_cosine_min=0.95)
     assert budget.admits(Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.96, samples=10))
     assert not budget.admits(Fidelity(cosine_mean=0.985, cosine_p1=0.97, cosine_min=0.96, samples=10))
     assert not budget.admits(Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.90, samples=10))
+    strict = FidelityBudget(min_nn_agreement_at10=0.9, max_abs_error=0.01)
+    near = Fidelity(cosine_mean=1, cosine_p1=1, cosine_min=1, samples=10, nn_agreement_at10=0.85, max_abs_error=0.02)
+    assert strict.violations(near) == ["nn_agreement_at10 0.8500 < 0.9", "max_abs_error 0.0200 > 0.01"]
 
 
 @pytest.mark.parametrize(("max_items", "max_tokens"), [(1, 10_000), (4, 10_000), (8, 60), (32, 1)])
@@ -132,13 +158,13 @@ def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     result = minilm_packages
     budget = FidelityBudget()
     names = [c.name for c in result.candidates]
-    assert names == ["torch-fp32", "onnx-fp32", "onnx-int8-per-tensor", "onnx-int8-per-channel"]
+    assert names == ["torch-fp32", "onnx-fp32", "int8-dynamic"]
     admitted = [c for c in result.candidates if budget.admits(c.fidelity)]
     assert result.selected is max(admitted, key=lambda c: c.items_per_s)
     manifest = result.package.manifest
     assert manifest.fidelity == result.selected.fidelity and budget.admits(manifest.fidelity)
     assert [p.name for p in manifest.chain][:1] == ["export_onnx"] or manifest.runtime == "torch"
-    assert manifest.serving.max_call_items in {row.call_items for row in manifest.profile}
+    assert manifest.serving.max_call_items == max(manifest.profile, key=lambda r: r.items_per_s).call_items
     assert (result.package.root / "report.md").read_text().startswith("# Optimization report")
     report_names = [c["name"] for c in result.report["candidates"]]
     assert report_names == names

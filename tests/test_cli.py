@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from optimizers.chain import Candidate, write_candidate_package
+from optimizers.passes.base import Artifact
 from optimizers.source import SourceModel
 from optiserve.cli import main
 from optiserve.demo import free_port
@@ -46,7 +47,7 @@ def _port_open(port: int) -> bool:
 @pytest.mark.serve
 def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_path: Path) -> None:
     package = write_candidate_package(
-        tiny_source, Candidate("torch-fp32", "torch", "fp32", tiny_source.path, chain=[]), tmp_path / "pkg"
+        tiny_source, Candidate("torch-fp32", Artifact(tiny_source.path, "hf"), chain=[]), tmp_path / "pkg"
     )
     port = free_port()
     proc = subprocess.Popen(

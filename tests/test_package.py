@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from optimizers.chain import Candidate, write_candidate_package
+from optimizers.passes.base import Artifact
 from optimizers.source import SourceModel
 from serving.errors import PackageError
 from serving.package import MANIFEST_NAME, SCHEMA_VERSION, load_package, write_package
@@ -16,7 +17,7 @@ from serving.package import MANIFEST_NAME, SCHEMA_VERSION, load_package, write_p
 
 @pytest.fixture
 def package_dir(tiny_source: SourceModel, tmp_path: Path) -> Path:
-    candidate = Candidate("torch-fp32", "torch", "fp32", tiny_source.path, chain=[])
+    candidate = Candidate("torch-fp32", Artifact(tiny_source.path, "hf"), chain=[])
     return write_candidate_package(tiny_source, candidate, tmp_path / "pkg").root
 
 
@@ -127,7 +128,7 @@ def test_writing_over_a_directory_that_is_not_a_package_is_refused(tiny_source: 
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    candidate = Candidate("torch-fp32", "torch", "fp32", tiny_source.path, chain=[])
+    candidate = Candidate("torch-fp32", Artifact(tiny_source.path, "hf"), chain=[])
     with pytest.raises(PackageError, match="not a model package"):
         write_candidate_package(tiny_source, candidate, precious)
     assert (precious / "notes.txt").read_text() == "keep me"

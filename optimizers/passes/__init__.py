@@ -1,6 +1,4 @@
-"""Passes: each is a typed config plus one function from an input artifact to a new output artifact."""
+"""Passes: each is a typed config plus one function from an input artifact to a new output artifact, registered
+by name (see ``optimizers.passes.base``). Importing this package registers every built-in pass."""
 
-from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
-from optimizers.passes.quantize_dynamic import QuantizeDynamicConfig, quantize_dynamic
-
-__all__ = ["ExportOnnxConfig", "QuantizeDynamicConfig", "export_onnx", "quantize_dynamic"]
+from optimizers.passes import distill, export_onnx, gpu, graph_optimize, precision, quantize  # noqa: F401

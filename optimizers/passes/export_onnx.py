@@ -8,14 +8,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, model_feeds, out_path, register
 from optimizers.source import SourceModel
 from serving.errors import OptiserveError
-from serving.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)
-INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUT_NAMES = {"embedding": "sentence_embedding", "classification": "logits"}
 
 
@@ -23,25 +22,31 @@ class ExportMismatchError(OptiserveError):
     """The exported graph does not reproduce the source model within tolerance."""
 
 
-class ExportOnnxConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ExportOnnxConfig(PassConfig):
     opset: int = Field(default=17, ge=14)
     atol: float = Field(default=1e-4, gt=0, description="max abs difference allowed vs the torch source")
 
 
-def export_onnx(source: SourceModel, out_path: Path, check_texts: list[str], config: ExportOnnxConfig) -> Path:
-    """Write ``out_path`` (ONNX) and verify it against the torch model on ``check_texts``."""
+def _torch_model(source: SourceModel) -> object:
+    if source.format == "module":
+        from optimizers.modules import load_module
+
+        return load_module(source.path)
+    from serving.runtimes.torch import load_model
+
+    return load_model(source.path, source.task, source.pooling)
+
+
+def export_onnx(source: SourceModel, out_path: Path, check_items: list, config: ExportOnnxConfig) -> Path:
+    """Write ``out_path`` (ONNX) and verify it against the torch model on ``check_items`` (texts or tensors)."""
     import onnxruntime as ort
     import torch
 
-    from serving.runtimes.torch import load_model
-
-    model = load_model(source.path, source.task, source.pooling)
+    model = _torch_model(source)
     output_name = OUTPUT_NAMES[source.task]
-    encoder = TextEncoder.from_spec(source.path, source.tokenizer)
-    sample = encoder.pad(encoder.encode(check_texts[:2]))
-    args = tuple(torch.from_numpy(getattr(sample, name)) for name in INPUT_NAMES)
+    sample = model_feeds(source, check_items[:2])
+    names = list(sample)
+    variable = {0: "batch", 1: "sequence"} if source.tokenizer is not None else {0: "batch"}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter is chosen on purpose (verified on transformers 5 / torch 2.13); silence its notice.
     with torch.inference_mode(), warnings.catch_warnings():
@@ -50,25 +55,38 @@ def export_onnx(source: SourceModel, out_path: Path, check_texts: list[str], con
         )
         torch.onnx.export(
             model,
-            args,
+            tuple(torch.from_numpy(a) for a in sample.values()),
             str(out_path),
-            input_names=INPUT_NAMES,
+            input_names=names,
             output_names=[output_name],
-            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}, output_name: {0: "batch"}},
+            dynamic_axes={**{n: variable for n in names}, output_name: {0: "batch"}},
             opset_version=config.opset,
             dynamo=False,
         )
 
-    batch = encoder.pad(encoder.encode(check_texts))
+    feeds = model_feeds(source, check_items)
     with torch.inference_mode():
-        expected = model(*(torch.from_numpy(getattr(batch, n)) for n in INPUT_NAMES)).numpy()
+        expected = model(*(torch.from_numpy(a) for a in feeds.values())).numpy()
     session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {n: getattr(batch, n) for n in INPUT_NAMES})
+    (got,) = session.run(None, feeds)
     max_abs = float(np.abs(got - expected).max())
     if max_abs > config.atol:
         raise ExportMismatchError(
             f"ONNX export of {source.name} differs from the torch model by {max_abs:.2e} (max abs) on "
-            f"{len(check_texts)} texts; allowed {config.atol:.0e}"
+            f"{len(check_items)} inputs; allowed {config.atol:.0e}"
         )
     log.info("exported %s to %s (max abs diff vs torch %.2e)", source.name, out_path, max_abs)
     return out_path
+
+
+@register(
+    "export_onnx",
+    ExportOnnxConfig,
+    accepts=("hf", "module"),
+    produces="onnx",
+    libraries=("torch", "transformers", "onnx"),
+)
+def export_onnx_pass(artifact: Artifact, config: ExportOnnxConfig, context: PassContext) -> PassOutput:
+    """Export a Hugging Face model (with its pooling) or a plain PyTorch module to ONNX, checked against torch."""
+    path = export_onnx(context.source_for(artifact), out_path(context, "model.onnx"), context.validation[:32], config)
+    return PassOutput(Artifact(path, "onnx", "fp32"))

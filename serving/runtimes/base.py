@@ -28,6 +28,10 @@ class ModelRuntime(ABC):
     @abstractmethod
     def run(self, batch: EncodedBatch) -> np.ndarray: ...
 
+    def run_array(self, inputs: np.ndarray) -> np.ndarray:
+        """Run a model whose single input is a float tensor (no tokenizer)."""
+        raise NotImplementedError(f"the {self.name} runtime runs text models only")
+
 
 @dataclass(frozen=True)
 class DeviceChoice:

@@ -72,3 +72,8 @@ class OnnxRuntime(ModelRuntime):
         }
         outputs = self.session.run(None, feeds)
         return np.asarray(outputs[0], dtype=np.float32)
+
+    def run_array(self, inputs: np.ndarray) -> np.ndarray:
+        """A model with one tensor input (no tokenizer): ``inputs`` is the whole batch."""
+        (name,) = self._input_names
+        return np.asarray(self.session.run(None, {name: inputs})[0], dtype=np.float32)

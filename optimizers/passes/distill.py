@@ -1,0 +1,239 @@
+"""Knowledge distillation into a smaller student, gated by fidelity like every other pass.
+
+The student is the teacher with layers dropped (evenly spaced layers kept, embeddings and heads copied), a
+Hugging Face model directory the user gives, or, for plain PyTorch ``module`` teachers, another class from the
+teacher's code (``student_class`` with ``student_kwargs``), trained from scratch. It is trained on the train
+split to reproduce the teacher: MSE on the pooled embeddings for encoders, KL divergence on temperature-softened
+logits for classifiers. Training stops when the loss on the validation split has not improved for ``patience``
+epochs; the best epoch is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from tqdm import tqdm
+
+from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, out_path, register, torch_inputs
+from optimizers.source import SourceModel
+
+log = logging.getLogger(__name__)
+
+
+class DistillConfig(PassConfig):
+    layers: int | None = Field(default=None, gt=0, description="student depth (layer dropping); or give student")
+    student: str | None = Field(default=None, description="a Hugging Face model directory to train instead")
+    student_class: str | None = Field(default=None, description="module teachers: a class in the teacher's code")
+    student_kwargs: dict[str, Any] = Field(default={}, description="arguments of student_class")
+    epochs: int = Field(default=8, gt=0)
+    patience: int = Field(default=2, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    temperature: float = Field(default=2.0, gt=0, description="classifiers: softening of the logits")
+    max_train_samples: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
+def kept_layers(total: int, keep: int) -> list[int]:
+    """``keep`` evenly spaced layer indices out of ``total``, always including the first and the last."""
+    if not 0 < keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} layers")
+    if keep == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def _layer_list(model: Any) -> tuple[Any, str]:
+    """The module holding the transformer layers, and its attribute name (BERT-like or DistilBERT-like)."""
+    base = getattr(model, "base_model", model)
+    for holder, attr in ((getattr(base, "encoder", None), "layer"), (getattr(base, "transformer", None), "layer")):
+        if holder is not None and hasattr(holder, attr):
+            return holder, attr
+    raise ValueError(f"cannot drop layers of {type(model).__name__}: no encoder.layer or transformer.layer")
+
+
+def layer_dropped_student(teacher_dir: Path, task: str, keep: int, target: Path) -> dict[str, Any]:
+    """Write a student made of ``keep`` of the teacher's layers to ``target`` (safetensors)."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    if task == "classification":
+        model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
+    else:
+        model = AutoModel.from_pretrained(teacher_dir, use_safetensors=True, add_pooling_layer=False)
+    holder, attr = _layer_list(model)
+    layers = getattr(holder, attr)
+    indices = kept_layers(len(layers), keep)
+    setattr(holder, attr, torch.nn.ModuleList([layers[i] for i in indices]))
+    for name in ("num_hidden_layers", "n_layers"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, keep)
+    model.save_pretrained(target, safe_serialization=True)
+    return {"teacher_layers": len(layers), "kept_layers": indices}
+
+
+def _batches(items: list[Any], size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of indices. Texts are grouped by length first (sort, cut, shuffle the batches), so that
+    little of each batch is padding; tensors are shuffled plainly."""
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    if items and isinstance(items[0], str):
+        order.sort(key=lambda i: len(items[i]))
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class Distiller:
+    """Trains ``student`` to reproduce ``teacher`` on tokenized text: MSE on pooled embeddings, or KL divergence
+    on temperature-softened logits for classifiers."""
+
+    teacher: Any
+    student: Any
+    source: SourceModel
+    classifier: bool
+    config: DistillConfig
+
+    def tensors(self, items: list[Any]) -> tuple[Any, ...]:
+        return torch_inputs(self.source, items)
+
+    def teacher_outputs(self, texts: list[str]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return torch.cat([self.teacher(*self.tensors(texts[i : i + 64])) for i in range(0, len(texts), 64)])
+
+    def loss(self, out: Any, ref: Any) -> Any:
+        import torch.nn.functional as F  # noqa: N812
+
+        if self.classifier:
+            t = self.config.temperature
+            soft = F.kl_div(
+                F.log_softmax(out / t, -1), F.log_softmax(ref / t, -1), log_target=True, reduction="batchmean"
+            )
+            return soft * (t * t)
+        return F.mse_loss(out, ref) * out.shape[-1]  # summed over dimensions, mean over rows
+
+    def validation_loss(self, texts: list[str], reference: Any) -> float:
+        import torch
+
+        self.student.eval()
+        total = 0.0
+        with torch.inference_mode():
+            for i in range(0, len(texts), 64):
+                chunk = texts[i : i + 64]
+                total += float(self.loss(self.student(*self.tensors(chunk)), reference[i : i + 64])) * len(chunk)
+        self.student.train()
+        return total / len(texts)
+
+    def fit(self, train: list[str], validation: list[str]) -> tuple[list[dict[str, float]], float]:
+        """Train with early stopping; the student ends with its best epoch's weights. Returns the history."""
+        import torch
+
+        config, rng = self.config, random.Random(self.config.seed)
+        train_ref, val_ref = self.teacher_outputs(train), self.teacher_outputs(validation)
+        optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.learning_rate)
+        steps = config.epochs * math.ceil(len(train) / config.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, config.learning_rate, total_steps=steps, pct_start=0.1
+        )
+        history = [{"epoch": 0, "validation_loss": self.validation_loss(validation, val_ref)}]
+        best, best_state, stale = history[0]["validation_loss"], None, 0
+        for epoch in range(1, config.epochs + 1):
+            train_loss = 0.0
+            for rows in tqdm(_batches(train, config.batch_size, rng), desc=f"distill epoch {epoch}", disable=None):
+                loss = self.loss(self.student(*self.tensors([train[i] for i in rows])), train_ref[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                train_loss += float(loss.detach()) * len(rows)
+            val_loss = self.validation_loss(validation, val_ref)
+            history.append({"epoch": epoch, "train_loss": train_loss / len(train), "validation_loss": val_loss})
+            log.info("distill epoch %d: %s", epoch, history[-1])
+            if val_loss < best:
+                best, stale = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+        if best_state is not None:
+            self.student.load_state_dict(best_state)
+        return history, best
+
+
+def _student(config: DistillConfig, source: SourceModel, target: Path) -> tuple[Any, dict[str, Any]]:
+    """Write the untrained student to ``target``; return it (train mode) and what to report about it."""
+    if source.format == "module":
+        from dataclasses import replace
+
+        from optimizers.modules import ModuleSpec, build_module, save_module
+
+        if config.student_class is None:
+            raise ValueError("distilling a module teacher needs `student_class` (a class in the teacher's code)")
+        spec = replace(ModuleSpec.read(source.path), cls=config.student_class, kwargs=config.student_kwargs)
+        student = build_module(source.path, spec)
+        save_module(student, spec, source.path, target)
+        return student.train(), {"student_class": config.student_class, "student_kwargs": config.student_kwargs}
+    from serving.runtimes.torch import load_model
+
+    if (config.layers is None) == (config.student is None):
+        raise ValueError("distill needs exactly one of `layers` (layer dropping) or `student` (a model directory)")
+    if config.student is not None:
+        shutil.copytree(Path(config.student), target, dirs_exist_ok=True)
+        details: dict[str, Any] = {"student": config.student}
+    else:
+        details = layer_dropped_student(source.path, source.task, config.layers or 0, target)
+    return load_model(target, source.task, source.pooling).train(), details
+
+
+def _teacher(source: SourceModel) -> Any:
+    if source.format == "module":
+        from optimizers.modules import load_module
+
+        return load_module(source.path)
+    from serving.runtimes.torch import load_model
+
+    return load_model(source.path, source.task, source.pooling)
+
+
+def _save_student(student: Any, source: SourceModel, target: Path) -> None:
+    if source.format == "module":
+        from optimizers.modules import ModuleSpec, save_module
+
+        save_module(student, ModuleSpec.read(target), target, target)
+        return
+    inner = student.encoder if hasattr(student, "encoder") else student.classifier
+    inner.save_pretrained(target, safe_serialization=True)
+
+
+@register("distill", DistillConfig, accepts=("hf", "module"), libraries=("torch", "transformers"))
+def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> PassOutput:
+    """Train a smaller student (layer dropping, user-given, or a module class) to reproduce the teacher."""
+    import torch
+
+    source = context.source_for(artifact)
+    target = out_path(context, "model")
+    torch.manual_seed(config.seed)
+    student, details = _student(config, source, target)
+    distiller = Distiller(
+        teacher=_teacher(source),
+        student=student,
+        source=source,
+        classifier=source.task == "classification",
+        config=config,
+    )
+    train = context.train[: config.max_train_samples] if config.max_train_samples else context.train
+    history, best = distiller.fit(train, context.validation)
+    _save_student(distiller.student, source, target)
+    details.update(history=history, best_validation_loss=best, train_samples=len(train))
+    return PassOutput(Artifact(target, artifact.format, "fp32"), details)

@@ -1,0 +1,110 @@
+"""GPU passes: TensorRT engines from ONNX, and torch ``compile`` / CUDA graphs settings. Each checks what it
+needs first and raises :class:`PassUnavailableError` with the reason where CUDA or TensorRT is absent (CI has
+no GPU)."""
+
+from __future__ import annotations
+
+import shutil
+
+from pydantic import Field
+
+from optimizers.passes.base import (
+    Artifact,
+    PassConfig,
+    PassContext,
+    PassOutput,
+    PassUnavailableError,
+    out_path,
+    register,
+)
+
+
+def require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PassUnavailableError("CUDA is not available on this machine (torch.cuda.is_available() is False)")
+
+
+def require_tensorrt() -> None:
+    import onnxruntime as ort
+
+    require_cuda()
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        raise PassUnavailableError(
+            f"ONNX Runtime has no TensorrtExecutionProvider here (available: {ort.get_available_providers()}); "
+            "install onnxruntime-gpu and tensorrt"
+        )
+
+
+class TensorRTConfig(PassConfig):
+    fp16: bool = True
+    min_batch: int = Field(default=1, gt=0)
+    opt_batch: int = Field(default=16, gt=0)
+    max_batch: int = Field(default=64, gt=0)
+    min_sequence: int = Field(default=1, gt=0)
+    opt_sequence: int = Field(default=64, gt=0)
+    max_sequence: int = Field(default=256, gt=0)
+
+
+def _shapes(batch: int, sequence: int) -> str:
+    return ",".join(f"{n}:{batch}x{sequence}" for n in ("input_ids", "attention_mask", "token_type_ids"))
+
+
+def tensorrt_provider_options(config: TensorRTConfig, cache_dir: str) -> dict[str, object]:
+    """TensorRT EP options: an engine cache in the package and one min/opt/max shape profile."""
+    return {
+        "trt_fp16_enable": config.fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache_dir,
+        "trt_timing_cache_enable": True,
+        "trt_profile_min_shapes": _shapes(config.min_batch, config.min_sequence),
+        "trt_profile_opt_shapes": _shapes(config.opt_batch, config.opt_sequence),
+        "trt_profile_max_shapes": _shapes(config.max_batch, config.max_sequence),
+    }
+
+
+@register("tensorrt", TensorRTConfig, accepts=("onnx",), libraries=("onnxruntime",))
+def tensorrt(artifact: Artifact, config: TensorRTConfig, context: PassContext) -> PassOutput:
+    """Build TensorRT engines (ONNX Runtime's TensorRT EP engine cache) for a min/opt/max shape profile."""
+    require_tensorrt()
+    import numpy as np
+    import onnxruntime as ort
+
+    target_dir = out_path(context, "trt")
+    target_dir.mkdir(exist_ok=True)
+    model = target_dir / "model.onnx"
+    shutil.copy2(artifact.path, model)
+    cache = target_dir / "trt_cache"
+    options = tensorrt_provider_options(config, str(cache))
+    session = ort.InferenceSession(str(model), providers=[("TensorrtExecutionProvider", options)])
+    for batch, sequence in ((config.opt_batch, config.opt_sequence), (config.max_batch, config.max_sequence)):
+        feed = {n: np.ones((batch, sequence), dtype=np.int64) for n in ("input_ids", "attention_mask")}
+        feed["token_type_ids"] = np.zeros((batch, sequence), dtype=np.int64)
+        session.run(None, feed)  # builds and caches the engine
+    return PassOutput(
+        Artifact(model, "onnx", "fp16" if config.fp16 else "fp32"), {"engines": sorted(p.name for p in cache.glob("*"))}
+    )
+
+
+class TorchCompileConfig(PassConfig):
+    mode: str = "max-autotune-no-cudagraphs"
+
+
+class CudaGraphsConfig(PassConfig):
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+
+
+@register("torch_compile", TorchCompileConfig, accepts=("hf",), libraries=("torch",))
+def torch_compile(artifact: Artifact, config: TorchCompileConfig, context: PassContext) -> PassOutput:
+    """Serve the torch model through ``torch.compile`` on CUDA (a runtime setting recorded in the package)."""
+    require_cuda()
+    raise PassUnavailableError("torch.compile serving is not wired into the torch runtime yet (issue 8)")
+
+
+@register("cuda_graphs", CudaGraphsConfig, accepts=("hf",), libraries=("torch",))
+def cuda_graphs(artifact: Artifact, config: CudaGraphsConfig, context: PassContext) -> PassOutput:
+    """Capture CUDA graphs per bucketed (batch, sequence) shape for the torch runtime."""
+    require_cuda()
+    raise PassUnavailableError("CUDA-graph capture is not wired into the torch runtime yet (issue 8)")

@@ -1,0 +1,166 @@
+"""Recipes: which candidates the chain builds, with which passes, searching which alternatives, judged by which
+fidelity budget. Written in YAML and validated before anything runs; an error names the bad key and value.
+
+.. code-block:: yaml
+
+    name: minilm-cpu
+    budget: {min_cosine_mean: 0.995, min_cosine_min: 0.98}
+    candidates:
+      - name: int8-dynamic
+        steps:
+          - pass: export_onnx
+          - pass: quantize_dynamic
+            search: {per_channel: [false, true]}   # one candidate per value
+
+Every candidate starts from the source model; the torch fp32 source itself is always a candidate (the baseline
+and the fidelity reference). Steps that two candidates share are computed once (see ``optimizers.cache``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from optimizers.passes.base import Format, PassConfig, get_pass
+from serving.errors import OptiserveError
+from serving.package import FidelityBudget
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class RecipeError(OptiserveError):
+    """A recipe that cannot run: unknown pass, bad config key or value, steps in an impossible order."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StepSpec(_Strict):
+    pass_name: str = Field(alias="pass")
+    config: dict[str, Any] = {}
+    search: dict[str, list[Any]] = Field(default={}, description="config key -> alternatives; one candidate each")
+
+
+class CandidateSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+class ProfileSpec(_Strict):
+    max_batch: int = Field(default=64, gt=0, description="largest model-call batch the profile tries")
+    items: int = Field(default=256, gt=0, description="held-out texts per batch size")
+    min_gain: float = Field(default=0.03, ge=0, description="stop doubling once throughput gains less than this")
+
+
+class Recipe(_Strict):
+    name: str = Field(default="recipe", pattern=NAME_PATTERN)
+    dataset: str | None = Field(default=None, description="data for tensor models (e.g. digits); text: the corpus")
+    budget: FidelityBudget = FidelityBudget()
+    profile: ProfileSpec = ProfileSpec()
+    candidates: list[CandidateSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Step:
+    pass_name: str
+    config: PassConfig
+
+
+@dataclass(frozen=True)
+class PlannedCandidate:
+    name: str
+    steps: tuple[Step, ...]
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _format_errors(origin: str, exc: ValidationError, prefix: str = "") -> str:
+    lines = [f"{origin}: invalid recipe"]
+    for error in exc.errors():
+        key = prefix + _where(error["loc"])
+        lines.append(f"  {key} = {error.get('input')!r}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def _variant_name(base: str, choice: dict[str, Any]) -> str:
+    parts = []
+    for key, value in choice.items():
+        if isinstance(value, bool):
+            parts.append(key if value else f"no_{key}")
+        else:
+            parts.append(f"{key}{value}")
+    return "-".join([base, *parts]).replace("_", "-")
+
+
+def plan(recipe: Recipe, start: Format | None = "hf", origin: str = "recipe") -> list[PlannedCandidate]:
+    """Expand every candidate's search alternatives and validate each step's config against its pass, and that
+    each pass takes what the step before yields (from ``start``, the source's format; None: not known yet)."""
+    planned: list[PlannedCandidate] = []
+    for c_index, candidate in enumerate(recipe.candidates):
+        grids = [
+            [(i, key, v) for v in values]
+            for i, step in enumerate(candidate.steps)
+            for key, values in step.search.items()
+        ]
+        for combination in itertools.product(*grids) if grids else [()]:
+            steps: list[Step] = []
+            fmt: Format | None = start
+            choice: dict[str, Any] = {}
+            for s_index, step in enumerate(candidate.steps):
+                where = f"candidates.{c_index}.steps.{s_index}"
+                try:
+                    spec = get_pass(step.pass_name)
+                except OptiserveError as exc:
+                    raise RecipeError(f"{origin}: {where}.pass = {step.pass_name!r}: {exc}") from None
+                if fmt is not None and fmt not in spec.accepts:
+                    before = "the source model is" if s_index == 0 else "the step before it yields"
+                    raise RecipeError(
+                        f"{origin}: {where}.pass = {step.pass_name!r}: takes a {'/'.join(spec.accepts)} model, but "
+                        f"{before} {fmt}"
+                    )
+                values = {**step.config, **{k: v for i, k, v in combination if i == s_index}}
+                choice.update({k: v for i, k, v in combination if i == s_index})
+                try:
+                    config = spec.config_type.model_validate(values)
+                except ValidationError as exc:
+                    raise RecipeError(_format_errors(origin, exc, f"{where} ({step.pass_name}).config.")) from None
+                steps.append(Step(step.pass_name, config))
+                fmt = spec.produces or fmt
+            planned.append(PlannedCandidate(_variant_name(candidate.name, choice), tuple(steps)))
+    names = [p.name for p in planned]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates or "source" in names:
+        raise RecipeError(f"{origin}: candidate names must be unique and not 'source': {duplicates or ['source']}")
+    return planned
+
+
+def load_recipe(source: str | Path) -> Recipe:
+    """A recipe from a YAML file, or a built-in recipe by name (``cpu``, ``cpu-full``, ``cpu-distill``, ``gpu``)."""
+    path = Path(source)
+    if not path.is_file():
+        builtin = files("optimizers").joinpath(f"recipes/{source}.yaml")
+        if not builtin.is_file():
+            known = sorted(p.name.removesuffix(".yaml") for p in files("optimizers").joinpath("recipes").iterdir())
+            raise RecipeError(f"recipe {source!r}: no such file, and not a built-in recipe ({', '.join(known)})")
+        text, origin = builtin.read_text(encoding="utf-8"), f"built-in recipe {source}"
+    else:
+        text, origin = path.read_text(encoding="utf-8"), str(path)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{origin}: not valid YAML: {exc}") from None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(origin, exc)) from None
+    plan(recipe, start=None, origin=origin)  # fail now, before any pass runs (the source's format comes later)
+    return recipe

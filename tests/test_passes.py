@@ -1,0 +1,347 @@
+"""The pass framework on tiny seeded models: every pass, the recipe validator, the content-addressed cache
+(reuse and tamper detection), accuracy-aware quantization, budget enforcement, and clean GPU skips on CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from optimizers.cache import StepCache
+from optimizers.chain import BudgetNotMetError, Candidate, OutputsEvaluator, mark_pareto, optimize
+from optimizers.corpus import load_split
+from optimizers.passes.base import REGISTRY, Artifact, PassConfig, PassContext, PassFailedError, get_pass
+from optimizers.passes.distill import kept_layers
+from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
+from optimizers.profile import serving_defaults
+from optimizers.recipe import Recipe, RecipeError, load_recipe, plan
+from optimizers.source import SourceModel
+from serving.package import Fidelity, FidelityBudget, ProfileRow, load_package
+from serving.pipeline import TextPipeline
+
+VALIDATION = load_split("validation")[:48]
+TEXTS = load_split("heldout")[:24]
+
+
+def _context(source: SourceModel, out_dir: Path, budget: FidelityBudget | None = None) -> PassContext:
+    return PassContext(
+        source=source,
+        out_dir=out_dir,
+        train=load_split("train")[:96],
+        calibration=load_split("calibration")[:32],
+        validation=VALIDATION,
+        budget=budget or FidelityBudget(),
+        evaluate=OutputsEvaluator(source, 1, VALIDATION),
+    )
+
+
+def _run(name: str, artifact: Artifact, context: PassContext, **config: object):
+    spec = get_pass(name)
+    return spec.run(artifact, spec.config_type(**config), context)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_source: SourceModel, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    path = export_onnx(tiny_source, tmp_path_factory.mktemp("onnx") / "fp32.onnx", TEXTS, ExportOnnxConfig())
+    return Artifact(path, "onnx", "fp32")
+
+
+def _outputs(source: SourceModel, artifact: Artifact) -> np.ndarray:
+    return OutputsEvaluator(source, 1, TEXTS).outputs(artifact, TEXTS)
+
+
+def test_registry_has_every_pass_with_a_strict_config() -> None:
+    get_pass("export_onnx")
+    expected = {
+        "export_onnx",
+        "graph_optimize",
+        "quantize_dynamic",
+        "quantize_static",
+        "fp16",
+        "torch_precision",
+        "distill",
+        "tensorrt",
+        "torch_compile",
+        "cuda_graphs",
+    }
+    assert expected <= set(REGISTRY)
+    for spec in REGISTRY.values():
+        assert issubclass(spec.config_type, PassConfig) and spec.config_type.model_config["extra"] == "forbid"
+        assert spec.doc, f"pass {spec.name} has no docstring"
+
+
+def test_graph_optimize_fuses_and_keeps_outputs(tiny_source, tiny_onnx, tmp_path) -> None:
+    out = _run("graph_optimize", tiny_onnx, _context(tiny_source, tmp_path))
+    assert out.details["fused_operators"].get("SkipLayerNormalization", 0) >= 2
+    ops = {n.op_type for n in onnx.load(str(out.artifact.path)).graph.node}
+    assert "SkipLayerNormalization" in ops
+    assert np.abs(_outputs(tiny_source, out.artifact) - _outputs(tiny_source, tiny_onnx)).max() < 1e-4
+
+
+def test_quantize_static_writes_calibrated_qdq(tiny_source, tiny_onnx, tmp_path) -> None:
+    out = _run("quantize_static", tiny_onnx, _context(tiny_source, tmp_path), calibration_samples=32)
+    ops = [n.op_type for n in onnx.load(str(out.artifact.path)).graph.node]
+    assert ops.count("QuantizeLinear") >= 12 and ops.count("DequantizeLinear") >= 24
+    assert out.artifact.precision == "int8" and out.details["tries"][0]["within_budget"]
+    assert np.isfinite(_outputs(tiny_source, out.artifact)).all()
+
+
+def test_quantization_search_widens_exclusions_then_fails_naming_the_closest(tiny_source, tiny_onnx, tmp_path) -> None:
+    """An unreachable budget: per-tensor, then per-channel, then the 1, 2, 3 most sensitive nodes kept fp32."""
+    impossible = FidelityBudget(min_cosine_mean=1.0, min_cosine_min=1.0)
+    with pytest.raises(PassFailedError, match=r"closest: per_channel=\w+ with \d+ nodes in fp32 \(cosine_m") as failure:
+        _run("quantize_dynamic", tiny_onnx, _context(tiny_source, tmp_path, impossible), per_channel=False)
+    details = failure.value.details
+    tries = [(t["per_channel"], len(t["excluded"])) for t in details["tries"]]
+    assert tries == [(False, 0), (True, 0), (True, 1), (True, 2), (True, 3)]  # 12 nodes, at most 25% excluded
+    assert details["nodes_probed"] == 12
+    ranked = list(details["sensitivity_top10"])
+    assert details["tries"][-1]["excluded"] == ranked[:3]  # the most sensitive first
+    assert ranked == sorted(ranked, key=lambda n: -details["sensitivity_top10"][n])
+
+
+def test_quantization_within_budget_stops_at_the_first_try(tiny_source, tiny_onnx, tmp_path) -> None:
+    out = _run("quantize_dynamic", tiny_onnx, _context(tiny_source, tmp_path), per_channel=True)
+    assert len(out.details["tries"]) == 1 and out.details["chosen"] == {"per_channel": True, "excluded": []}
+
+
+def test_fp16_keeps_fp32_inputs_and_outputs(tiny_source, tiny_onnx, tmp_path) -> None:
+    out = _run("fp16", tiny_onnx, _context(tiny_source, tmp_path))
+    model = onnx.load(str(out.artifact.path))
+    assert {t.data_type for t in model.graph.initializer if t.dims and len(t.dims) == 2} == {onnx.TensorProto.FLOAT16}
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    fid = OutputsEvaluator(tiny_source, 1, TEXTS)(out.artifact)
+    assert fid.cosine_min > 0.999
+
+
+def test_torch_bfloat16_weights_run_in_the_torch_runtime(tiny_source, tmp_path) -> None:
+    out = _run("torch_precision", Artifact(tiny_source.path, "hf"), _context(tiny_source, tmp_path), dtype="bfloat16")
+    from safetensors import safe_open
+
+    with safe_open(str(out.artifact.path / "model.safetensors"), "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.bfloat16"}
+    fid = OutputsEvaluator(tiny_source, 1, TEXTS)(out.artifact)
+    assert out.artifact.precision == "bf16" and fid.cosine_mean > 0.99
+
+
+def test_kept_layers_are_evenly_spaced() -> None:
+    assert kept_layers(6, 3) == [0, 2, 5] and kept_layers(12, 4) == [0, 4, 7, 11] and kept_layers(2, 1) == [1]
+    with pytest.raises(ValueError):
+        kept_layers(2, 3)
+
+
+@pytest.fixture(scope="module")
+def peaked_classifier(tmp_path_factory: pytest.TempPathFactory) -> SourceModel:
+    """A tiny classifier whose logits are far from uniform (large initial weights), so a student has to learn."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from optimizers.source import bundled_model_dir
+    from tests.conftest import TINY_CONFIG
+
+    root = tmp_path_factory.mktemp("peaked")
+    torch.manual_seed(3)
+    config = BertConfig(
+        **{**TINY_CONFIG, "architectures": ["BertForSequenceClassification"]}, num_labels=3, initializer_range=0.5
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(root, safe_serialization=True)
+    shutil.copy2(bundled_model_dir() / "tokenizer.json", root / "tokenizer.json")
+    return SourceModel.from_dir(root)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_source", "peaked_classifier"])
+def test_distill_trains_a_shallower_student_with_early_stopping(fixture, request, tmp_path) -> None:
+    source: SourceModel = request.getfixturevalue(fixture)
+    context = _context(source, tmp_path)
+    out = _run("distill", Artifact(source.path, "hf"), context, layers=1, epochs=3, patience=1, batch_size=16)
+    config = json.loads((out.artifact.path / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and out.details["kept_layers"] == [1]
+    history = out.details["history"]
+    assert 2 <= len(history) <= 4 and out.details["best_validation_loss"] == min(h["validation_loss"] for h in history)
+    assert out.details["best_validation_loss"] < history[0]["validation_loss"]  # training helped
+    outputs = OutputsEvaluator(source, 1, TEXTS).outputs(out.artifact, TEXTS)
+    assert outputs.shape == (len(TEXTS), source.output_dim) and np.isfinite(outputs).all()
+
+
+def test_gpu_passes_skip_with_the_reason_on_cpu(tiny_source, tiny_onnx, tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the passes run instead of skipping")
+    from optimizers.passes.base import PassUnavailableError
+
+    for name, artifact in (
+        ("tensorrt", tiny_onnx),
+        ("torch_compile", Artifact(tiny_source.path, "hf")),
+        ("cuda_graphs", Artifact(tiny_source.path, "hf")),
+    ):
+        with pytest.raises(PassUnavailableError, match="CUDA is not available"):
+            _run(name, artifact, _context(tiny_source, tmp_path))
+
+
+BAD_RECIPES = [
+    ("candidates: []", "candidates = []"),
+    ("candidates: [{name: a, steps: [{pass: export_onx}]}]", "'export_onx': unknown pass"),
+    (
+        "candidates: [{name: a, steps: [{pass: export_onnx}, {pass: distill}]}]",
+        "steps.1.pass = 'distill': takes a hf/module model, but the step before it yields onnx",
+    ),
+    (
+        "candidates: [{name: a, steps: [{pass: export_onnx, config: {opset: 9}}]}]",
+        "candidates.0.steps.0 (export_onnx).config.opset = 9",
+    ),
+    (
+        "candidates: [{name: a, steps: [{pass: export_onnx}, {pass: quantize_dynamic, search: {per_chanel: [true]}}]}]",
+        "per_chanel = True: Extra inputs are not permitted",
+    ),
+    (
+        "budget: {min_cosine_mean: 2}\ncandidates: [{name: a, steps: [{pass: export_onnx}]}]",
+        "budget.min_cosine_mean = 2",
+    ),
+    ("candidates: [{name: a, steps: [{pass: export_onnx}], extra: 1}]", "candidates.0.extra = 1"),
+    ("candidates: [{name: a, steps: [{pass: export_onnx}]}, {name: a, steps: [{pass: export_onnx}]}]", "unique"),
+    ("candidates: [", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_RECIPES)
+def test_recipe_errors_name_the_key_and_value(text, message, tmp_path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_builtin_recipes_load_and_expand_search() -> None:
+    assert [c.name for c in plan(load_recipe("cpu"))] == ["onnx-fp32", "onnx-fused", "int8-dynamic"]
+    names = [c.name for c in plan(load_recipe("cpu-full"))]
+    assert names == [
+        "onnx-fp32",
+        "onnx-fused",
+        "int8-dynamic-no-per-channel",
+        "int8-dynamic-per-channel",
+        "int8-static",
+    ]
+    assert [c.name for c in plan(load_recipe("cpu-distill"))][-2:] == ["student-int8-layers3", "student-int8-layers4"]
+    assert len(plan(load_recipe("gpu"))) == 7
+    with pytest.raises(RecipeError, match="not a built-in recipe"):
+        load_recipe("no-such-recipe")
+
+
+def test_pareto_front_and_serving_config_from_the_profile() -> None:
+    def cand(name: str, speed: float, cos: float) -> Candidate:
+        row = ProfileRow(batch_size=1, call_items=1, items_per_s=speed, p50_ms=1, p99_ms=1)
+        c = Candidate(name, Artifact(Path(name), "onnx"), [])
+        c.profile, c.fidelity = [row], Fidelity(cosine_mean=cos, cosine_p1=cos, cosine_min=cos, samples=1)
+        return c
+
+    candidates = [
+        cand("slow-exact", 1, 1.0),
+        cand("fast", 5, 0.99),
+        cand("dominated", 4, 0.98),
+        cand("fastest", 6, 0.9),
+    ]
+    mark_pareto(candidates)
+    assert [c.name for c in candidates if c.pareto] == ["slow-exact", "fast", "fastest"]
+    profile = [
+        ProfileRow(batch_size=32, call_items=b, items_per_s=s, p50_ms=p, p99_ms=p * 2)
+        for b, s, p in ((1, 100, 40.0), (2, 150, 30.0), (4, 180, 24.0), (8, 170, 26.0))
+    ]
+    config = serving_defaults(profile, token_p99=40)
+    assert (config.max_call_items, config.max_batch_tokens, config.batch_wait_timeout_s) == (4, 160, 0.003)
+    assert config.max_batch_size == 32 and config.max_queued_items == 180
+
+
+def _tiny_recipe(budget: dict | None = None) -> Recipe:
+    return Recipe.model_validate(
+        {
+            "name": "tiny",
+            "budget": budget or {},
+            "profile": {"items": 32, "max_batch": 4},
+            "candidates": [
+                {"name": "onnx-fp32", "steps": [{"pass": "export_onnx"}]},
+                {"name": "int8", "steps": [{"pass": "export_onnx"}, {"pass": "quantize_dynamic"}]},
+                {"name": "trt", "steps": [{"pass": "export_onnx"}, {"pass": "tensorrt"}]},
+            ],
+        }
+    )
+
+
+def test_rerun_reuses_every_step_and_a_tampered_entry_is_recomputed(tiny_model_dir, tmp_path, caplog) -> None:
+    cache = tmp_path / "cache"
+    first = optimize(tiny_model_dir, tmp_path / "a", recipe=_tiny_recipe(), cache_dir=cache)
+    records = [r for c in first.candidates for r in c.chain]
+    assert [r.cached for r in records] == [False, True, False, True]  # export shared by the second candidate
+    skipped = next(c for c in first.candidates if c.name == "trt")
+    assert skipped.status == "skipped" and "CUDA" in skipped.reason
+    assert "skipped" in (tmp_path / "a" / "report.md").read_text()
+
+    second = optimize(tiny_model_dir, tmp_path / "b", recipe=_tiny_recipe(), cache_dir=cache)
+    assert all(r.cached for c in second.candidates for r in c.chain)
+
+    quantized = next(c for c in second.candidates if c.name == "int8").model_path
+    quantized.write_bytes(quantized.read_bytes() + b"tampered")
+    with caplog.at_level(logging.WARNING, logger="optimizers.cache"):
+        third = optimize(tiny_model_dir, tmp_path / "c", recipe=_tiny_recipe(), cache_dir=cache)
+    assert "modified after it was written" in caplog.text
+    int8 = next(c for c in third.candidates if c.name == "int8")
+    assert [r.cached for r in int8.chain] == [True, False]
+    assert onnx.load(str(int8.model_path)) is not None and load_package(tmp_path / "c").manifest.precision in {
+        "int8",
+        "fp32",
+    }
+    assert len(list(StepCache(cache).root.glob("??/*"))) == 2
+
+
+def test_impossible_budget_fails_naming_the_closest_and_writes_the_report(tiny_model_dir, tmp_path) -> None:
+    budget = {"min_cosine_mean": 1.0, "min_cosine_min": 1.0, "max_abs_error": 1e-9}
+    with pytest.raises(BudgetNotMetError, match=r"closest: \S+ \(") as error:
+        optimize(tiny_model_dir, tmp_path / "pkg", recipe=_tiny_recipe(budget), cache_dir=tmp_path / "cache")
+    report_dir = tmp_path / "pkg.report"
+    assert str(report_dir) in str(error.value) and not (tmp_path / "pkg").exists()
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["selected"] is None and all(not c["within_budget"] for c in report["candidates"])
+    failed = next(c for c in report["candidates"] if c["name"] == "int8")
+    assert failed["status"] == "failed" and "closest" in failed["reason"]
+    from PIL import Image
+
+    with Image.open(report_dir / "fidelity_vs_throughput.png") as image:
+        assert image.size[0] > 400
+
+
+def test_a_users_onnx_file_is_optimized_without_export(tiny_source, tiny_onnx, tmp_path) -> None:
+    import shutil
+
+    user = tmp_path / "user-model"
+    user.mkdir()
+    shutil.copy2(tiny_onnx.path, user / "encoder.onnx")
+    shutil.copy2(tiny_source.path / "tokenizer.json", user / "tokenizer.json")
+    recipe = Recipe.model_validate(
+        {
+            "profile": {"items": 32, "max_batch": 4},
+            "candidates": [{"name": "int8", "steps": [{"pass": "quantize_dynamic"}]}],
+        }
+    )
+    with pytest.raises(RecipeError, match="takes a hf/module model, but the source model is onnx"):
+        plan(Recipe.model_validate({"candidates": [{"name": "x", "steps": [{"pass": "export_onnx"}]}]}), start="onnx")
+    result = optimize(
+        user / "encoder.onnx",
+        tmp_path / "pkg",
+        recipe=recipe,
+        cache_dir=tmp_path / "cache",
+        baseline_out=tmp_path / "baseline",
+    )
+    assert [c.name for c in result.candidates] == ["onnx-source", "int8"]
+    assert result.candidates[0].fidelity.cosine_min > 0.9999  # the ONNX file is its own reference
+    package = load_package(tmp_path / "pkg")
+    assert package.manifest.runtime == "onnxruntime" and package.manifest.embedding_dim == 32
+    out, _ = TextPipeline.from_package(package, threads=1).run(TEXTS)
+    assert out.shape == (len(TEXTS), 32)
+    assert load_package(tmp_path / "baseline").manifest.version == "onnx-source"
