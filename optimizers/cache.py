@@ -71,6 +71,16 @@ class CacheEntry:
 class StepCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or default_cache_dir()
+        self._sweep_abandoned()
+
+    def _sweep_abandoned(self) -> None:
+        """Remove staging directories of processes that died mid-step (their entries were never committed)."""
+        import psutil
+
+        for staging in (self.root / "staging").glob("*-*"):
+            pid = staging.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key

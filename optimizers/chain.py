@@ -36,6 +36,7 @@ from serving.package import (
     ServingDefaults,
     Source,
     TensorSpec,
+    TorchOptions,
     load_package,
     staged_package_dir,
     utc_now,
@@ -128,9 +129,15 @@ class OutputsEvaluator:
     source model's outputs on the same inputs (the source's outputs are computed once per input list)."""
 
     def __init__(
-        self, source: SourceModel, threads: int, budget_items: list[Any], labels: np.ndarray | None = None
+        self,
+        source: SourceModel,
+        threads: int,
+        budget_items: list[Any],
+        labels: np.ndarray | None = None,
+        device: str = "cpu",
     ) -> None:
         self.source = source
+        self.gpus = ["0"] if device == "cuda" else []  # candidates run where they will be served
         self.threads = threads
         self.encoder = TextEncoder.from_spec(source.path, source.tokenizer) if source.tokenizer else None
         self.default_items = budget_items
@@ -144,10 +151,19 @@ class OutputsEvaluator:
 
                 runtime: Any = ModuleRuntime(artifact.path, self.threads)
             else:
-                runtime = create_runtime("onnxruntime", artifact.path, self.source.pooling, self.threads, gpus=[])
+                runtime = create_runtime(
+                    "onnxruntime", artifact.path, self.source.pooling, self.threads, gpus=self.gpus
+                )
             return TensorPipeline(runtime, self.source.item_shape, self.source.output_dim)
         runtime = create_runtime(
-            artifact.runtime, artifact.path, self.source.pooling, self.threads, self.source.task, gpus=[]
+            artifact.runtime,
+            artifact.path,
+            self.source.pooling,
+            self.threads,
+            self.source.task,
+            gpus=self.gpus,
+            torch_options=TorchOptions(**artifact.torch_options),
+            pad_token_id=self.encoder.pad_token_id,
         )
         return TextPipeline(self.encoder, runtime, self.source.output_dim)
 
@@ -209,6 +225,7 @@ class StepRunner:
                 "config": config,
                 "format": output.artifact.format,
                 "precision": output.artifact.precision,
+                "torch_options": output.artifact.torch_options,
                 "duration_s": time.perf_counter() - start,
                 "details": output.details,
             }
@@ -218,7 +235,7 @@ class StepRunner:
         record = PassRecord(
             name=spec.name, config=config, duration_s=meta["duration_s"], details=meta["details"], cached=cached
         )
-        return Artifact(entry.output, meta["format"], meta["precision"]), record
+        return Artifact(entry.output, meta["format"], meta["precision"], meta.get("torch_options", {})), record
 
 
 def build_candidate(planned: PlannedCandidate, source: SourceModel, runner: StepRunner) -> Candidate:
@@ -250,12 +267,12 @@ def evaluate(
 ) -> None:
     """Fill in each built candidate's profile and its fidelity on the held-out split, served as profiled."""
     length_p99 = token_p99(evaluator.source, heldout)
-    measured: dict[str, Candidate] = {}  # content hash -> the candidate that was measured with that model
+    measured: dict[tuple[str, str], Candidate] = {}  # (content hash, runtime options) -> measured candidate
     for candidate in candidates:
         if candidate.artifact is None:
             continue
-        digest = content_hash(candidate.artifact.path)
-        twin = measured.setdefault(digest, candidate)
+        key = (content_hash(candidate.artifact.path), repr(sorted(candidate.artifact.torch_options.items())))
+        twin = measured.setdefault(key, candidate)
         if twin is not candidate:  # two searches ended at the same model: measure it once
             candidate.profile, candidate.fidelity = twin.profile, twin.fidelity
             candidate.reason = f"same model as {twin.name}"
@@ -375,6 +392,7 @@ def _fill_package(
         budget=budget,
         profile=candidate.profile,
         serving=serving,
+        torch_options=TorchOptions(**artifact.torch_options),
         libraries={lib: version(lib) for lib in LIBRARIES},
     )
     if report is not None:
@@ -419,11 +437,13 @@ def optimize(
     threads: int | None = None,
     recipe: str | Path | Recipe = "cpu",
     cache_dir: Path | None = None,
+    device: Literal["cpu", "cuda"] = "cpu",
 ) -> ChainResult:
-    """Optimize ``source_dir`` (a Hugging Face directory or an ONNX file) with ``recipe`` into the package at
-    ``out_dir``; optionally also write the unoptimized source as a package at ``baseline_out``. ``budget``
-    overrides the recipe's. Raises :class:`BudgetNotMetError` (after writing the report beside ``out_dir``) if no
-    candidate qualifies."""
+    """Optimize ``source_dir`` (a Hugging Face directory, an ONNX file or a module directory) with ``recipe``
+    into the package at ``out_dir``; optionally also write the unoptimized source as a package at
+    ``baseline_out``. ``budget`` overrides the recipe's. ``device="cuda"`` checks and profiles candidates on
+    GPU 0, as a GPU replica runs them. Raises :class:`BudgetNotMetError` (after writing the report beside
+    ``out_dir``) if no candidate qualifies."""
     from optimizers.plots import write_plots
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -435,7 +455,7 @@ def optimize(
     threads = threads or default_threads()
     data = load_dataset(recipe.dataset or ("corpus" if source.tokenizer else "digits"))
     heldout = data.heldout
-    evaluator = OutputsEvaluator(source, threads, data.validation, data.heldout_labels)
+    evaluator = OutputsEvaluator(source, threads, data.validation, data.heldout_labels, device)
     context = PassContext(
         source=source,
         out_dir=out_dir,
@@ -444,9 +464,12 @@ def optimize(
         validation=data.validation,
         budget=budget,
         evaluate=evaluator,
+        device=device,
     )
     runner = StepRunner(context, StepCache(cache_dir))
     candidates = [Candidate(_source_name(source), source_artifact(source), [])]
+    if source.format == "module":
+        candidates[0].reason = "reference only: packages carry no model code"
     candidates += [build_candidate(p, source, runner) for p in planned]
     evaluate(evaluator, candidates, heldout, recipe, threads)
     mark_pareto(candidates)

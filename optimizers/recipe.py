@@ -96,6 +96,8 @@ def _variant_name(base: str, choice: dict[str, Any]) -> str:
     for key, value in choice.items():
         if isinstance(value, bool):
             parts.append(key if value else f"no_{key}")
+        elif isinstance(value, str):
+            parts.append(value)
         else:
             parts.append(f"{key}{value}")
     return "-".join([base, *parts]).replace("_", "-")

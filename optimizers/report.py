@@ -29,6 +29,7 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
             rows.append([name, c["status"], "-", "-", "-", "-", "-", "-", "-", "-", c["reason"][:160]])
             continue
         status = "in budget" if c["within_budget"] else "; ".join(c["violations"])
+        status += f" ({c['reason']})" if c["reason"] else ""
         rows.append(
             [
                 name,

@@ -41,6 +41,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         threads=args.threads,
         recipe=recipe,
         cache_dir=args.cache_dir,
+        device=args.device,
     )
     print((result.package.root / "report.md").read_text())
     print(f"package written to {result.package.root} (selected {result.selected.name})")
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="recipe YAML file, or a built-in one: cpu (default), cpu-full, cpu-distill, gpu (optimizers/recipes/)",
     )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where candidates are checked and profiled")
     p.add_argument("--cache-dir", type=Path, help="pass cache (default: $OPTISERVE_CACHE or ~/.cache/optiserve/chain)")
     p.add_argument("--min-cosine-mean", type=float, help="override the recipe's budget")
     p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")

@@ -146,6 +146,16 @@ class ServingDefaults(_Strict):
     )
 
 
+class TorchOptions(_Strict):
+    """GPU settings of the torch runtime; on CPU they are not applied, and the replica says so."""
+
+    cuda_graphs: bool = Field(default=False, description="replay captured graphs, one per shape bucket")
+    batch_buckets: list[int] = [1, 2, 4, 8, 16, 32]
+    sequence_buckets: list[int] = [16, 32, 64, 128, 256]
+    compile: bool = Field(default=False, description="torch.compile the model (dynamic shapes)")
+    compile_mode: str = "max-autotune-no-cudagraphs"
+
+
 class Source(_Strict):
     path: str
     sha256: str
@@ -181,6 +191,7 @@ class Manifest(_Strict):
     budget: FidelityBudget | None = None
     profile: list[ProfileRow] = []
     serving: ServingDefaults = ServingDefaults()
+    torch_options: TorchOptions = TorchOptions()
     libraries: dict[str, str] = {}
     files: list[FileEntry] = []
 

@@ -40,3 +40,12 @@ def test_serving_defaults_match_the_docs(field: str) -> None:
 def test_every_forwarded_variable_is_documented() -> None:
     for name in limits.FORWARDED_ENV:
         assert f"`{name}" in DOC
+
+
+def test_every_pass_is_documented() -> None:
+    from optimizers.passes.base import REGISTRY, get_pass
+
+    get_pass("export_onnx")  # loads the built-in passes
+    optimizer_doc = (Path(__file__).resolve().parent.parent / "docs" / "optimizer.md").read_text()
+    for name in REGISTRY:
+        assert f"`{name}`" in optimizer_doc, f"pass {name} is not in docs/optimizer.md"

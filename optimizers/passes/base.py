@@ -39,6 +39,7 @@ class Artifact:
     path: Path
     format: Format
     precision: Precision = "fp32"
+    torch_options: dict[str, Any] = field(default_factory=dict)  # ``serving.package.TorchOptions`` fields
 
     @property
     def runtime(self) -> Literal["torch", "onnxruntime"]:

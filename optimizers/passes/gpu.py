@@ -93,18 +93,37 @@ class TorchCompileConfig(PassConfig):
 
 class CudaGraphsConfig(PassConfig):
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    sequence_buckets: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+def _with_options(artifact: Artifact, context: PassContext, **options: object) -> PassOutput:
+    """The same weights (copied into the pass's output) with torch runtime options added."""
+    target = out_path(context, "model")
+    target.mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(artifact.path / name, target / name)
+    merged = {**artifact.torch_options, **options}
+    return PassOutput(Artifact(target, "hf", artifact.precision, merged), {"torch_options": merged})
 
 
 @register("torch_compile", TorchCompileConfig, accepts=("hf",), libraries=("torch",))
 def torch_compile(artifact: Artifact, config: TorchCompileConfig, context: PassContext) -> PassOutput:
-    """Serve the torch model through ``torch.compile`` on CUDA (a runtime setting recorded in the package)."""
+    """Serve the torch model through ``torch.compile`` on CUDA (a runtime option recorded in the package)."""
     require_cuda()
-    raise PassUnavailableError("torch.compile serving is not wired into the torch runtime yet (issue 8)")
+    return _with_options(artifact, context, compile=True, compile_mode=config.mode)
 
 
 @register("cuda_graphs", CudaGraphsConfig, accepts=("hf",), libraries=("torch",))
 def cuda_graphs(artifact: Artifact, config: CudaGraphsConfig, context: PassContext) -> PassOutput:
     """Capture CUDA graphs per bucketed (batch, sequence) shape for the torch runtime."""
     require_cuda()
-    raise PassUnavailableError("CUDA-graph capture is not wired into the torch runtime yet (issue 8)")
+    from serving.runtimes.buckets import ShapeBuckets
+
+    ShapeBuckets(config.batch_buckets, config.sequence_buckets)  # validates the buckets
+    return _with_options(
+        artifact,
+        context,
+        cuda_graphs=True,
+        batch_buckets=list(config.batch_buckets),
+        sequence_buckets=list(config.sequence_buckets),
+    )

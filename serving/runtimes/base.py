@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.package import ModelPackage, PoolingSpec
+from serving.package import ModelPackage, PoolingSpec, TorchOptions
 from serving.tokenizer import EncodedBatch
 
 log = logging.getLogger("optiserve")
@@ -90,6 +90,8 @@ def create_runtime(
     threads: int,
     task: str = "embedding",
     gpus: list[str] | None = None,
+    torch_options: TorchOptions | None = None,
+    pad_token_id: int = 0,
 ) -> ModelRuntime:
     """A runtime by name, on the GPUs in ``gpus`` if it can use them. Heavy libraries are imported only here."""
     if runtime == "onnxruntime":
@@ -111,8 +113,10 @@ def create_runtime(
         choice = choose_torch_device(gpus or [], torch.cuda.is_available())
         if gpus:
             log.warning("%s: %s", model_path.name, choice.reason)
-        torch_runtime = TorchRuntime(model_path, pooling, threads=threads, task=task, device=choice.device)
-        torch_runtime.device_reason = choice.reason
+        torch_runtime = TorchRuntime(
+            model_path, pooling, threads, task, choice.device, torch_options, pad_token_id=pad_token_id
+        )
+        torch_runtime.device_reason = "; ".join(filter(None, (choice.reason, torch_runtime.skipped_options)))
         return torch_runtime
     raise ValueError(f"unknown runtime {runtime!r}; expected 'onnxruntime' or 'torch'")
 
@@ -127,4 +131,6 @@ def load_runtime(package: ModelPackage, threads: int | None = None, gpus: list[s
         threads or default_threads(),
         m.task,
         assigned_gpus() if gpus is None else gpus,
+        m.torch_options,
+        m.tokenizer.pad_token_id if m.tokenizer else 0,
     )

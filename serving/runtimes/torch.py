@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.package import PoolingSpec
+from serving.package import PoolingSpec, TorchOptions
 from serving.runtimes.base import ModelRuntime
+from serving.runtimes.buckets import ShapeBuckets
+from serving.runtimes.cuda_graphs import CudaGraphs
 from serving.tokenizer import EncodedBatch
 
 
@@ -75,13 +77,37 @@ class TorchRuntime(ModelRuntime):
     name = "torch"
 
     def __init__(
-        self, model_dir: Path, pooling: PoolingSpec, threads: int, task: str = "embedding", device: str = "cpu"
+        self,
+        model_dir: Path,
+        pooling: PoolingSpec,
+        threads: int,
+        task: str = "embedding",
+        device: str = "cpu",
+        options: TorchOptions | None = None,
+        pad_token_id: int = 0,
     ) -> None:
         torch.set_num_threads(threads)
         self.device = device
         self.model = load_model(model_dir, task, pooling).to(device)
+        self.graphs: CudaGraphs | None = None
+        self.options = options or TorchOptions()
+        self.skipped_options = ""  # why requested GPU options are not applied (shown with the device reason)
+        if self.options.compile or self.options.cuda_graphs:
+            self._apply_gpu_options(pad_token_id)
+
+    def _apply_gpu_options(self, pad_token_id: int) -> None:
+        if not self.device.startswith("cuda"):
+            self.skipped_options = "torch.compile / CUDA graphs need CUDA: running eager"
+            return
+        if self.options.compile:
+            self.model = torch.compile(self.model, mode=self.options.compile_mode, dynamic=True)
+        if self.options.cuda_graphs:
+            buckets = ShapeBuckets(tuple(self.options.batch_buckets), tuple(self.options.sequence_buckets))
+            self.graphs = CudaGraphs(self.model, buckets, self.device, pad_token_id)
 
     def run(self, batch: EncodedBatch) -> np.ndarray:
+        if self.graphs is not None and (replayed := self.graphs.run(batch)) is not None:
+            return replayed
         with torch.inference_mode():
             out = self.model(
                 torch.from_numpy(batch.input_ids).to(self.device),
