@@ -104,6 +104,15 @@ def test_quantization_search_widens_exclusions_then_fails_naming_the_closest(tin
     assert ranked == sorted(ranked, key=lambda n: -details["sensitivity_top10"][n])
 
 
+def test_quantization_of_an_input_already_outside_the_budget_fails_without_searching(
+    tiny_source, tiny_onnx, tmp_path
+) -> None:
+    budget = FidelityBudget(max_abs_error=1e-12)  # even the fp32 export differs from torch by more
+    with pytest.raises(PassFailedError, match="its input is already outside the fidelity budget") as failure:
+        _run("quantize_dynamic", tiny_onnx, _context(tiny_source, tmp_path, budget))
+    assert len(failure.value.details["tries"]) == 1 and "sensitivity_top10" not in failure.value.details
+
+
 def test_quantization_within_budget_stops_at_the_first_try(tiny_source, tiny_onnx, tmp_path) -> None:
     out = _run("quantize_dynamic", tiny_onnx, _context(tiny_source, tmp_path), per_channel=True)
     assert len(out.details["tries"]) == 1 and out.details["chosen"] == {"per_channel": True, "excluded": []}

@@ -179,6 +179,10 @@ def accuracy_aware(
     tries = [attempt(config)]
     details: dict[str, Any] = {"tries": tries}
     if not tries[0]["within_budget"] and config.accuracy_aware:
+        unquantized = context.evaluate(artifact)
+        if not context.budget.admits(unquantized):  # e.g. a distilled student: keeping nodes fp32 cannot help
+            broken = "; ".join(context.budget.violations(unquantized))
+            raise PassFailedError(f"{kind}: its input is already outside the fidelity budget ({broken})", details)
         losses = sensitivity(artifact.path, config, quantize, context)
         ranked = sorted(losses, key=lambda n: -losses[n])
         details["sensitivity_top10"] = {n: round(losses[n], 6) for n in ranked[:10]}
