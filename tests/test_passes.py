@@ -113,6 +113,12 @@ def test_quantization_of_an_input_already_outside_the_budget_fails_without_searc
     assert len(failure.value.details["tries"]) == 1 and "sensitivity_top10" not in failure.value.details
 
 
+def test_quantization_without_accuracy_awareness_leaves_the_verdict_to_selection(tiny_source, tiny_onnx, tmp_path):
+    impossible = FidelityBudget(min_cosine_mean=1.0, min_cosine_min=1.0)
+    out = _run("quantize_dynamic", tiny_onnx, _context(tiny_source, tmp_path, impossible), accuracy_aware=False)
+    assert out.artifact.precision == "int8" and len(out.details["tries"]) == 1
+
+
 def test_quantization_within_budget_stops_at_the_first_try(tiny_source, tiny_onnx, tmp_path) -> None:
     out = _run("quantize_dynamic", tiny_onnx, _context(tiny_source, tmp_path), per_channel=True)
     assert len(out.details["tries"]) == 1 and out.details["chosen"] == {"per_channel": True, "excluded": []}

@@ -39,7 +39,11 @@ class QuantizeConfig(PassConfig):
     per_channel: bool = True
     op_types: tuple[str, ...] = ("MatMul",)
     nodes_to_exclude: tuple[str, ...] = ()
-    accuracy_aware: bool = Field(default=True, description="widen exclusions until the fidelity budget holds")
+    accuracy_aware: bool = Field(
+        default=True,
+        description="widen exclusions until the fidelity budget holds (off: quantize as configured and leave "
+        "the verdict to the chain's selection)",
+    )
     max_excluded: float = Field(default=0.25, gt=0, le=1, description="most nodes kept fp32, as a share")
     sensitivity_samples: int = Field(default=64, gt=0, description="validation texts per sensitivity probe")
 
@@ -192,7 +196,7 @@ def accuracy_aware(
             tries.append(attempt(cfg))
             if tries[-1]["within_budget"]:
                 break
-    if not tries[-1]["within_budget"]:
+    if config.accuracy_aware and not tries[-1]["within_budget"]:
         closest = max(tries, key=lambda t: 1 - _fidelity_loss(Fidelity(**t["fidelity"])))
         broken = "; ".join(context.budget.violations(Fidelity(**closest["fidelity"])))
         raise PassFailedError(
