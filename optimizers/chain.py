@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -212,8 +213,6 @@ class StepRunner:
         cached = entry is not None
         if entry is None:
             staging = self.cache.staging(key)
-            import time
-
             start = time.perf_counter()
             try:
                 output = spec.run(artifact, step.config, replace(self.context, out_dir=staging))
@@ -263,7 +262,7 @@ def token_p99(source: SourceModel, texts: list[str]) -> int | None:
 
 
 def evaluate(
-    evaluator: OutputsEvaluator, candidates: list[Candidate], heldout: list[str], recipe: Recipe, threads: int
+    evaluator: OutputsEvaluator, candidates: list[Candidate], heldout: list[Any], recipe: Recipe, threads: int
 ) -> None:
     """Fill in each built candidate's profile and its fidelity on the held-out split, served as profiled."""
     length_p99 = token_p99(evaluator.source, heldout)
