@@ -1,6 +1,6 @@
 """Content-addressed cache of pass outputs.
 
-A step's key is the sha256 of: the input artifact's content hash, the pass name, its config, the versions of
+A step's key is the sha256 of: the input artifact's content hash, the pass name and version, its config, the versions of
 the libraries the pass uses, the device, and (for passes whose output depends on it) the fidelity budget. A
 rerun of an unchanged recipe finds every step here. Each entry records the sha256 of its output; an entry whose
 files no longer match is discarded and recomputed (never served).
@@ -45,6 +45,7 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 def step_key(
     input_hash: str,
     pass_name: str,
+    pass_version: int,
     config: dict[str, Any],
     libraries: dict[str, str],
     device: str,
@@ -53,6 +54,7 @@ def step_key(
     material = {
         "input": input_hash,
         "pass": pass_name,
+        "pass_version": pass_version,
         "config": config,
         "libraries": libraries,
         "device": device,

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from optimizers.cache import StepCache, content_hash, library_versions, step_key
-from optimizers.datasets import load_dataset
+from optimizers.datasets import load_dataset, user_text
 from optimizers.fidelity import output_fidelity
 from optimizers.passes.base import Artifact, PassContext, PassFailedError, PassUnavailableError, get_pass
 from optimizers.passes.export_onnx import OUTPUT_NAMES
@@ -27,11 +27,13 @@ from optimizers.recipe import PlannedCandidate, Recipe, Step, load_recipe, plan
 from optimizers.report import write_report
 from optimizers.source import SourceModel
 from serving.errors import OptiserveError
+from serving.hardware import HardwareProfile, detect, missing_features
 from serving.package import (
     Fidelity,
     FidelityBudget,
     Manifest,
     ModelPackage,
+    OpenVINOOptions,
     PassRecord,
     ProfileRow,
     ServingDefaults,
@@ -48,7 +50,7 @@ from serving.runtimes.base import create_runtime, default_threads
 from serving.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)
-LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers")
+LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "openvino", "nncf")
 MODEL_INPUTS = [
     TensorSpec(name=name, dtype="int64", shape=["batch", "sequence"])
     for name in ("input_ids", "attention_mask", "token_type_ids")
@@ -153,18 +155,23 @@ class OutputsEvaluator:
                 runtime: Any = ModuleRuntime(artifact.path, self.threads)
             else:
                 runtime = create_runtime(
-                    "onnxruntime", artifact.path, self.source.pooling, self.threads, gpus=self.gpus
+                    artifact.runtime,
+                    artifact.model_file,
+                    self.source.pooling,
+                    self.threads,
+                    gpus=self.gpus,
+                    **runtime_options(artifact),
                 )
             return TensorPipeline(runtime, self.source.item_shape, self.source.output_dim)
         runtime = create_runtime(
             artifact.runtime,
-            artifact.path,
+            artifact.model_file,
             self.source.pooling,
             self.threads,
             self.source.task,
             gpus=self.gpus,
-            torch_options=TorchOptions(**artifact.torch_options),
             pad_token_id=self.encoder.pad_token_id,
+            **runtime_options(artifact),
         )
         return TextPipeline(self.encoder, runtime, self.source.output_dim)
 
@@ -183,6 +190,15 @@ class OutputsEvaluator:
     def __call__(self, artifact: Artifact, items: list[Any] | None = None) -> Fidelity:
         items = items if items is not None else self.default_items
         return self.fidelity(self.outputs(artifact, items), items)
+
+
+def runtime_options(artifact: Artifact) -> dict[str, Any]:
+    """The artifact's runtime settings as ``create_runtime`` and the manifest take them."""
+    if artifact.runtime == "openvino":
+        return {"openvino_options": OpenVINOOptions(**artifact.options)}
+    if artifact.runtime == "torch":
+        return {"torch_options": TorchOptions(**artifact.options)}
+    return {}
 
 
 def source_artifact(source: SourceModel) -> Artifact:
@@ -207,7 +223,13 @@ class StepRunner:
         config = step.config.model_dump(mode="json")
         budget = self.context.budget.model_dump() if spec.uses_budget else None
         key = step_key(
-            self._hash(artifact.path), spec.name, config, library_versions(spec.libraries), self.context.device, budget
+            self._hash(artifact.path),
+            spec.name,
+            spec.version,
+            config,
+            library_versions(spec.libraries),
+            self.context.device,
+            budget,
         )
         entry = self.cache.get(key)
         cached = entry is not None
@@ -224,7 +246,7 @@ class StepRunner:
                 "config": config,
                 "format": output.artifact.format,
                 "precision": output.artifact.precision,
-                "torch_options": output.artifact.torch_options,
+                "options": output.artifact.options,
                 "duration_s": time.perf_counter() - start,
                 "details": output.details,
             }
@@ -234,10 +256,14 @@ class StepRunner:
         record = PassRecord(
             name=spec.name, config=config, duration_s=meta["duration_s"], details=meta["details"], cached=cached
         )
-        return Artifact(entry.output, meta["format"], meta["precision"], meta.get("torch_options", {})), record
+        return Artifact(entry.output, meta["format"], meta["precision"], meta.get("options", {})), record
 
 
-def build_candidate(planned: PlannedCandidate, source: SourceModel, runner: StepRunner) -> Candidate:
+def build_candidate(
+    planned: PlannedCandidate, source: SourceModel, runner: StepRunner, hardware: HardwareProfile
+) -> Candidate:
+    if lacking := missing_features(list(planned.requires), hardware):
+        return Candidate(planned.name, None, [], "skipped", f"needs {', '.join(lacking)}; {hardware.describe()}")
     artifact, records = source_artifact(source), []
     try:
         for step in planned.steps:
@@ -270,7 +296,7 @@ def evaluate(
     for candidate in candidates:
         if candidate.artifact is None:
             continue
-        key = (content_hash(candidate.artifact.path), repr(sorted(candidate.artifact.torch_options.items())))
+        key = (content_hash(candidate.artifact.path), repr(sorted(candidate.artifact.options.items())))
         twin = measured.setdefault(key, candidate)
         if twin is not candidate:  # two searches ended at the same model: measure it once
             candidate.profile, candidate.fidelity = twin.profile, twin.fidelity
@@ -315,15 +341,23 @@ def mark_pareto(candidates: list[Candidate]) -> None:
         )
 
 
+SPEED_TIE = 0.05  # throughputs closer than this are within a profile's noise: fidelity decides between them
+
+
 def select(candidates: list[Candidate], budget: FidelityBudget) -> Candidate | None:
-    """The fastest servable candidate whose fidelity is within budget (plain PyTorch ``module`` models are
-    references only: packages never carry model code)."""
+    """The fastest servable candidate whose fidelity is within budget; among those within ``SPEED_TIE`` of the
+    fastest, the most faithful (plain PyTorch ``module`` models are references only: packages never carry model
+    code)."""
     admitted = [
         c
         for c in candidates
         if c.fidelity and budget.admits(c.fidelity) and c.artifact and c.artifact.format != "module"
     ]
-    return max(admitted, key=lambda c: c.items_per_s, default=None)
+    if not admitted:
+        return None
+    fastest = max(c.items_per_s for c in admitted)
+    close = [c for c in admitted if c.items_per_s >= fastest * (1 - SPEED_TIE)]
+    return max(close, key=lambda c: (fidelity_score(c.fidelity), c.items_per_s))
 
 
 def write_candidate_package(
@@ -334,11 +368,13 @@ def write_candidate_package(
     report: dict[str, Any] | None = None,
     report_dir: Path | None = None,
     serving: ServingDefaults | None = None,
+    hardware: HardwareProfile | None = None,
 ) -> ModelPackage:
     """Write a candidate's model, the tokenizer, the report (and its plots, from ``report_dir``) and the manifest
-    as the package ``out_dir`` (assembled beside it and moved into place whole)."""
+    as the package ``out_dir`` (assembled beside it and moved into place whole). ``hardware``: the machine the
+    candidate was profiled on (default: this one's CPU)."""
     with staged_package_dir(out_dir) as root:
-        _fill_package(source, candidate, root, budget, report, report_dir, serving)
+        _fill_package(source, candidate, root, budget, report, report_dir, serving, hardware or detect())
     return load_package(out_dir)
 
 
@@ -350,6 +386,7 @@ def _fill_package(
     report: dict[str, Any] | None,
     report_dir: Path | None,
     serving: ServingDefaults | None,
+    hardware: HardwareProfile,
 ) -> None:
     artifact = candidate.artifact
     assert artifact is not None
@@ -365,6 +402,10 @@ def _fill_package(
         (root / "model").mkdir()
         for name in ("config.json", "model.safetensors"):
             shutil.copy2(artifact.path / name, root / "model" / name)
+    elif artifact.runtime == "openvino":
+        model_path, fmt = "model.xml", "openvino"
+        for name in ("model.xml", "model.bin"):
+            shutil.copy2(artifact.path / name, root / name)
     else:
         model_path, fmt = "model.onnx", "onnx"
         shutil.copy2(artifact.path, root / model_path)
@@ -391,14 +432,46 @@ def _fill_package(
         budget=budget,
         profile=candidate.profile,
         serving=serving,
-        torch_options=TorchOptions(**artifact.torch_options),
-        libraries={lib: version(lib) for lib in LIBRARIES},
+        **runtime_options(artifact),
+        hardware=hardware,
+        requires=relied_on_features(artifact, hardware),
+        libraries={lib: version(lib) for lib in LIBRARIES if _installed(lib)},
     )
     if report is not None:
         write_report(root, report)
         for plot in sorted(report_dir.glob("*.png")) if report_dir else []:
             shutil.copy2(plot, root / plot.name)
     write_package(root, manifest)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return str(torch.cuda.get_device_name(0))
+
+
+def _installed(library: str) -> bool:
+    from importlib.metadata import PackageNotFoundError
+
+    try:
+        version(library)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def relied_on_features(artifact: Artifact, hardware: HardwareProfile) -> list[str]:
+    """The hardware features a package's profile relied on: bf16 compute units for bf16 precision (also an
+    OpenVINO int8 model's other layers), VNNI and AMX for int8, where the profiling machine had them."""
+    precisions = {artifact.precision, "bf16" if artifact.options.get("inference_precision") == "bf16" else ""}
+    wanted = []
+    if "bf16" in precisions:
+        wanted += ["bf16", "amx"]
+    if "int8" in precisions:
+        wanted += ["vnni", "amx"]
+    if artifact.format == "hf" and artifact.precision == "fp16":
+        wanted += ["fp16"]
+    return [f for f in dict.fromkeys(wanted) if hardware.has(f)]
 
 
 def _source_name(source: SourceModel) -> str:
@@ -411,15 +484,18 @@ def build_report(
     budget: FidelityBudget,
     candidates: list[Candidate],
     selected: Candidate | None,
-    heldout: int,
+    data: dict[str, Any],
     serving: ServingDefaults | None,
+    hardware: HardwareProfile,
 ) -> dict[str, Any]:
     return {
         "source": {"name": source.name, "path": str(source.path), "sha256": source.sha256, "format": source.format},
         "task": source.task,
         "recipe": recipe.name,
         "budget": budget.model_dump(exclude_none=True),
-        "heldout_samples": heldout,
+        "heldout_samples": data["splits"]["heldout"],
+        "data": data,
+        "hardware": {**hardware.model_dump(), "features": hardware.features},
         "selected": selected.name if selected else None,
         "serving": serving.model_dump() if serving else None,
         "pareto_front": [c.name for c in candidates if c.pareto],
@@ -437,12 +513,14 @@ def optimize(
     recipe: str | Path | Recipe = "cpu",
     cache_dir: Path | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
+    data_file: Path | None = None,
 ) -> ChainResult:
     """Optimize ``source_dir`` (a Hugging Face directory, an ONNX file or a module directory) with ``recipe``
     into the package at ``out_dir``; optionally also write the unoptimized source as a package at
     ``baseline_out``. ``budget`` overrides the recipe's. ``device="cuda"`` checks and profiles candidates on
-    GPU 0, as a GPU replica runs them. Raises :class:`BudgetNotMetError` (after writing the report beside
-    ``out_dir``) if no candidate qualifies."""
+    GPU 0, as a GPU replica runs them. ``data_file``: the user's texts (``optimizers.datasets.user_text``) for
+    calibration, validation, distillation and the held-out fidelity, instead of the built-in corpus. Raises
+    :class:`BudgetNotMetError` (after writing the report beside ``out_dir``) if no candidate qualifies."""
     from optimizers.plots import write_plots
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -452,7 +530,13 @@ def optimize(
     source = SourceModel.load(source_dir)
     planned = plan(recipe, start=source.format, origin=f"recipe {recipe.name}")
     threads = threads or default_threads()
-    data = load_dataset(recipe.dataset or ("corpus" if source.tokenizer else "digits"))
+    if data_file is not None and source.tokenizer is None:
+        raise OptiserveError(f"--data {data_file}: this model takes tensors, not text; name a dataset in the recipe")
+    data = (
+        user_text(data_file)
+        if data_file
+        else load_dataset(recipe.dataset or ("corpus" if source.tokenizer else "digits"))
+    )
     heldout = data.heldout
     evaluator = OutputsEvaluator(source, threads, data.validation, data.heldout_labels, device)
     context = PassContext(
@@ -466,15 +550,16 @@ def optimize(
         device=device,
     )
     runner = StepRunner(context, StepCache(cache_dir))
+    hardware = detect(_gpu_name() if device == "cuda" else None)
     candidates = [Candidate(_source_name(source), source_artifact(source), [])]
     if source.format == "module":
         candidates[0].reason = "reference only: packages carry no model code"
-    candidates += [build_candidate(p, source, runner) for p in planned]
+    candidates += [build_candidate(p, source, runner, hardware) for p in planned]
     evaluate(evaluator, candidates, heldout, recipe, threads)
     mark_pareto(candidates)
     selected = select(candidates, budget)
     serving = serving_defaults(selected.profile, token_p99(source, heldout)) if selected else None
-    report = build_report(source, recipe, budget, candidates, selected, len(heldout), serving)
+    report = build_report(source, recipe, budget, candidates, selected, data.describe(), serving, hardware)
     report_dir = out_dir.with_name(out_dir.name + ".report")
     write_report(report_dir, report)
     write_plots(report_dir, report)
@@ -487,7 +572,7 @@ def optimize(
             f"{closest.name} ({violations}); report written to {report_dir}",
             candidates,
         )
-    package = write_candidate_package(source, selected, out_dir, budget, report, report_dir, serving)
+    package = write_candidate_package(source, selected, out_dir, budget, report, report_dir, serving, hardware)
     if baseline_out is not None:
-        write_candidate_package(source, candidates[0], baseline_out, budget)
+        write_candidate_package(source, candidates[0], baseline_out, budget, hardware=hardware)
     return ChainResult(package=package, candidates=candidates, selected=selected, report=report)

@@ -4,15 +4,22 @@ decide). Text models use the project's corpus; tensor models name a dataset in t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from optimizers.corpus import load_split
 from serving.errors import OptiserveError
+from serving.hashing import sha256_file
+
+USER_DATA_SEED = 0
+MIN_USER_LINES = 100  # at least 10 validation, 10 calibration, 20 held-out and 60 training texts
+JSONL_TEXT_KEYS = ("text", "input", "sentence", "query", "passage")
 
 
 @dataclass(frozen=True)
@@ -22,10 +29,88 @@ class Splits:
     calibration: list[Any]
     heldout: list[Any]
     heldout_labels: np.ndarray | None = None  # true labels, where the data has them (labelled accuracy)
+    origin: dict[str, Any] = field(default_factory=dict)  # where the data came from and how it was split
+
+    def describe(self) -> dict[str, Any]:
+        """The report's record of the data: its origin and the size of each split."""
+        sizes = {name: len(getattr(self, name)) for name in ("train", "validation", "calibration", "heldout")}
+        return {**self.origin, "splits": sizes}
 
 
 def text_corpus() -> Splits:
-    return Splits(*(load_split(s) for s in ("train", "validation", "calibration", "heldout")))  # type: ignore[arg-type]
+    splits = (load_split(s) for s in ("train", "validation", "calibration", "heldout"))  # type: ignore[arg-type]
+    return Splits(*splits, origin={"source": "built-in corpus (optimizers/data/corpus.txt), fixed slices"})
+
+
+class DataError(OptiserveError):
+    """The user's data file cannot be used; the message says why and what would work."""
+
+
+def _decode(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"--data {path}: no such file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"--data {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8 (e.g. iconv -t UTF-8)"
+        ) from None
+
+
+def _jsonl_text(path: Path, number: int, line: str) -> str:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--data {path}: line {number} is not JSON ({exc.msg})") from None
+    if isinstance(value, dict):
+        value = next((value[k] for k in JSONL_TEXT_KEYS if k in value), None)
+    if not isinstance(value, str):
+        raise DataError(
+            f"--data {path}: line {number} is neither a JSON string nor an object with a text field "
+            f"({', '.join(JSONL_TEXT_KEYS)})"
+        )
+    return value
+
+
+def read_texts(path: Path) -> list[str]:
+    """Distinct non-empty inputs from a text file (one per line) or JSON Lines (a string, or an object with a
+    ``text``/``input``/``sentence``/``query``/``passage`` field, per line), in file order."""
+    text = _decode(path)
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        items.append(_jsonl_text(path, number, line) if jsonl else line.strip())
+    return list(dict.fromkeys(item for item in items if item.strip()))
+
+
+def user_text(path: Path) -> Splits:
+    """The user's own texts, shuffled once with a fixed seed and cut into held-out (20%, at most 1,000),
+    validation and calibration (10% each, at most 200) and train (the rest): the same file always gives the
+    same splits."""
+    path = Path(path)
+    texts = read_texts(path)
+    if not texts:
+        raise DataError(f"--data {path}: holds no text (one input per line, or JSON Lines)")
+    if len(texts) < MIN_USER_LINES:
+        raise DataError(
+            f"--data {path}: {len(texts)} distinct non-empty inputs; the train, validation, calibration and "
+            f"held-out splits need at least {MIN_USER_LINES}"
+        )
+    order = np.random.default_rng(USER_DATA_SEED).permutation(len(texts))
+    shuffled = [texts[i] for i in order]
+    heldout, validation = min(1000, len(texts) // 5), min(200, len(texts) // 10)
+    cut = np.cumsum([heldout, validation, validation])
+    return Splits(
+        train=shuffled[cut[2] :],
+        validation=shuffled[cut[0] : cut[1]],
+        calibration=shuffled[cut[1] : cut[2]],
+        heldout=shuffled[: cut[0]],
+        origin={"source": str(path.resolve()), "sha256": sha256_file(path), "seed": USER_DATA_SEED},
+    )
 
 
 def digits() -> Splits:
@@ -45,6 +130,7 @@ def digits() -> Splits:
         calibration=items[cut[1] : cut[2]],
         heldout=items[cut[2] :],
         heldout_labels=labels[cut[2] :],
+        origin={"source": "scikit-learn load_digits, shuffled with seed 0"},
     )
 
 

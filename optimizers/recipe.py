@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from optimizers.passes.base import Format, PassConfig, get_pass
 from serving.errors import OptiserveError
+from serving.hardware import FEATURES
 from serving.package import FidelityBudget
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -51,6 +52,17 @@ class StepSpec(_Strict):
 class CandidateSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     steps: list[StepSpec] = Field(min_length=1)
+    requires: list[str] = Field(
+        default=[], description="hardware features the candidate needs (e.g. bf16, amx, vnni, cuda); skipped without"
+    )
+
+    @field_validator("requires")
+    @classmethod
+    def _known_features(cls, value: list[str]) -> list[str]:
+        unknown = [f for f in value if f not in (*FEATURES, "cuda")]
+        if unknown:
+            raise ValueError(f"unknown hardware features {unknown}; known: {', '.join([*FEATURES, 'cuda'])}")
+        return value
 
 
 class ProfileSpec(_Strict):
@@ -77,6 +89,7 @@ class Step:
 class PlannedCandidate:
     name: str
     steps: tuple[Step, ...]
+    requires: tuple[str, ...] = ()
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -137,7 +150,8 @@ def plan(recipe: Recipe, start: Format | None = "hf", origin: str = "recipe") ->
                     raise RecipeError(_format_errors(origin, exc, f"{where} ({step.pass_name}).config.")) from None
                 steps.append(Step(step.pass_name, config))
                 fmt = spec.produces or fmt
-            planned.append(PlannedCandidate(_variant_name(candidate.name, choice), tuple(steps)))
+            name = _variant_name(candidate.name, choice)
+            planned.append(PlannedCandidate(name, tuple(steps), tuple(candidate.requires)))
     names = [p.name for p in planned]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates or "source" in names:

@@ -48,6 +48,26 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
     return rows
 
 
+def _context_lines(report: dict[str, Any]) -> list[str]:
+    """Where the numbers come from: the machine (CPU model and ISA features) and the data and its splits."""
+    lines = []
+    if hardware := report.get("hardware"):
+        features = ", ".join(hardware.get("features") or []) or "none of avx512/vnni/bf16/amx"
+        gpu = f"; GPU {hardware['gpu']}" if hardware.get("gpu") else ""
+        lines.append(f"Measured on: {hardware['cpu_model']}, {hardware['cpu_count']} cores ({features}){gpu}.")
+    if data := report.get("data"):
+        splits = ", ".join(f"{name} {size}" for name, size in data["splits"].items())
+        lines.append(f"Data: {data['source']} ({splits}).")
+    return [*lines, ""] if lines else []
+
+
+def _try_label(attempt: dict[str, Any]) -> str:
+    """ONNX Runtime quantization tries name their granularity and exclusions; NNCF's name the method."""
+    if "how" in attempt:
+        return str(attempt["how"])
+    return f"per_channel={attempt['per_channel']} fp32 nodes={len(attempt['excluded'])}"
+
+
 def _pass_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for c in report["candidates"]:
@@ -57,8 +77,7 @@ def _pass_lines(report: dict[str, Any]) -> list[str]:
             summary = [f"- {c['name']} · `{record['name']}` {record['duration_s']:.1f} s{cached}"]
             if "tries" in details:
                 tries = ", ".join(
-                    f"per_channel={t['per_channel']} fp32 nodes={len(t['excluded'])} → cos "
-                    f"{t['fidelity']['cosine_mean']:.4f}/{t['fidelity']['cosine_min']:.4f}"
+                    f"{_try_label(t)} → cos {t['fidelity']['cosine_mean']:.4f}/{t['fidelity']['cosine_min']:.4f}"
                     for t in details["tries"]
                 )
                 summary.append(f": tries {tries}")
@@ -106,6 +125,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['heldout_samples']} held-out samples against the source model. "
         f"Selected: **{report['selected'] or 'none'}**.",
         "",
+        *_context_lines(report),
         _md_table(header, _candidate_rows(report, classifier)),
         "",
     ]

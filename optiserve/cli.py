@@ -42,6 +42,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         recipe=recipe,
         cache_dir=args.cache_dir,
         device=args.device,
+        data_file=args.data,
     )
     print((result.package.root / "report.md").read_text())
     print(f"package written to {result.package.root} (selected {result.selected.name})")
@@ -186,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="recipe YAML file, or a built-in one: cpu (default), cpu-full, cpu-distill, gpu (optimizers/recipes/)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where candidates are checked and profiled")
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="your own texts (UTF-8, one per line, or .jsonl with a text field; at least 100) for calibration, "
+        "validation, distillation and the held-out fidelity (default: the built-in corpus)",
+    )
     p.add_argument("--cache-dir", type=Path, help="pass cache (default: $OPTISERVE_CACHE or ~/.cache/optiserve/chain)")
     p.add_argument("--min-cosine-mean", type=float, help="override the recipe's budget")
     p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")

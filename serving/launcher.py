@@ -183,6 +183,18 @@ class StopSignal:
         self.event.wait()
 
 
+def warn_about_hardware(package_dirs: list[Path] | list[str]) -> None:
+    """Verify each package before Ray starts, and say once (here, besides each replica's log) when this machine
+    lacks a hardware feature a package's profile relied on."""
+    from serving.hardware import detect, serving_mismatch
+    from serving.package import load_package
+
+    for directory in package_dirs:
+        manifest = load_package(directory).manifest
+        if warning := serving_mismatch(manifest.requires, manifest.hardware, detect()):
+            print(f"warning: {manifest.name} ({directory}): {warning}", flush=True)
+
+
 def run_until_signalled(
     package_dirs: list[Path] | list[str],
     host: str,
@@ -197,6 +209,7 @@ def run_until_signalled(
 ) -> None:
     """Start, deploy, print where, and serve until SIGINT/SIGTERM; then shut Serve and Ray down. ``options`` go
     to :meth:`Server.deploy`."""
+    warn_about_hardware(package_dirs)
     stop = StopSignal().install()
     server = start(host, port, address=address, num_cpus=num_cpus, threads=threads, ingress=ingress)
     stop.install()

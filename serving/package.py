@@ -7,7 +7,7 @@ changed, unlisted, outside the directory, or pickled.
 Layout written by :func:`write_package`::
 
     manifest.json
-    model.onnx | model/ (config.json, model.safetensors)
+    model.onnx | model/ (config.json, model.safetensors) | model.xml + model.bin (OpenVINO IR)
     tokenizer/tokenizer.json          (text models)
     report.json, report.md, *.png     (optional)
 """
@@ -27,6 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.errors import PackageError
+from serving.hardware import FEATURES, HardwareProfile
 from serving.hashing import sha256_file
 
 SCHEMA_VERSION = 1
@@ -156,6 +157,13 @@ class TorchOptions(_Strict):
     compile_mode: str = "max-autotune-no-cudagraphs"
 
 
+class OpenVINOOptions(_Strict):
+    """How the OpenVINO runtime compiles the model: the precision it computes in where the model itself does not
+    fix it (``bf16`` uses AMX/AVX-512 BF16 units; an int8 model keeps its int8 layers either way)."""
+
+    inference_precision: Literal["f32", "bf16", "f16"] = "f32"
+
+
 class Source(_Strict):
     path: str
     sha256: str
@@ -175,8 +183,8 @@ class Manifest(_Strict):
     created_at: str
     source: Source
     chain: list[PassRecord]
-    format: Literal["onnx", "safetensors"]
-    runtime: Literal["onnxruntime", "torch"]
+    format: Literal["onnx", "safetensors", "openvino"]
+    runtime: Literal["onnxruntime", "torch", "openvino"]
     precision: Literal["fp32", "fp16", "bf16", "int8"]
     model_path: str = Field(description="model file or directory, relative to the package root")
     inputs: list[TensorSpec]
@@ -192,6 +200,11 @@ class Manifest(_Strict):
     profile: list[ProfileRow] = []
     serving: ServingDefaults = ServingDefaults()
     torch_options: TorchOptions = TorchOptions()
+    openvino_options: OpenVINOOptions = OpenVINOOptions()
+    hardware: HardwareProfile | None = Field(default=None, description="the machine the profile was measured on")
+    requires: list[str] = Field(
+        default=[], description="hardware features the profile relies on; a replica without one warns and serves"
+    )
     libraries: dict[str, str] = {}
     files: list[FileEntry] = []
 
@@ -207,7 +220,23 @@ class Manifest(_Strict):
 
     @property
     def required_files(self) -> list[str]:
-        return [self.model_path] + ([self.tokenizer.path] if self.tokenizer else [])
+        return [self.model_path, *self.weights_files] + ([self.tokenizer.path] if self.tokenizer else [])
+
+    @property
+    def weights_files(self) -> list[str]:
+        """Raw weight files beside the model file: an OpenVINO IR's ``.bin`` (plain tensors, not a pickle)."""
+        if self.format == "openvino":
+            return [str(PurePosixPath(self.model_path).with_suffix(".bin"))]
+        return []
+
+    @model_validator(mode="after")
+    def _features(self) -> Manifest:
+        unknown = sorted(set(self.requires) - {*FEATURES, "cuda"})
+        if unknown:
+            raise ValueError(f"requires names unknown hardware features {unknown}; known: {[*FEATURES, 'cuda']}")
+        if self.format == "openvino" and not self.model_path.endswith(".xml"):
+            raise ValueError(f"an openvino package's model_path is an IR .xml file, got {self.model_path!r}")
+        return self
 
     @model_validator(mode="after")
     def _task_fields(self) -> Manifest:
@@ -249,7 +278,9 @@ def _confined(root: Path, relative: str) -> Path:
     return resolved
 
 
-def _refuse_pickle(relative: str) -> None:
+def _refuse_pickle(relative: str, manifest: Manifest) -> None:
+    if relative in manifest.weights_files:  # OpenVINO IR weights: read as raw tensors by the .xml, never unpickled
+        return
     if PurePosixPath(relative).suffix.lower() in PICKLE_SUFFIXES:
         raise PackageError(
             f"package file {relative!r} is a pickle-capable format; packages carry only ONNX, safetensors, "
@@ -266,7 +297,7 @@ def write_package(root: Path, manifest: Manifest) -> ModelPackage:
     """Hash every file already placed under ``root`` and write ``manifest.json`` beside them."""
     entries = []
     for relative in _listed_files(root):
-        _refuse_pickle(relative)
+        _refuse_pickle(relative, manifest)
         path = _confined(root, relative)
         entries.append(FileEntry(path=relative, sha256=sha256_file(path), size=path.stat().st_size))
     for required in manifest.required_files:
@@ -302,7 +333,7 @@ def load_package(root: Path | str) -> ModelPackage:
 def _verify_files(root: Path, manifest: Manifest) -> None:
     listed = {entry.path for entry in manifest.files}
     for entry in manifest.files:
-        _refuse_pickle(entry.path)
+        _refuse_pickle(entry.path, manifest)
         path = _confined(root, entry.path)
         if not path.is_file():
             raise PackageError(f"package {root} is incomplete: {entry.path!r} is missing")

@@ -22,6 +22,7 @@ from ray import serve
 
 from serving.batching import AdaptiveWait
 from serving.errors import DeadlineExceededError, OverloadedError
+from serving.hardware import detect, serving_mismatch
 from serving.metrics import metrics
 from serving.package import Manifest, ServingDefaults, load_package
 from serving.pipeline import TextPipeline, load_pipeline
@@ -59,6 +60,9 @@ class ModelRunner:
             device=self.pipeline.runtime.device,
             chain=">".join(p.name for p in self.manifest.chain) or "none",
         ).set(1)
+        self.hardware_warning = serving_mismatch(self.manifest.requires, self.manifest.hardware, detect())
+        if self.hardware_warning:
+            log.warning("%s: %s", self.name, self.hardware_warning)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"optiserve-{self.name}")
         self._pending_items = 0
         self._package_settings = self.manifest.serving
@@ -152,6 +156,8 @@ class ModelRunner:
             "precision": self.manifest.precision,
             "device": runtime.device,
             "device_reason": runtime.device_reason,
+            "requires": self.manifest.requires,
+            "hardware_warning": self.hardware_warning,
             "gpus": assigned_gpus(),
             "node_id": _node_id(),
             "providers": list(getattr(runtime, "providers", [])),

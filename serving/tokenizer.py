@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,15 @@ class EncodedBatch:
     @property
     def padded_tokens(self) -> int:
         return int(self.input_ids.size)
+
+    def feeds(self, accepted: Collection[str]) -> dict[str, np.ndarray]:
+        """The arrays by input name, for the names a model takes (some models take no ``token_type_ids``)."""
+        arrays = {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
+        return {name: value for name, value in arrays.items() if name in accepted}
 
 
 class TextEncoder:

@@ -78,3 +78,49 @@ def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_
     assert proc.returncode == 0, output[-3000:]
     assert "received SIGTERM; shutting down" in output
     assert not _port_open(port)
+
+
+def _optimize_with_data(model_dir: Path, data: Path, out: Path) -> int:
+    return main(["optimize", str(model_dir), "--out", str(out), "--data", str(data), "--recipe", str(_DATA_RECIPE)])
+
+
+_DATA_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny-data.yaml"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        (b"\n  \n", "holds no text"),
+        (b"one line\nanother line\n", "2 distinct non-empty inputs; the train, validation, calibration"),
+        (b"caf\xe9 au lait\n" * 200, "not UTF-8 text (byte 0xe9 at offset 3)"),
+    ],
+    ids=["missing", "empty", "too-few-lines", "bad-encoding"],
+)
+def test_optimize_data_errors_are_one_line_and_write_nothing(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+) -> None:
+    data = tmp_path / "texts.txt"
+    if content is not None:
+        data.write_bytes(content)
+    assert _optimize_with_data(tiny_model_dir, data, tmp_path / "pkg") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["texts.txt"] if content is not None else [])
+
+
+def test_optimize_on_the_users_own_text_uses_it_for_every_split(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    data = tmp_path / "support-tickets.jsonl"
+    lines = [
+        json.dumps({"text": f"ticket {i}: the printer on floor {i % 7} shows error {i * 13 % 97}"}) for i in range(150)
+    ]
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert _optimize_with_data(tiny_model_dir, data, tmp_path / "pkg") == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "pkg" / "report.json").read_text())
+    assert report["data"]["source"] == str(data.resolve()) and report["data"]["seed"] == 0
+    assert report["data"]["splits"] == {"train": 90, "validation": 15, "calibration": 15, "heldout": 30}
+    assert report["heldout_samples"] == 30 and "support-tickets.jsonl" in capsys.readouterr().out

@@ -75,7 +75,7 @@ def test_cuda_graph_pass_records_its_options_in_the_package(tiny_model_dir, tmp_
     )
     result = optimize(tiny_model_dir, tmp_path / "pkg", recipe=recipe, cache_dir=tmp_path / "cache")
     graphs = next(c for c in result.candidates if c.name == "graphs")
-    assert graphs.artifact.torch_options == {
+    assert graphs.artifact.options == {
         "cuda_graphs": True,
         "batch_buckets": [1, 4],
         "sequence_buckets": [16, 32, 64, 128, 256],

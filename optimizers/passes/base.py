@@ -20,7 +20,8 @@ from optimizers.source import SourceModel
 from serving.errors import OptiserveError
 from serving.package import Fidelity, FidelityBudget
 
-Format = Literal["hf", "onnx", "module"]
+Format = Literal["hf", "onnx", "module", "openvino"]
+OPENVINO_MODEL = "model.xml"  # inside an ``openvino`` artifact's directory, beside its weights ``model.bin``
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
@@ -34,16 +35,23 @@ class PassConfig(BaseModel):
 @dataclass(frozen=True)
 class Artifact:
     """A model at one point of a chain: a Hugging Face directory (``hf``, run by torch), a plain PyTorch
-    ``module`` directory (``optimizers.modules``) or an ONNX file."""
+    ``module`` directory (``optimizers.modules``), an ONNX file, or an OpenVINO IR directory (``openvino``).
+    ``options`` are the runtime's settings: ``serving.package.TorchOptions`` fields for torch,
+    ``OpenVINOOptions`` fields for OpenVINO."""
 
     path: Path
     format: Format
     precision: Precision = "fp32"
-    torch_options: dict[str, Any] = field(default_factory=dict)  # ``serving.package.TorchOptions`` fields
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def runtime(self) -> Literal["torch", "onnxruntime"]:
-        return "onnxruntime" if self.format == "onnx" else "torch"
+    def runtime(self) -> Literal["torch", "onnxruntime", "openvino"]:
+        return {"onnx": "onnxruntime", "openvino": "openvino"}.get(self.format, "torch")  # type: ignore[return-value]
+
+    @property
+    def model_file(self) -> Path:
+        """What the runtime loads: the IR's ``.xml`` for OpenVINO, else the path itself."""
+        return self.path / OPENVINO_MODEL if self.format == "openvino" else self.path
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class PassContext:
         """The source model with its weights replaced by ``artifact`` (a student directory keeps the tokenizer)."""
         from dataclasses import replace
 
-        if artifact.format == "onnx":
+        if artifact.format in ("onnx", "openvino"):
             return self.source
         tokenizer = self.source.tokenizer
         if tokenizer is not None:  # keep reading the tokenizer from the source directory
@@ -130,6 +138,7 @@ class PassSpec:
     uses_budget: bool = False  # the output depends on the budget, so the budget is part of the cache key
     libraries: tuple[str, ...] = ()  # whose versions go into the cache key
     doc: str = ""
+    version: int = 1  # bumped whenever the pass's output changes for the same input and config (cache key)
 
 
 REGISTRY: dict[str, PassSpec] = {}
@@ -142,14 +151,16 @@ def register(
     produces: Format | None = None,
     uses_budget: bool = False,
     libraries: tuple[str, ...] = (),
+    version: int = 1,
 ) -> Callable[[PassFunction], PassFunction]:
-    """Register ``fn(artifact, config, context) -> PassOutput`` under ``name``."""
+    """Register ``fn(artifact, config, context) -> PassOutput`` under ``name``; bump ``version`` whenever the
+    function's output changes, so the cache never hands back what an older version made."""
 
     def decorate(fn: PassFunction) -> PassFunction:
         if name in REGISTRY:
             raise ValueError(f"pass {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        REGISTRY[name] = PassSpec(name, config_type, fn, accepts, produces, uses_budget, libraries, doc)
+        REGISTRY[name] = PassSpec(name, config_type, fn, accepts, produces, uses_budget, libraries, doc, version)
         return fn
 
     return decorate

@@ -102,7 +102,7 @@ def _with_options(artifact: Artifact, context: PassContext, **options: object) -
     target.mkdir(exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(artifact.path / name, target / name)
-    merged = {**artifact.torch_options, **options}
+    merged = {**artifact.options, **options}
     return PassOutput(Artifact(target, "hf", artifact.precision, merged), {"torch_options": merged})
 
 

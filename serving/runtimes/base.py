@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.package import ModelPackage, PoolingSpec, TorchOptions
+from serving.package import ModelPackage, OpenVINOOptions, PoolingSpec, TorchOptions
 from serving.tokenizer import EncodedBatch
 
 log = logging.getLogger("optiserve")
@@ -92,6 +92,7 @@ def create_runtime(
     gpus: list[str] | None = None,
     torch_options: TorchOptions | None = None,
     pad_token_id: int = 0,
+    openvino_options: OpenVINOOptions | None = None,
 ) -> ModelRuntime:
     """A runtime by name, on the GPUs in ``gpus`` if it can use them. Heavy libraries are imported only here."""
     if runtime == "onnxruntime":
@@ -118,7 +119,15 @@ def create_runtime(
         )
         torch_runtime.device_reason = "; ".join(filter(None, (choice.reason, torch_runtime.skipped_options)))
         return torch_runtime
-    raise ValueError(f"unknown runtime {runtime!r}; expected 'onnxruntime' or 'torch'")
+    if runtime == "openvino":
+        from serving.runtimes.openvino import OpenVINORuntime
+
+        openvino_runtime = OpenVINORuntime(model_path, threads, openvino_options, pad_token_id)
+        if gpus:
+            openvino_runtime.device_reason = f"GPU {','.join(gpus)} assigned, but this package runs OpenVINO on the CPU"
+            log.warning("%s: %s", model_path.name, openvino_runtime.device_reason)
+        return openvino_runtime
+    raise ValueError(f"unknown runtime {runtime!r}; expected 'onnxruntime', 'torch' or 'openvino'")
 
 
 def load_runtime(package: ModelPackage, threads: int | None = None, gpus: list[str] | None = None) -> ModelRuntime:
@@ -133,4 +142,5 @@ def load_runtime(package: ModelPackage, threads: int | None = None, gpus: list[s
         assigned_gpus() if gpus is None else gpus,
         m.torch_options,
         m.tokenizer.pad_token_id if m.tokenizer else 0,
+        m.openvino_options,
     )

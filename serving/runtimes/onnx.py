@@ -61,15 +61,7 @@ class OnnxRuntime(ModelRuntime):
         self._input_names = {i.name for i in self.session.get_inputs()}
 
     def run(self, batch: EncodedBatch) -> np.ndarray:
-        feeds = {
-            name: value
-            for name, value in (
-                ("input_ids", batch.input_ids),
-                ("attention_mask", batch.attention_mask),
-                ("token_type_ids", batch.token_type_ids),
-            )
-            if name in self._input_names
-        }
+        feeds = batch.feeds(self._input_names)
         outputs = self.session.run(None, feeds)
         return np.asarray(outputs[0], dtype=np.float32)
 
