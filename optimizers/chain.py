@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -26,6 +27,7 @@ from optimizers.profile import PeakMemory, best_row, profile_pipeline, serving_d
 from optimizers.recipe import PlannedCandidate, Recipe, Step, load_recipe, plan
 from optimizers.report import write_report
 from optimizers.source import SourceModel
+from optimizers.tuning import Trial, budget_violation, tune
 from serving.errors import OptiserveError
 from serving.hardware import HardwareProfile, detect, missing_features
 from serving.package import (
@@ -279,6 +281,47 @@ def build_candidate(
     return Candidate(planned.name, artifact, records)
 
 
+def tuned_groups(planned: list[PlannedCandidate]) -> list[list[PlannedCandidate]]:
+    """The planned combinations of each recipe candidate that is searched with Optuna, grouped."""
+    groups: dict[str, list[PlannedCandidate]] = {}
+    for p in planned:
+        if p.tune is not None:
+            groups.setdefault(p.group, []).append(p)
+    return list(groups.values())
+
+
+QUICK_PROFILE_ITEMS = 64
+
+
+def quick_measure(
+    evaluator: OutputsEvaluator,
+    runner: StepRunner,
+    recipe: Recipe,
+    budget: FidelityBudget,
+    threads: int,
+    hardware: HardwareProfile,
+) -> Callable[[PlannedCandidate], Trial]:
+    """What a tuning trial does with its combination: build it (through the cache), then its fidelity on the
+    validation split and its throughput from a short profile."""
+
+    def measure(planned: PlannedCandidate) -> Trial:
+        candidate = build_candidate(planned, evaluator.source, runner, hardware)
+        if candidate.artifact is None:
+            return Trial(planned, candidate, violation=1.0)
+        fidelity = evaluator(candidate.artifact)
+        rows = profile_pipeline(
+            evaluator.pipeline(candidate.artifact),
+            evaluator.default_items,
+            recipe.profile.max_batch,
+            QUICK_PROFILE_ITEMS,
+            threads,
+            recipe.profile.min_gain,
+        )
+        return Trial(planned, candidate, best_row(rows).items_per_s, fidelity, budget_violation(budget, fidelity))
+
+    return measure
+
+
 def token_p99(source: SourceModel, texts: list[str]) -> int | None:
     """The 99th-percentile length in tokens of ``texts`` (None for tensor models)."""
     if source.tokenizer is None:
@@ -323,9 +366,7 @@ def evaluate(
 def fidelity_score(fidelity: Fidelity | None) -> float:
     """One number per candidate for ranking and the Pareto front: top-1 agreement for classifiers, else cosine
     mean."""
-    if fidelity is None:
-        return -1.0
-    return fidelity.top1_agreement if fidelity.top1_agreement is not None else fidelity.cosine_mean
+    return fidelity.score if fidelity is not None else -1.0
 
 
 def mark_pareto(candidates: list[Candidate]) -> None:
@@ -554,12 +595,18 @@ def optimize(
     candidates = [Candidate(_source_name(source), source_artifact(source), [])]
     if source.format == "module":
         candidates[0].reason = "reference only: packages carry no model code"
-    candidates += [build_candidate(p, source, runner, hardware) for p in planned]
+    candidates += [build_candidate(p, source, runner, hardware) for p in planned if p.tune is None]
+    tuning = []
+    for group in tuned_groups(planned):
+        trials, record = tune(group, quick_measure(evaluator, runner, recipe, budget, threads, hardware), budget)
+        candidates += [trial.built for trial in trials]
+        tuning.append(record.summary())
     evaluate(evaluator, candidates, heldout, recipe, threads)
     mark_pareto(candidates)
     selected = select(candidates, budget)
     serving = serving_defaults(selected.profile, token_p99(source, heldout)) if selected else None
     report = build_report(source, recipe, budget, candidates, selected, data.describe(), serving, hardware)
+    report["tuning"] = tuning
     report_dir = out_dir.with_name(out_dir.name + ".report")
     write_report(report_dir, report)
     write_plots(report_dir, report)

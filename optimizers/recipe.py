@@ -22,7 +22,7 @@ import itertools
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,9 +49,20 @@ class StepSpec(_Strict):
     search: dict[str, list[Any]] = Field(default={}, description="config key -> alternatives; one candidate each")
 
 
+class TuneSpec(_Strict):
+    """Search a candidate's ``search`` space with Optuna instead of building every combination: TPE maximises
+    throughput with the fidelity budget as a hard constraint; NSGA-II looks for the speed/fidelity front."""
+
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    trials: int = Field(default=8, gt=0, description="combinations built and measured at most")
+    timeout_s: float | None = Field(default=None, gt=0, description="stop starting trials after this long")
+    seed: int = 0
+
+
 class CandidateSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     steps: list[StepSpec] = Field(min_length=1)
+    tune: TuneSpec | None = Field(default=None, description="Optuna search over the steps' `search` values")
     requires: list[str] = Field(
         default=[], description="hardware features the candidate needs (e.g. bf16, amx, vnni, cuda); skipped without"
     )
@@ -90,6 +101,9 @@ class PlannedCandidate:
     name: str
     steps: tuple[Step, ...]
     requires: tuple[str, ...] = ()
+    group: str = ""  # the recipe candidate it was expanded from
+    choice: tuple[tuple[str, Any], ...] = ()  # the searched values it stands for, by config key
+    tune: TuneSpec | None = None  # searched with Optuna: built only if a trial picks it
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -151,7 +165,16 @@ def plan(recipe: Recipe, start: Format | None = "hf", origin: str = "recipe") ->
                 steps.append(Step(step.pass_name, config))
                 fmt = spec.produces or fmt
             name = _variant_name(candidate.name, choice)
-            planned.append(PlannedCandidate(name, tuple(steps), tuple(candidate.requires)))
+            planned.append(
+                PlannedCandidate(
+                    name,
+                    tuple(steps),
+                    tuple(candidate.requires),
+                    candidate.name,
+                    tuple((f"{i}.{k}", v) for i, k, v in combination),
+                    candidate.tune,
+                )
+            )
     names = [p.name for p in planned]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates or "source" in names:

@@ -48,6 +48,20 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
     return rows
 
 
+def _tuning_lines(report: dict[str, Any]) -> list[str]:
+    """Each Optuna study: its trials in order, what each measured on the validation split."""
+    lines = []
+    for study in report.get("tuning") or []:
+        lines += [f"## Tuning: {study['candidate']} ({study['sampler']}, {study['duration_s']} s)", ""]
+        lines += [
+            f"- trial {t['number']}: {t['candidate']}, {t['items_per_s']} items/s, fidelity {t['fidelity']}"
+            + ("" if t["within_budget"] else " (outside the budget)")
+            for t in study["trials"]
+        ]
+        lines.append("")
+    return lines
+
+
 def _context_lines(report: dict[str, Any]) -> list[str]:
     """Where the numbers come from: the machine (CPU model and ISA features) and the data and its splits."""
     lines = []
@@ -140,6 +154,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_pass_lines(report),
         "",
+        *_tuning_lines(report),
         "## Profile (held-out texts in arrival order, one model call per batch)",
         "",
     ]

@@ -81,6 +81,11 @@ class Fidelity(_Strict):
     max_abs_error: float | None = None
     max_rel_error: float | None = None
 
+    @property
+    def score(self) -> float:
+        """The one number that ranks models by fidelity: top-1 agreement for classifiers, else cosine mean."""
+        return self.top1_agreement if self.top1_agreement is not None else self.cosine_mean
+
 
 class FidelityBudget(_Strict):
     """Embedding models are judged by cosine, classifiers by top-1 agreement with the source model."""

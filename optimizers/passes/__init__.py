@@ -6,7 +6,9 @@ from optimizers.passes import (  # noqa: F401
     export_onnx,
     gpu,
     graph_optimize,
+    low_rank,
     openvino,
     precision,
+    prune,
     quantize,
 )

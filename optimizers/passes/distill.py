@@ -2,10 +2,12 @@
 
 The student is the teacher with layers dropped (evenly spaced layers kept, embeddings and heads copied), a
 Hugging Face model directory the user gives, or, for plain PyTorch ``module`` teachers, another class from the
-teacher's code (``student_class`` with ``student_kwargs``), trained from scratch. It is trained on the train
-split to reproduce the teacher: MSE on the pooled embeddings for encoders, KL divergence on temperature-softened
-logits for classifiers. Training stops when the loss on the validation split has not improved for ``patience``
-epochs; the best epoch is kept.
+teacher's code (``student_class`` with ``student_kwargs``), trained from scratch; or, with
+``student_from_input``, the pass's input itself (e.g. a pruned model), trained to reproduce the chain's source.
+It is trained on the train split, optionally augmented (random crops, word dropout, concatenations of two
+texts), to reproduce the teacher: MSE plus a cosine term on the pooled embeddings for encoders, KL divergence on
+temperature-softened logits for classifiers. Training stops when the loss on the validation split has not
+improved for ``patience`` epochs; the best epoch is kept.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, out_path, register, torch_inputs
@@ -38,7 +40,49 @@ class DistillConfig(PassConfig):
     learning_rate: float = Field(default=1e-4, gt=0)
     temperature: float = Field(default=2.0, gt=0, description="classifiers: softening of the logits")
     max_train_samples: int | None = Field(default=None, gt=0)
+    cosine_weight: float = Field(default=1.0, ge=0, description="encoders: weight of (1 - cosine) beside the MSE")
+    augment: int = Field(default=0, ge=0, le=8, description="augmented copies of each training text")
+    student_from_input: bool = Field(
+        default=False, description="train the input model (e.g. pruned) to reproduce the chain's source model"
+    )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_student(self) -> DistillConfig:
+        given = [
+            name
+            for name, value in (
+                ("layers", self.layers),
+                ("student", self.student),
+                ("student_class", self.student_class),
+                ("student_from_input", self.student_from_input or None),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one way to make the student, not {' and '.join(given)}")
+        return self
+
+
+def augmented(texts: list[str], copies: int, seed: int) -> list[str]:
+    """``texts`` followed by ``copies`` variants of each: a random crop of at least half its words, the words
+    with 10% dropped, or the text joined with another one (chosen at random, reproducibly from ``seed``)."""
+    rng = random.Random(seed)
+    extra = []
+    for _ in range(copies):
+        for text in texts:
+            words = text.split()
+            kind = rng.randrange(3)
+            if kind == 0 and len(words) > 3:
+                size = rng.randint((len(words) + 1) // 2, len(words))
+                start = rng.randint(0, len(words) - size)
+                variant = " ".join(words[start : start + size])
+            elif kind == 1 and len(words) > 3:
+                variant = " ".join(w for w in words if rng.random() > 0.1) or text
+            else:
+                variant = f"{text} {rng.choice(texts)}"
+            extra.append(variant)
+    return texts + extra
 
 
 def kept_layers(total: int, keep: int) -> list[int]:
@@ -120,7 +164,10 @@ class Distiller:
                 F.log_softmax(out / t, -1), F.log_softmax(ref / t, -1), log_target=True, reduction="batchmean"
             )
             return soft * (t * t)
-        return F.mse_loss(out, ref) * out.shape[-1]  # summed over dimensions, mean over rows
+        mse = F.mse_loss(out, ref) * out.shape[-1]  # summed over dimensions, mean over rows
+        if not self.config.cosine_weight:
+            return mse
+        return mse + self.config.cosine_weight * (1 - F.cosine_similarity(out, ref, dim=-1)).mean()
 
     def validation_loss(self, texts: list[str], reference: Any) -> float:
         import torch
@@ -146,7 +193,8 @@ class Distiller:
             optimizer, config.learning_rate, total_steps=steps, pct_start=0.1
         )
         history = [{"epoch": 0, "validation_loss": self.validation_loss(validation, val_ref)}]
-        best, best_state, stale = history[0]["validation_loss"], None, 0
+        best, stale = history[0]["validation_loss"], 0
+        best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}  # no epoch may beat it
         for epoch in range(1, config.epochs + 1):
             train_loss = 0.0
             for rows in tqdm(_batches(train, config.batch_size, rng), desc=f"distill epoch {epoch}", disable=None):
@@ -166,12 +214,13 @@ class Distiller:
                 stale += 1
                 if stale >= config.patience:
                     break
-        if best_state is not None:
-            self.student.load_state_dict(best_state)
+        self.student.load_state_dict(best_state)
         return history, best
 
 
-def _student(config: DistillConfig, source: SourceModel, target: Path) -> tuple[Any, dict[str, Any]]:
+def _student(
+    config: DistillConfig, source: SourceModel, target: Path, student_input: Path
+) -> tuple[Any, dict[str, Any]]:
     """Write the untrained student to ``target``; return it (train mode) and what to report about it."""
     if source.format == "module":
         from dataclasses import replace
@@ -186,6 +235,9 @@ def _student(config: DistillConfig, source: SourceModel, target: Path) -> tuple[
         return student.train(), {"student_class": config.student_class, "student_kwargs": config.student_kwargs}
     from serving.runtimes.torch import load_model
 
+    if config.student_from_input:
+        shutil.copytree(student_input, target, dirs_exist_ok=True)
+        return load_model(target, source.task, source.pooling).train(), {"student": "the pass's input"}
     if (config.layers is None) == (config.student is None):
         raise ValueError("distill needs exactly one of `layers` (layer dropping) or `student` (a model directory)")
     if config.student is not None:
@@ -216,15 +268,15 @@ def _save_student(student: Any, source: SourceModel, target: Path) -> None:
     inner.save_pretrained(target, safe_serialization=True)
 
 
-@register("distill", DistillConfig, accepts=("hf", "module"), libraries=("torch", "transformers"))
+@register("distill", DistillConfig, accepts=("hf", "module"), libraries=("torch", "transformers"), version=2)
 def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> PassOutput:
     """Train a smaller student (layer dropping, user-given, or a module class) to reproduce the teacher."""
     import torch
 
-    source = context.source_for(artifact)
+    source = context.source if config.student_from_input else context.source_for(artifact)
     target = out_path(context, "model")
     torch.manual_seed(config.seed)
-    student, details = _student(config, source, target)
+    student, details = _student(config, source, target, artifact.path)
     distiller = Distiller(
         teacher=_teacher(source),
         student=student,
@@ -233,6 +285,8 @@ def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> 
         config=config,
     )
     train = context.train[: config.max_train_samples] if config.max_train_samples else context.train
+    if config.augment and source.tokenizer is not None:
+        train = augmented(train, config.augment, config.seed)
     history, best = distiller.fit(train, context.validation)
     _save_student(distiller.student, source, target)
     details.update(history=history, best_validation_loss=best, train_samples=len(train))

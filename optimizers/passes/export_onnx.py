@@ -6,20 +6,30 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, model_feeds, out_path, register
+from optimizers.passes.base import (
+    Artifact,
+    PassConfig,
+    PassContext,
+    PassFailedError,
+    PassOutput,
+    model_feeds,
+    out_path,
+    register,
+)
 from optimizers.source import SourceModel
-from serving.errors import OptiserveError
 
 log = logging.getLogger(__name__)
 OUTPUT_NAMES = {"embedding": "sentence_embedding", "classification": "logits"}
 
 
-class ExportMismatchError(OptiserveError):
-    """The exported graph does not reproduce the source model within tolerance."""
+class ExportMismatchError(PassFailedError):
+    """The exported graph does not reproduce the source model within tolerance (that candidate fails; the chain
+    goes on with the others)."""
 
 
 class ExportOnnxConfig(PassConfig):
@@ -37,12 +47,15 @@ def _torch_model(source: SourceModel) -> object:
     return load_model(source.path, source.task, source.pooling)
 
 
-def export_onnx(source: SourceModel, out_path: Path, check_items: list, config: ExportOnnxConfig) -> Path:
-    """Write ``out_path`` (ONNX) and verify it against the torch model on ``check_items`` (texts or tensors)."""
+def export_onnx(
+    source: SourceModel, out_path: Path, check_items: list, config: ExportOnnxConfig, model: Any = None
+) -> Path:
+    """Write ``out_path`` (ONNX) and verify it against the torch model on ``check_items`` (texts or tensors).
+    ``model``: a torch module to export instead of loading the source's (e.g. one rebuilt by a pass)."""
     import onnxruntime as ort
     import torch
 
-    model = _torch_model(source)
+    model = model if model is not None else _torch_model(source)
     output_name = OUTPUT_NAMES[source.task]
     sample = model_feeds(source, check_items[:2])
     names = list(sample)

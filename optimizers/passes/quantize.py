@@ -131,7 +131,7 @@ Quantizer = Callable[[Path, QuantizeConfig], Path]
 
 
 def _fidelity_loss(fidelity: Fidelity) -> float:
-    return 1.0 - (fidelity.top1_agreement if fidelity.top1_agreement is not None else fidelity.cosine_mean)
+    return 1.0 - fidelity.score
 
 
 def sensitivity(

@@ -1,0 +1,96 @@
+"""Compression passes on the tiny BERT: structured FFN pruning with a least-squares re-fit (physically smaller),
+and distillation that recovers a pruned model against the source, with augmented training text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from optimizers.passes.base import Artifact
+from optimizers.passes.distill import augmented
+from optimizers.recipe import RecipeError, load_recipe
+from tests.conftest import TINY_CONFIG
+from tests.test_passes import _context, _run
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_source, tmp_path_factory):
+    context = _context(tiny_source, tmp_path_factory.mktemp("pruned"))
+    return _run("prune", Artifact(tiny_source.path, "hf"), context, ffn_keep=0.5, samples=64)
+
+
+def test_prune_removes_ffn_neurons_physically(pruned) -> None:
+    width = TINY_CONFIG["intermediate_size"]
+    details = pruned.details
+    assert details["ffn_neurons_kept"] == width // 2 and details["ffn_neurons_before"] == width
+    hidden, layers = TINY_CONFIG["hidden_size"], TINY_CONFIG["num_hidden_layers"]
+    removed = layers * (width // 2) * (2 * hidden + 1)  # rows of one matrix, columns and biases of the other
+    assert details["parameters_before"] - details["parameters_after"] == removed
+    assert json.loads((pruned.artifact.path / "config.json").read_text())["intermediate_size"] == width // 2
+    with safe_open(str(pruned.artifact.path / "model.safetensors"), "pt") as weights:
+        shapes = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+    assert shapes["encoder.layer.0.intermediate.dense.weight"] == (width // 2, hidden)
+    assert shapes["encoder.layer.1.output.dense.weight"] == (hidden, width // 2)
+
+
+def test_prune_refit_is_no_worse_than_cutting_alone_and_fidelity_is_recorded(tiny_source, pruned, tmp_path) -> None:
+    context = _context(tiny_source, tmp_path)
+    cut = _run("prune", Artifact(tiny_source.path, "hf"), context, ffn_keep=0.5, samples=64, refit=False)
+    # the first layer sees the same inputs either way, and least squares is optimal on them
+    assert pruned.details["layer_relative_error"][0] <= cut.details["layer_relative_error"][0] + 1e-9
+    fidelity = context.evaluate(pruned.artifact)
+    assert fidelity.max_abs_error and fidelity.max_abs_error > 0 and fidelity.samples == len(context.validation)
+
+
+def test_distillation_trains_a_pruned_model_against_the_source_and_keeps_its_best_epoch(
+    tiny_source, pruned, tmp_path
+) -> None:
+    context = _context(tiny_source, tmp_path)
+    out = _run("distill", pruned.artifact, context, student_from_input=True, epochs=3, augment=1, learning_rate=1e-3)
+    history = out.details["history"]
+    assert out.details["student"] == "the pass's input" and out.details["train_samples"] == 2 * len(context.train)
+    assert len(history) >= 2 and out.details["best_validation_loss"] <= history[0]["validation_loss"]
+    assert json.loads((out.artifact.path / "config.json").read_text())["intermediate_size"] == 32
+
+
+def test_augmentation_is_reproducible_and_adds_copies() -> None:
+    texts = ["the quick brown fox jumps over the lazy dog", "a b", "one two three four five"]
+    once, again = augmented(texts, 2, seed=3), augmented(texts, 2, seed=3)
+    assert once == again and len(once) == 9 and once[:3] == texts
+    assert all(variant.strip() for variant in once) and once != augmented(texts, 2, seed=4)
+
+
+def test_a_distill_step_with_two_ways_to_make_the_student_is_refused_at_load(tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "candidates:\n  - name: s\n    steps:\n      - pass: distill\n"
+        "        config: {layers: 1, student_from_input: true}\n"
+    )
+    with pytest.raises(RecipeError, match=r"candidates\.0\.steps\.0 \(distill\)\.config.*layers and student_from"):
+        load_recipe(recipe)
+
+
+def test_low_rank_factorizes_then_exports_and_picks_the_smallest_rank_within_budget(tiny_source, tmp_path) -> None:
+    import onnx
+
+    from serving.package import FidelityBudget
+
+    context = _context(tiny_source, tmp_path, FidelityBudget(min_cosine_mean=0.5, min_cosine_min=0.0))
+    out = _run("low_rank", Artifact(tiny_source.path, "hf"), context, rank_ratios=(0.5, 0.25))
+    assert out.artifact.format == "onnx" and out.details["chosen"]["ratio"] == 0.25  # the smallest share first
+    assert out.details["chosen"]["macs_remaining"] < 1.0  # 8 of 32 dimensions: less work than the 32x64 matrix
+    graph = onnx.load(str(out.artifact.path)).graph
+    weights = {tuple(t.dims) for t in graph.initializer}
+    assert (8, 64) in weights or (64, 8) in weights  # the FFN output matrix now passes through rank 8
+
+
+def test_low_rank_fails_naming_the_closest_when_no_rank_fits(tiny_source, tmp_path) -> None:
+    from optimizers.passes.base import PassFailedError
+    from serving.package import FidelityBudget
+
+    context = _context(tiny_source, tmp_path, FidelityBudget(max_abs_error=1e-9))
+    with pytest.raises(PassFailedError, match=r"closest: 0\.5 of full rank") as failure:
+        _run("low_rank", Artifact(tiny_source.path, "hf"), context, rank_ratios=(0.25, 0.5))
+    assert [t["ratio"] for t in failure.value.details["tries"]] == [0.25, 0.5]
