@@ -40,8 +40,8 @@ def main() -> int:
     out = args.out.resolve()
     package = ensure_package(out)
 
-    from optiserve.demo import free_port
     from serving.launcher import start
+    from serving.ports import free_port
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SETTINGS}
     server = start("127.0.0.1", free_port(), num_cpus=2, threads=1)

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from corpus import load_split  # noqa: E402
 from optimizers.chain import BudgetNotMetError, Candidate, OutputsEvaluator, optimize  # noqa: E402
-from optimizers.corpus import load_split  # noqa: E402
 from optimizers.fidelity import output_fidelity  # noqa: E402
 from optimizers.source import SourceModel, bundled_model_dir  # noqa: E402
 from serving.hardware import detect  # noqa: E402

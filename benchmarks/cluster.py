@@ -33,7 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from optiserve.demo import free_port  # noqa: E402
+from serving.ports import free_port  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -46,8 +46,8 @@ def listening(processes: list[psutil.Process]) -> list[str]:
 
 
 def child(variant: str, package: Path, out: Path, users: int, duration: int) -> dict[str, Any]:
-    from optiserve.demo import free_port
     from serving.launcher import start
+    from serving.ports import free_port
 
     server = start("127.0.0.1", free_port(), num_cpus=2, threads=1, ingress=variant)
     try:

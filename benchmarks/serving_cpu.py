@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from corpus import load_split  # noqa: E402
 from loadtests.runner import LoadTestConfig, client_stats, run_loadtest, start_locust, wait_locust  # noqa: E402
-from optimizers.corpus import load_split  # noqa: E402
 from optimizers.source import bundled_model_dir  # noqa: E402
 from serving.package import load_package  # noqa: E402
 from serving.pipeline import TextPipeline  # noqa: E402
@@ -142,8 +142,8 @@ def ensure_package(out: Path) -> Path:
 def run(users: int, duration: int, out: Path) -> dict[str, Any]:
     from ray import serve
 
-    from optiserve.demo import free_port
     from serving.launcher import start, wait_ready
+    from serving.ports import free_port
 
     package_dir = ensure_package(out)
     result: dict[str, Any] = {"model_only": model_only(package_dir), "served": {}}

@@ -22,8 +22,8 @@ from loadtests.runner import LoadTestConfig, start_locust, wait_locust
 from loadtests.scrape import histogram_delta, requests_by_code, scrape
 from optimizers.chain import optimize
 from optimizers.source import bundled_model_dir
-from optiserve.demo import free_port
 from serving.launcher import start
+from serving.ports import free_port
 
 REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"
 PROXY_TITLE = "ProxyActor"

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from optimizers.corpus import load_split  # noqa: E402
+from corpus import load_split  # noqa: E402
 from serving.package import load_package  # noqa: E402
 from serving.pipeline import TextPipeline  # noqa: E402
 

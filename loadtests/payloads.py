@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from optimizers.corpus import load_split
+from corpus import load_split
 
 _USER_NUMBERS = itertools.count()
 INPUTS_ENV = "OPTISERVE_INPUTS"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from optimizers.corpus import load_split
+from corpus import load_split
 from serving.errors import OptiserveError
 from serving.hashing import sha256_file
 
@@ -39,7 +39,7 @@ class Splits:
 
 def text_corpus() -> Splits:
     splits = (load_split(s) for s in ("train", "validation", "calibration", "heldout"))  # type: ignore[arg-type]
-    return Splits(*splits, origin={"source": "built-in corpus (optimizers/data/corpus.txt), fixed slices"})
+    return Splits(*splits, origin={"source": "built-in corpus (corpus/data/corpus.txt), fixed slices"})
 
 
 class DataError(OptiserveError):

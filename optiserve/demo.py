@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,12 @@ from optimizers.chain import optimize
 from optimizers.source import bundled_model_dir
 from serving.launcher import DEFAULT_HOST, start
 from serving.package import ModelPackage, load_package
+from serving.ports import free_port
 
 log = logging.getLogger("optiserve")
 WARMUP_S = 3
 # The baseline is served as an unoptimized server would be: one input per model call, no dynamic batching.
 NO_BATCHING = {"max_batch_size": 1, "max_call_items": 1}
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _row(label: str, package: ModelPackage, load: LoadTestSummary, slo_p99_ms: float | None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Freeze the text corpus from the Python standard library's docstrings.
 
-Run once with CPython 3.11 to (re)create ``optimizers/data/corpus.txt``; the file is shipped, so nothing is
+Run once with CPython 3.11 to (re)create ``corpus/data/corpus.txt``; the file is shipped, so nothing is
 downloaded or derived at run time. Sentences are deduplicated, length-filtered and shuffled with a fixed seed.
 
     python scripts/build_corpus.py
@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "optimizers" / "data" / "corpus.txt"
+OUT = Path(__file__).resolve().parents[1] / "corpus" / "data" / "corpus.txt"
 SKIP = ("test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3", "ensurepip", "pydoc_data")
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 

@@ -111,8 +111,8 @@ def minilm_packages(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def server(minilm_packages) -> Iterator:
     """One Ray Serve instance on a free 127.0.0.1 port, serving the optimized MiniLM package."""
-    from optiserve.demo import free_port
     from serving.launcher import start
+    from serving.ports import free_port
 
     # One logical GPU (a resource count, no device) so GPU placement can be tested on machines without one.
     srv = start("127.0.0.1", free_port(), num_cpus=2, num_gpus=1)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from optimizers.corpus import CALIBRATION_SIZE, HELDOUT_SIZE, VALIDATION_SIZE, load_split
+from corpus import CALIBRATION_SIZE, HELDOUT_SIZE, VALIDATION_SIZE, load_split
 from optimizers.fidelity import nn_agreement, output_fidelity
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.passes.quantize import QuantizeDynamicConfig, quantize_dynamic

@@ -17,7 +17,7 @@ from optimizers.chain import Candidate, write_candidate_package
 from optimizers.passes.base import Artifact
 from optimizers.source import SourceModel
 from optiserve.cli import main
-from optiserve.demo import free_port
+from serving.ports import free_port
 
 SHUTDOWN_TIMEOUT_S = 120
 

@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from optimizers.corpus import load_split
+from corpus import load_split
 from serving.replica import ModelRunner
 from tests._load import ClosedLoopLoad
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimizers.corpus import load_split
+from corpus import load_split
 from optimizers.source import SourceModel
 from serving.package import TorchOptions
 from serving.runtimes.base import create_runtime

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from optimizers.corpus import load_split
+from corpus import load_split
 from serving.api import softmax
 from serving.package import load_package
 from serving.pipeline import TextPipeline

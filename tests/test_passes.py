@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
+from corpus import load_split
 from optimizers.cache import StepCache
 from optimizers.chain import BudgetNotMetError, Candidate, OutputsEvaluator, mark_pareto, optimize
-from optimizers.corpus import load_split
 from optimizers.passes.base import REGISTRY, Artifact, PassConfig, PassContext, PassFailedError, get_pass
 from optimizers.passes.distill import kept_layers
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from optimizers.corpus import load_split
+from corpus import load_split
 from serving.package import load_package
 from serving.pipeline import TextPipeline
 from tests._load import post_concurrently

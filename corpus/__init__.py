@@ -1,5 +1,8 @@
 """The project's text corpus: sentences from the Python standard library's docstrings, frozen in
-``optimizers/data/corpus.txt`` by ``scripts/build_corpus.py``. Splits are fixed slices of that file."""
+``corpus/data/corpus.txt`` by ``scripts/build_corpus.py``. Splits are fixed slices of that file.
+
+Its own package, so that the optimizer (calibration, validation, held-out fidelity), the load tests (payloads)
+and the benchmarks share one corpus without importing each other."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ VALIDATION_SIZE = 200  # early stopping and accuracy-aware searches; the held-ou
 
 @cache
 def _sentences() -> tuple[str, ...]:
-    text = files("optimizers").joinpath("data/corpus.txt").read_text(encoding="utf-8")
+    text = files("corpus").joinpath("data/corpus.txt").read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line.strip())
 
 
