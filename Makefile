@@ -22,8 +22,9 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/pip install --quiet ruff
+	$(BIN)/pip install --quiet -c constraints.txt ruff
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf runs .pytest_cache
