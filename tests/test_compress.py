@@ -94,3 +94,30 @@ def test_low_rank_fails_naming_the_closest_when_no_rank_fits(tiny_source, tmp_pa
     with pytest.raises(PassFailedError, match=r"closest: 0\.5 of full rank") as failure:
         _run("low_rank", Artifact(tiny_source.path, "hf"), context, rank_ratios=(0.25, 0.5))
     assert [t["ratio"] for t in failure.value.details["tries"]] == [0.25, 0.5]
+
+
+def test_fake_quantized_weights_take_at_most_255_levels_per_channel_and_activations_256() -> None:
+    import torch
+
+    from optimizers.passes.qat import fake_quantize_activation, fake_quantize_weight
+
+    torch.manual_seed(0)
+    weight = torch.randn(4, 300)
+    quantized = fake_quantize_weight(weight)
+    assert all(len(torch.unique(row)) <= 255 for row in quantized)
+    assert torch.allclose(quantized, weight, atol=float(weight.abs().max()) / 127)  # within one step
+    activation = torch.randn(8, 300) * 3 + 1
+    assert len(torch.unique(fake_quantize_activation(activation))) <= 256
+
+
+def test_qat_distillation_trains_through_fake_quantization_and_saves_plain_weights(tiny_source, tmp_path) -> None:
+    from safetensors import safe_open
+
+    from serving.runtimes.torch import load_model
+
+    context = _context(tiny_source, tmp_path)
+    out = _run("distill", Artifact(tiny_source.path, "hf"), context, layers=1, epochs=2, qat=True)
+    assert out.details["qat"]["linear_layers"] == 6  # query, key, value, attention output, FFN in and out
+    with safe_open(str(out.artifact.path / "model.safetensors"), "pt") as weights:
+        assert not [k for k in weights.keys() if "parametrizations" in k]
+    load_model(out.artifact.path, "embedding", tiny_source.pooling)  # loads as a plain model

@@ -5,7 +5,8 @@ Hugging Face model directory the user gives, or, for plain PyTorch ``module`` te
 teacher's code (``student_class`` with ``student_kwargs``), trained from scratch; or, with
 ``student_from_input``, the pass's input itself (e.g. a pruned model), trained to reproduce the chain's source.
 It is trained on the train split, optionally augmented (random crops, word dropout, concatenations of two
-texts), to reproduce the teacher: MSE plus a cosine term on the pooled embeddings for encoders, KL divergence on
+texts), optionally with int8 fake quantization (``qat``, see ``optimizers.passes.qat``), to reproduce the
+teacher: MSE plus a cosine term on the pooled embeddings for encoders, KL divergence on
 temperature-softened logits for classifiers. Training stops when the loss on the validation split has not
 improved for ``patience`` epochs; the best epoch is kept.
 """
@@ -16,6 +17,7 @@ import logging
 import math
 import random
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, out_path, register, torch_inputs
+from optimizers.passes.qat import QAT_SCHEME, fake_quantized
 from optimizers.source import SourceModel
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class DistillConfig(PassConfig):
     student_from_input: bool = Field(
         default=False, description="train the input model (e.g. pruned) to reproduce the chain's source model"
     )
+    qat: bool = Field(default=False, description="train with int8 fake quantization (optimizers/passes/qat.py)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -287,7 +291,10 @@ def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> 
     train = context.train[: config.max_train_samples] if config.max_train_samples else context.train
     if config.augment and source.tokenizer is not None:
         train = augmented(train, config.augment, config.seed)
-    history, best = distiller.fit(train, context.validation)
+    with fake_quantized(distiller.student) if config.qat else nullcontext(0) as quantized_layers:
+        history, best = distiller.fit(train, context.validation)
+    if config.qat:
+        details["qat"] = {"scheme": QAT_SCHEME, "linear_layers": quantized_layers}
     _save_student(distiller.student, source, target)
     details.update(history=history, best_validation_loss=best, train_samples=len(train))
     return PassOutput(Artifact(target, artifact.format, "fp32"), details)
