@@ -34,7 +34,7 @@ def fake_quantize_activation(x: Any) -> Any:
     low = min(float(x.detach().min()), 0.0)
     high = max(float(x.detach().max()), 0.0)
     scale = max((high - low) / 255.0, 1e-8)
-    zero = int(round(-low / scale))
+    zero = round(-low / scale)
     return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
 
