@@ -121,3 +121,32 @@ def test_qat_distillation_trains_through_fake_quantization_and_saves_plain_weigh
     with safe_open(str(out.artifact.path / "model.safetensors"), "pt") as weights:
         assert not [k for k in weights.keys() if "parametrizations" in k]
     load_model(out.artifact.path, "embedding", tiny_source.pooling)  # loads as a plain model
+
+
+def test_distillation_keeps_the_layers_named_and_learns_their_hidden_states(tiny_source, tmp_path) -> None:
+    from optimizers.passes.distill import layer_outputs
+    from serving.runtimes.torch import load_model
+
+    context = _context(tiny_source, tmp_path)
+    out = _run("distill", Artifact(tiny_source.path, "hf"), context, keep_layers=(1,), hidden_weight=1.0, epochs=2)
+    assert out.details["kept_layers"] == [1] and len(out.details["history"]) >= 2
+    student = load_model(out.artifact.path, "embedding", tiny_source.pooling)
+    with layer_outputs(student, [0]) as hidden:
+        student(*_tensors(tiny_source))
+    assert len(hidden) == 1 and hidden[0].shape[-1] == TINY_CONFIG["hidden_size"]
+
+
+def _tensors(source):
+    from optimizers.passes.base import torch_inputs
+
+    return torch_inputs(source, ["a short text", "another, longer piece of text"])
+
+
+def test_hidden_state_loss_without_a_layer_map_is_refused_at_load(tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "candidates:\n  - name: s\n    steps:\n      - pass: distill\n"
+        "        config: {student: some/dir, hidden_weight: 1.0}\n"
+    )
+    with pytest.raises(RecipeError, match="hidden_weight needs a layer-dropped student"):
+        load_recipe(recipe)

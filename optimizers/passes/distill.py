@@ -17,7 +17,8 @@ import logging
 import math
 import random
 import shutil
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 class DistillConfig(PassConfig):
     layers: int | None = Field(default=None, gt=0, description="student depth (layer dropping); or give student")
+    keep_layers: tuple[int, ...] | None = Field(
+        default=None, min_length=1, description="exactly which teacher layers the student keeps (searchable)"
+    )
     student: str | None = Field(default=None, description="a Hugging Face model directory to train instead")
     student_class: str | None = Field(default=None, description="module teachers: a class in the teacher's code")
     student_kwargs: dict[str, Any] = Field(default={}, description="arguments of student_class")
@@ -44,6 +48,12 @@ class DistillConfig(PassConfig):
     temperature: float = Field(default=2.0, gt=0, description="classifiers: softening of the logits")
     max_train_samples: int | None = Field(default=None, gt=0)
     cosine_weight: float = Field(default=1.0, ge=0, description="encoders: weight of (1 - cosine) beside the MSE")
+    hidden_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="layer-dropped encoders: weight of the token-level MSE between each student layer's hidden "
+        "states and those of the teacher layer it was copied from",
+    )
     augment: int = Field(default=0, ge=0, le=8, description="augmented copies of each training text")
     student_from_input: bool = Field(
         default=False, description="train the input model (e.g. pruned) to reproduce the chain's source model"
@@ -57,6 +67,7 @@ class DistillConfig(PassConfig):
             name
             for name, value in (
                 ("layers", self.layers),
+                ("keep_layers", self.keep_layers),
                 ("student", self.student),
                 ("student_class", self.student_class),
                 ("student_from_input", self.student_from_input or None),
@@ -65,6 +76,8 @@ class DistillConfig(PassConfig):
         ]
         if len(given) > 1:
             raise ValueError(f"give one way to make the student, not {' and '.join(given)}")
+        if self.hidden_weight and not (self.layers or self.keep_layers):
+            raise ValueError("hidden_weight needs a layer-dropped student (layers or keep_layers): its layer map")
         return self
 
 
@@ -107,8 +120,9 @@ def _layer_list(model: Any) -> tuple[Any, str]:
     raise ValueError(f"cannot drop layers of {type(model).__name__}: no encoder.layer or transformer.layer")
 
 
-def layer_dropped_student(teacher_dir: Path, task: str, keep: int, target: Path) -> dict[str, Any]:
-    """Write a student made of ``keep`` of the teacher's layers to ``target`` (safetensors)."""
+def layer_dropped_student(teacher_dir: Path, task: str, keep: int | tuple[int, ...], target: Path) -> dict[str, Any]:
+    """Write a student made of ``keep`` of the teacher's layers (a count, evenly spaced; or the indices) to
+    ``target`` (safetensors)."""
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -118,13 +132,37 @@ def layer_dropped_student(teacher_dir: Path, task: str, keep: int, target: Path)
         model = AutoModel.from_pretrained(teacher_dir, use_safetensors=True, add_pooling_layer=False)
     holder, attr = _layer_list(model)
     layers = getattr(holder, attr)
-    indices = kept_layers(len(layers), keep)
+    indices = kept_layers(len(layers), keep) if isinstance(keep, int) else sorted(set(keep))
+    if not all(0 <= i < len(layers) for i in indices):
+        raise ValueError(f"keep_layers {list(keep)} must be indices of the teacher's {len(layers)} layers")
+    keep = len(indices)
     setattr(holder, attr, torch.nn.ModuleList([layers[i] for i in indices]))
     for name in ("num_hidden_layers", "n_layers"):
         if hasattr(model.config, name):
             setattr(model.config, name, keep)
     model.save_pretrained(target, safe_serialization=True)
     return {"teacher_layers": len(layers), "kept_layers": indices}
+
+
+@contextmanager
+def layer_outputs(model: Any, indices: list[int]) -> Iterator[list[Any]]:
+    """The hidden states leaving ``model``'s transformer layers ``indices`` on the next forward call, in order."""
+    holder, attr = _layer_list(getattr(model, "encoder", None) or getattr(model, "classifier", model))
+    layers = getattr(holder, attr)
+    captured: dict[int, Any] = {}
+    handles = [
+        layers[i].register_forward_hook(
+            lambda _m, _args, out, i=i: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out)
+        )
+        for i in indices
+    ]
+    found: list[Any] = []
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+        found.extend(captured[i] for i in indices if i in captured)
 
 
 def _batches(items: list[Any], size: int, rng: random.Random) -> list[list[int]]:
@@ -149,6 +187,7 @@ class Distiller:
     source: SourceModel
     classifier: bool
     config: DistillConfig
+    layer_map: tuple[tuple[int, int], ...] = ()  # (student layer, teacher layer it was copied from)
 
     def tensors(self, items: list[Any]) -> tuple[Any, ...]:
         return torch_inputs(self.source, items)
@@ -172,6 +211,23 @@ class Distiller:
         if not self.config.cosine_weight:
             return mse
         return mse + self.config.cosine_weight * (1 - F.cosine_similarity(out, ref, dim=-1)).mean()
+
+    def step_loss(self, texts: list[str], reference: Any) -> Any:
+        """The training loss of one batch: on the outputs, plus the hidden-state term where configured."""
+        inputs = self.tensors(texts)
+        if not (self.config.hidden_weight and self.layer_map):
+            return self.loss(self.student(*inputs), reference)
+        import torch
+
+        with torch.inference_mode(), layer_outputs(self.teacher, [t for _, t in self.layer_map]) as wanted:
+            self.teacher(*inputs)
+        with layer_outputs(self.student, [s for s, _ in self.layer_map]) as got:
+            out = self.student(*inputs)
+        mask = inputs[1].unsqueeze(-1).to(out.dtype)
+        hidden = sum(
+            (((g - w.clone()) ** 2) * mask).sum() / (mask.sum() * g.shape[-1]) for g, w in zip(got, wanted, strict=True)
+        )
+        return self.loss(out, reference) + self.config.hidden_weight * hidden / len(self.layer_map)
 
     def validation_loss(self, texts: list[str], reference: Any) -> float:
         import torch
@@ -202,7 +258,7 @@ class Distiller:
         for epoch in range(1, config.epochs + 1):
             train_loss = 0.0
             for rows in tqdm(_batches(train, config.batch_size, rng), desc=f"distill epoch {epoch}", disable=None):
-                loss = self.loss(self.student(*self.tensors([train[i] for i in rows])), train_ref[rows])
+                loss = self.step_loss([train[i] for i in rows], train_ref[rows])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -242,13 +298,16 @@ def _student(
     if config.student_from_input:
         shutil.copytree(student_input, target, dirs_exist_ok=True)
         return load_model(target, source.task, source.pooling).train(), {"student": "the pass's input"}
-    if (config.layers is None) == (config.student is None):
-        raise ValueError("distill needs exactly one of `layers` (layer dropping) or `student` (a model directory)")
+    dropping = config.layers or config.keep_layers
+    if (dropping is None) == (config.student is None):
+        raise ValueError(
+            "distill needs one of `layers` / `keep_layers` (layer dropping) or `student` (a model directory)"
+        )
     if config.student is not None:
         shutil.copytree(Path(config.student), target, dirs_exist_ok=True)
         details: dict[str, Any] = {"student": config.student}
     else:
-        details = layer_dropped_student(source.path, source.task, config.layers or 0, target)
+        details = layer_dropped_student(source.path, source.task, dropping, target)  # type: ignore[arg-type]
     return load_model(target, source.task, source.pooling).train(), details
 
 
@@ -287,6 +346,7 @@ def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> 
         source=source,
         classifier=source.task == "classification",
         config=config,
+        layer_map=tuple(enumerate(details.get("kept_layers", []))),
     )
     train = context.train[: config.max_train_samples] if config.max_train_samples else context.train
     if config.augment and source.tokenizer is not None:
