@@ -35,6 +35,7 @@ from serving.package import (
     FidelityBudget,
     Manifest,
     ModelPackage,
+    OnnxRuntimeOptions,
     OpenVINOOptions,
     PassRecord,
     ProfileRow,
@@ -200,7 +201,7 @@ def runtime_options(artifact: Artifact) -> dict[str, Any]:
         return {"openvino_options": OpenVINOOptions(**artifact.options)}
     if artifact.runtime == "torch":
         return {"torch_options": TorchOptions(**artifact.options)}
-    return {}
+    return {"onnxruntime_options": OnnxRuntimeOptions(**artifact.options)}
 
 
 def source_artifact(source: SourceModel) -> Artifact:
@@ -450,6 +451,9 @@ def _fill_package(
     else:
         model_path, fmt = "model.onnx", "onnx"
         shutil.copy2(artifact.path, root / model_path)
+        if artifact.options.get("tensorrt"):  # the engines the tensorrt pass built travel with the model
+            cache = OnnxRuntimeOptions(**artifact.options).tensorrt.engine_cache  # type: ignore[union-attr]
+            shutil.copytree(artifact.path.parent / cache, root / cache)
     if serving is None:
         serving = serving_defaults(candidate.profile) if candidate.profile else ServingDefaults()
     manifest = Manifest(

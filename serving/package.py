@@ -169,6 +169,26 @@ class OpenVINOOptions(_Strict):
     inference_precision: Literal["f32", "bf16", "f16"] = "f32"
 
 
+class TensorRTOptions(_Strict):
+    """ONNX Runtime's TensorRT execution provider as the ``tensorrt`` pass built its engines: precision, one
+    min/opt/max shape profile per input (``"input_ids:1x1,attention_mask:1x1,…"``) and the engine cache the
+    package carries, so a replica on the same GPU model and TensorRT version loads the engines instead of
+    building them."""
+
+    fp16: bool = True
+    min_shapes: str
+    opt_shapes: str
+    max_shapes: str
+    engine_cache: str = Field(default="trt_cache", description="directory in the package, relative to its root")
+
+
+class OnnxRuntimeOptions(_Strict):
+    """How the ONNX Runtime runtime opens the model; ``tensorrt`` applies where a GPU is assigned and the
+    TensorRT provider is present (elsewhere the replica says why it runs without it)."""
+
+    tensorrt: TensorRTOptions | None = None
+
+
 class Source(_Strict):
     path: str
     sha256: str
@@ -206,6 +226,7 @@ class Manifest(_Strict):
     serving: ServingDefaults = ServingDefaults()
     torch_options: TorchOptions = TorchOptions()
     openvino_options: OpenVINOOptions = OpenVINOOptions()
+    onnxruntime_options: OnnxRuntimeOptions = OnnxRuntimeOptions()
     hardware: HardwareProfile | None = Field(default=None, description="the machine the profile was measured on")
     requires: list[str] = Field(
         default=[], description="hardware features the profile relies on; a replica without one warns and serves"

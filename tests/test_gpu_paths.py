@@ -95,3 +95,35 @@ def test_cuda_graph_replay_matches_eager_on_the_gpu(tiny_source) -> None:
     batch = encoder.pad(encoder.encode(TEXTS))
     assert graphs.graphs is not None and len(graphs.graphs.graphs) == 4
     np.testing.assert_allclose(graphs.run(batch), eager.run(batch), atol=1e-4)
+
+
+def test_a_tensorrt_package_records_its_options_carries_its_engines_and_says_why_they_are_unused_on_cpu(
+    tiny_source, tmp_path
+) -> None:
+    """The engines themselves need a GPU; here the pass's output is stood in for by the exported model and a
+    placeholder engine file (the boundary: no TensorRT on this machine)."""
+    from optimizers.chain import Candidate, write_candidate_package
+    from optimizers.passes.base import Artifact
+    from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
+    from optimizers.passes.gpu import TensorRTConfig, tensorrt_options
+    from serving.package import load_package
+    from serving.runtimes import load_runtime
+    from serving.runtimes.onnx_options import with_tensorrt_options
+
+    built = tmp_path / "trt"
+    model = export_onnx(tiny_source, built / "model.onnx", TEXTS, ExportOnnxConfig())
+    (built / "trt_cache").mkdir()
+    (built / "trt_cache" / "TensorrtExecutionProvider_TRTKernel_0.engine").write_bytes(b"engine")
+    options = {"tensorrt": tensorrt_options(TensorRTConfig(max_batch=32)).model_dump()}
+    artifact = Artifact(model, "onnx", "fp16", options)
+    package = write_candidate_package(tiny_source, Candidate("tensorrt-fp16", artifact, chain=[]), tmp_path / "pkg")
+    recorded = package.manifest.onnxruntime_options.tensorrt
+    assert recorded is not None and recorded.fp16 and "input_ids:32x256" in recorded.max_shapes
+    assert (load_package(package.root).root / "trt_cache" / "TensorrtExecutionProvider_TRTKernel_0.engine").is_file()
+    providers = with_tensorrt_options(
+        ["TensorrtExecutionProvider", "CPUExecutionProvider"], package.model_file, package.manifest.onnxruntime_options
+    )
+    trt_name, trt_options = providers[0]
+    assert trt_options["trt_engine_cache_path"] == str(package.root / "trt_cache") and trt_options["trt_fp16_enable"]
+    runtime = load_runtime(package, threads=1, gpus=[])
+    assert runtime.device == "cpu" and "TensorRT engines are not used" in runtime.device_reason

@@ -12,11 +12,14 @@ from optimizers.passes.base import (
     Artifact,
     PassConfig,
     PassContext,
+    PassFailedError,
     PassOutput,
     PassUnavailableError,
     out_path,
     register,
 )
+from serving.package import TensorRTOptions
+from serving.runtimes.onnx_options import ENGINE_CACHE, tensorrt_provider_options
 
 
 def require_cuda() -> None:
@@ -51,20 +54,18 @@ def _shapes(batch: int, sequence: int) -> str:
     return ",".join(f"{n}:{batch}x{sequence}" for n in ("input_ids", "attention_mask", "token_type_ids"))
 
 
-def tensorrt_provider_options(config: TensorRTConfig, cache_dir: str) -> dict[str, object]:
-    """TensorRT EP options: an engine cache in the package and one min/opt/max shape profile."""
-    return {
-        "trt_fp16_enable": config.fp16,
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": cache_dir,
-        "trt_timing_cache_enable": True,
-        "trt_profile_min_shapes": _shapes(config.min_batch, config.min_sequence),
-        "trt_profile_opt_shapes": _shapes(config.opt_batch, config.opt_sequence),
-        "trt_profile_max_shapes": _shapes(config.max_batch, config.max_sequence),
-    }
+def tensorrt_options(config: TensorRTConfig) -> TensorRTOptions:
+    """What the package records for the replica: the pass's precision and shape profile, and the engine cache."""
+    return TensorRTOptions(
+        fp16=config.fp16,
+        min_shapes=_shapes(config.min_batch, config.min_sequence),
+        opt_shapes=_shapes(config.opt_batch, config.opt_sequence),
+        max_shapes=_shapes(config.max_batch, config.max_sequence),
+        engine_cache=ENGINE_CACHE,
+    )
 
 
-@register("tensorrt", TensorRTConfig, accepts=("onnx",), libraries=("onnxruntime",))
+@register("tensorrt", TensorRTConfig, accepts=("onnx",), libraries=("onnxruntime",), version=2)
 def tensorrt(artifact: Artifact, config: TensorRTConfig, context: PassContext) -> PassOutput:
     """Build TensorRT engines (ONNX Runtime's TensorRT EP engine cache) for a min/opt/max shape profile."""
     require_tensorrt()
@@ -75,15 +76,20 @@ def tensorrt(artifact: Artifact, config: TensorRTConfig, context: PassContext) -
     target_dir.mkdir(exist_ok=True)
     model = target_dir / "model.onnx"
     shutil.copy2(artifact.path, model)
-    cache = target_dir / "trt_cache"
-    options = tensorrt_provider_options(config, str(cache))
+    cache = target_dir / ENGINE_CACHE
+    recorded = tensorrt_options(config)
+    options = tensorrt_provider_options(recorded, cache)
     session = ort.InferenceSession(str(model), providers=[("TensorrtExecutionProvider", options)])
     for batch, sequence in ((config.opt_batch, config.opt_sequence), (config.max_batch, config.max_sequence)):
         feed = {n: np.ones((batch, sequence), dtype=np.int64) for n in ("input_ids", "attention_mask")}
         feed["token_type_ids"] = np.zeros((batch, sequence), dtype=np.int64)
         session.run(None, feed)  # builds and caches the engine
+    engines = sorted(p.name for p in cache.glob("*"))
+    if not any(name.endswith(".engine") for name in engines):
+        raise PassFailedError(f"tensorrt: ONNX Runtime built no engine in {cache} (found {engines})")
+    artifact_options = {"tensorrt": recorded.model_dump()}
     return PassOutput(
-        Artifact(model, "onnx", "fp16" if config.fp16 else "fp32"), {"engines": sorted(p.name for p in cache.glob("*"))}
+        Artifact(model, "onnx", "fp16" if config.fp16 else "fp32", artifact_options), {"engines": engines}
     )
 
 

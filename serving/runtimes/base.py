@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.package import ModelPackage, OpenVINOOptions, PoolingSpec, TorchOptions
+from serving.package import ModelPackage, OnnxRuntimeOptions, OpenVINOOptions, PoolingSpec, TorchOptions
+from serving.runtimes.onnx_options import TENSORRT_PROVIDER
 from serving.tokenizer import EncodedBatch
 
 log = logging.getLogger("optiserve")
 CPU_PROVIDER = "CPUExecutionProvider"
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+GPU_PROVIDERS = (TENSORRT_PROVIDER, "CUDAExecutionProvider")
 
 
 class ModelRuntime(ABC):
@@ -93,18 +94,25 @@ def create_runtime(
     torch_options: TorchOptions | None = None,
     pad_token_id: int = 0,
     openvino_options: OpenVINOOptions | None = None,
+    onnxruntime_options: OnnxRuntimeOptions | None = None,
 ) -> ModelRuntime:
     """A runtime by name, on the GPUs in ``gpus`` if it can use them. Heavy libraries are imported only here."""
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
         from serving.runtimes.onnx import OnnxRuntime
+        from serving.runtimes.onnx_options import with_tensorrt_options
 
+        options = onnxruntime_options or OnnxRuntimeOptions()
         choice = choose_onnx_providers(gpus or [], ort.get_available_providers())
-        if gpus:
-            log.warning("%s: %s", model_path.name, choice.reason)
-        onnx_runtime = OnnxRuntime(model_path, threads=threads, providers=list(choice.providers), device=choice.device)
-        onnx_runtime.device_reason = choice.reason
+        reason = choice.reason
+        if options.tensorrt is not None and TENSORRT_PROVIDER not in choice.providers:
+            reason += "; the package's TensorRT engines are not used (no TensorRT provider on a GPU here)"
+        if gpus or options.tensorrt is not None:
+            log.warning("%s: %s", model_path.name, reason)
+        providers = with_tensorrt_options(list(choice.providers), model_path, options)
+        onnx_runtime = OnnxRuntime(model_path, threads=threads, providers=providers, device=choice.device)
+        onnx_runtime.device_reason = reason
         return onnx_runtime
     if runtime == "torch":
         import torch
@@ -143,4 +151,5 @@ def load_runtime(package: ModelPackage, threads: int | None = None, gpus: list[s
         m.torch_options,
         m.tokenizer.pad_token_id if m.tokenizer else 0,
         m.openvino_options,
+        m.onnxruntime_options,
     )

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.runtimes.base import CPU_PROVIDER, ModelRuntime
+from serving.runtimes.onnx_options import Provider, provider_name
 from serving.tokenizer import EncodedBatch
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,14 @@ def check_external_data(model_path: Path) -> None:
 class OnnxRuntime(ModelRuntime):
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, threads: int, providers: list[str] | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, model_path: Path, threads: int, providers: list[Provider] | None = None, device: str = "cpu"
+    ) -> None:
         check_external_data(model_path)
         available = ort.get_available_providers()
         wanted = providers or [CPU_PROVIDER]
-        chosen = [p for p in wanted if p in available]
-        for missing in sorted(set(wanted) - set(chosen)):
+        chosen = [p for p in wanted if provider_name(p) in available]
+        for missing in sorted({provider_name(p) for p in wanted} - set(available)):
             log.warning("ONNX Runtime provider %s is not available here (have %s); skipping it", missing, available)
         self.session = ort.InferenceSession(
             str(model_path), session_options(threads), providers=chosen or [CPU_PROVIDER]
