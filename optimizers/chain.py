@@ -420,6 +420,24 @@ def write_candidate_package(
     return load_package(out_dir)
 
 
+def _copy_model(artifact: Artifact, root: Path) -> tuple[str, Literal["safetensors", "openvino", "onnx"]]:
+    """Copy the model files a runtime needs into the package at ``root``; returns the model path and format."""
+    if artifact.runtime == "torch":
+        (root / "model").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(artifact.path / name, root / "model" / name)
+        return "model", "safetensors"
+    if artifact.runtime == "openvino":
+        for name in ("model.xml", "model.bin"):
+            shutil.copy2(artifact.path / name, root / name)
+        return "model.xml", "openvino"
+    shutil.copy2(artifact.path, root / "model.onnx")
+    if artifact.options.get("tensorrt"):  # the engines the tensorrt pass built travel with the model
+        cache = OnnxRuntimeOptions(**artifact.options).tensorrt.engine_cache  # type: ignore[union-attr]
+        shutil.copytree(artifact.path.parent / cache, root / cache)
+    return "model.onnx", "onnx"
+
+
 def _fill_package(
     source: SourceModel,
     candidate: Candidate,
@@ -439,21 +457,7 @@ def _fill_package(
         (root / "tokenizer").mkdir()
         shutil.copy2(source.path / source.tokenizer.path, root / "tokenizer" / "tokenizer.json")
         tokenizer = source.tokenizer.model_copy(update={"path": "tokenizer/tokenizer.json"})
-    if artifact.runtime == "torch":
-        model_path, fmt = "model", "safetensors"
-        (root / "model").mkdir()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copy2(artifact.path / name, root / "model" / name)
-    elif artifact.runtime == "openvino":
-        model_path, fmt = "model.xml", "openvino"
-        for name in ("model.xml", "model.bin"):
-            shutil.copy2(artifact.path / name, root / name)
-    else:
-        model_path, fmt = "model.onnx", "onnx"
-        shutil.copy2(artifact.path, root / model_path)
-        if artifact.options.get("tensorrt"):  # the engines the tensorrt pass built travel with the model
-            cache = OnnxRuntimeOptions(**artifact.options).tensorrt.engine_cache  # type: ignore[union-attr]
-            shutil.copytree(artifact.path.parent / cache, root / cache)
+    model_path, fmt = _copy_model(artifact, root)
     if serving is None:
         serving = serving_defaults(candidate.profile) if candidate.profile else ServingDefaults()
     manifest = Manifest(

@@ -124,6 +124,7 @@ def test_a_tensorrt_package_records_its_options_carries_its_engines_and_says_why
         ["TensorrtExecutionProvider", "CPUExecutionProvider"], package.model_file, package.manifest.onnxruntime_options
     )
     trt_name, trt_options = providers[0]
+    assert trt_name == "TensorrtExecutionProvider"
     assert trt_options["trt_engine_cache_path"] == str(package.root / "trt_cache") and trt_options["trt_fp16_enable"]
     runtime = load_runtime(package, threads=1, gpus=[])
     assert runtime.device == "cpu" and "TensorRT engines are not used" in runtime.device_reason
