@@ -42,12 +42,12 @@ WORKDIR /src
 COPY . .
 
 # The project with the tested pins. tensorrt's CUDA libraries come from NVIDIA's index.
-# onnxruntime (a dependency) and onnxruntime-gpu both install the `onnxruntime` Python package: remove both,
-# then reinstall onnxruntime-gpu alone, so that no file of the CPU build is left over or missing.
+# The gpu extra brings onnxruntime-gpu and nothing brings the CPU build (optiserve's core does not depend on
+# onnxruntime), so one `onnxruntime` package is installed. Only serving dependencies: no Locust, matplotlib, NNCF or
+# demo model in this image (extras loadtest / optimize / demo).
 RUN pip install -c constraints.txt --extra-index-url https://pypi.nvidia.com \
         "onnxruntime-gpu==${ORT_GPU_VERSION}" "tensorrt==${TENSORRT_VERSION}" '.[gpu]' \
-    && pip uninstall -y onnxruntime onnxruntime-gpu \
-    && pip install --no-deps "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+    && ! pip show onnxruntime >/dev/null 2>&1 \
     && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()" \
     && rm -rf /src
 

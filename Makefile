@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.optiserve-installed
+# ONNX Runtime's GPU build where an NVIDIA GPU is visible, its CPU build elsewhere (never both).
+RUNTIME := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: setup demo test lint clean
 
@@ -12,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install-torch.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	scripts/install-torch.sh $(BIN)/pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(RUNTIME),test]'
 	touch $@
 
 demo: setup

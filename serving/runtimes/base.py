@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.errors import PackageError
 from serving.package import ModelPackage, OnnxRuntimeOptions, OpenVINOOptions, PoolingSpec, TorchOptions
 from serving.runtimes.onnx_options import TENSORRT_PROVIDER
 from serving.tokenizer import EncodedBatch
@@ -98,7 +99,13 @@ def create_runtime(
 ) -> ModelRuntime:
     """A runtime by name, on the GPUs in ``gpus`` if it can use them. Heavy libraries are imported only here."""
     if runtime == "onnxruntime":
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PackageError(
+                f"{model_path.name} runs on ONNX Runtime, which is not installed: pip install 'optiserve[cpu]' "
+                "(or 'optiserve[gpu]' for the CUDA/TensorRT build)"
+            ) from None
 
         from serving.runtimes.onnx import OnnxRuntime
         from serving.runtimes.onnx_options import with_tensorrt_options
