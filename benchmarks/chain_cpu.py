@@ -171,7 +171,10 @@ def _within(fidelity: Fidelity, min_mean: float, min_min: float) -> bool:
     return fidelity.cosine_mean >= min_mean and fidelity.cosine_min >= min_min
 
 
-def render(built: dict, medians: dict, fidelity: dict, rounds: int, threads: int, recipes: list[str]) -> str:
+def render(
+    built: dict, medians: dict, fidelity: dict, rounds: int, threads: int, recipes: list[str], result: Path
+) -> str:
+    result_arg = "" if result == RESULT_FILE else f" --result {result.resolve().relative_to(ROOT)}"
     base = medians.get(REFERENCE, medians.get("torch-fp32", 1.0))
     st_lossless = [n for n in medians if n.startswith("st-") and _within(fidelity[n], *TIERS[0][1:3])]
     best_st = max(st_lossless, key=lambda n: medians[n], default=None)
@@ -182,7 +185,7 @@ def render(built: dict, medians: dict, fidelity: dict, rounds: int, threads: int
         "# Optimizer chain vs sentence-transformers and its backends (CPU)",
         "",
         f"Command: `.venv/bin/python benchmarks/chain_cpu.py --rounds {rounds} --threads {threads} --recipes "
-        f"{' '.join(recipes)}` at commit {commit}.",
+        f"{' '.join(recipes)}{result_arg}` at commit {commit}.",
         f"CPU: {cpu_line()}.",
         f"1,000 held-out sentences, batches of 32 sorted by length, {threads} threads, median of {rounds} "
         "interleaved rounds; each sentence-transformers backend in its own process (.venv-st). Fidelity is against "
@@ -221,15 +224,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-chain")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help="benchmarks/recipes/NAME.yaml to build")
     parser.add_argument("--no-write", action="store_true", help="print only; keep the recorded result file")
+    parser.add_argument("--result", type=Path, default=RESULT_FILE, help="the Markdown file written")
     args = parser.parse_args()
     built = build(args.out, args.threads, args.recipes)
     print(f"measuring {len(built)} variants and sentence-transformers, {args.rounds} rounds", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     medians, fidelity = measure(built, args.rounds, args.threads, args.out)
-    text = render(built, medians, fidelity, args.rounds, args.threads, args.recipes)
+    text = render(built, medians, fidelity, args.rounds, args.threads, args.recipes, args.result)
     print(text)
     if not args.no_write:
-        RESULT_FILE.write_text(text)
+        args.result.write_text(text)
     return 0
 
 

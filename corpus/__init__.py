@@ -1,11 +1,15 @@
 """The project's text corpus: sentences from the Python standard library's docstrings, frozen in
 ``corpus/data/corpus.txt`` by ``scripts/build_corpus.py``. Splits are fixed slices of that file.
 
+``corpus/data/train_extra.txt.gz`` is extra training text for distillation: 40,000 sentences from the docstrings of
+the libraries the project pins (provenance in ``train_extra.json``), none of them in ``corpus.txt``.
+
 Its own package, so that the optimizer (calibration, validation, held-out fidelity), the load tests (payloads)
 and the benchmarks share one corpus without importing each other."""
 
 from __future__ import annotations
 
+import gzip
 from functools import cache
 from importlib.resources import files
 from typing import Literal
@@ -38,3 +42,10 @@ def load_split(split: Split) -> list[str]:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(bounds)}")
     start, end = bounds[split]
     return list(items[start:end])
+
+
+@cache
+def load_train_extra() -> tuple[str, ...]:
+    """Extra training sentences (docstrings of pinned libraries), disjoint from every split of the corpus."""
+    raw = gzip.decompress(files("corpus").joinpath("data/train_extra.txt.gz").read_bytes())
+    return tuple(line for line in raw.decode("utf-8").splitlines() if line.strip())

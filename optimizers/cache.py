@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serving.hashing import sha256_file, sha256_tree
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,18 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
+def data_fingerprint(*splits: list[Any]) -> str:
+    """sha256 over the items of the splits a pass may read (texts, or arrays), in order: a pass run on other data
+    (``--data``, a larger corpus) never reuses an output made from this data."""
+    digest = hashlib.sha256()
+    for split in splits:
+        digest.update(f"split:{len(split)}".encode())
+        for item in split:
+            data = item.encode("utf-8") if isinstance(item, str) else np.ascontiguousarray(item).tobytes()
+            digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
+
+
 def step_key(
     input_hash: str,
     pass_name: str,
@@ -50,9 +64,11 @@ def step_key(
     libraries: dict[str, str],
     device: str,
     budget: dict[str, Any] | None,
+    data: str = "",
 ) -> str:
     material = {
         "input": input_hash,
+        "data": data,
         "pass": pass_name,
         "pass_version": pass_version,
         "config": config,

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from optimizers.cache import StepCache, content_hash, library_versions, step_key
+from optimizers.cache import StepCache, content_hash, data_fingerprint, library_versions, step_key
 from optimizers.datasets import load_dataset, user_text
 from optimizers.fidelity import output_fidelity
 from optimizers.passes.base import Artifact, PassContext, PassFailedError, PassUnavailableError, get_pass
@@ -215,6 +215,7 @@ class StepRunner:
         self.context = context
         self.cache = cache
         self._hashes: dict[Path, str] = {}
+        self._data = data_fingerprint(context.train, context.validation, context.calibration)
 
     def _hash(self, path: Path) -> str:
         if path not in self._hashes:
@@ -233,6 +234,7 @@ class StepRunner:
             library_versions(spec.libraries),
             self.context.device,
             budget,
+            self._data,
         )
         entry = self.cache.get(key)
         cached = entry is not None

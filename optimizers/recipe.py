@@ -84,7 +84,11 @@ class ProfileSpec(_Strict):
 
 class Recipe(_Strict):
     name: str = Field(default="recipe", pattern=NAME_PATTERN)
-    dataset: str | None = Field(default=None, description="data for tensor models (e.g. digits); text: the corpus")
+    dataset: str | None = Field(
+        default=None,
+        description="corpus (text, the default), corpus-large (the corpus with 40,000 more training sentences) "
+        "or digits (tensors)",
+    )
     budget: FidelityBudget = FidelityBudget()
     profile: ProfileSpec = ProfileSpec()
     candidates: list[CandidateSpec] = Field(min_length=1)

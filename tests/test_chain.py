@@ -46,6 +46,15 @@ def test_corpus_splits_are_disjoint_and_fixed() -> None:
         load_split("test")  # type: ignore[arg-type]
 
 
+def test_the_large_corpus_only_adds_training_text() -> None:
+    from optimizers.datasets import load_dataset
+
+    base, large = load_dataset("corpus"), load_dataset("corpus-large")
+    assert (large.validation, large.calibration, large.heldout) == (base.validation, base.calibration, base.heldout)
+    assert large.train[: len(base.train)] == base.train and len(large.train) == len(base.train) + 40_000
+    assert not set(large.train) & set(base.validation + base.calibration + base.heldout)
+
+
 def test_source_reads_pooling_and_limits_from_sentence_transformers_config() -> None:
     source = SourceModel.from_dir(bundled_model_dir())
     assert source.name == "all-MiniLM-L6-v2"

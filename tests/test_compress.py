@@ -123,6 +123,17 @@ def test_qat_distillation_trains_through_fake_quantization_and_saves_plain_weigh
     load_model(out.artifact.path, "embedding", tiny_source.pooling)  # loads as a plain model
 
 
+def test_bf16_distillation_trains_under_autocast_and_saves_fp32_weights(tiny_source, tmp_path) -> None:
+    from safetensors import safe_open
+
+    context = _context(tiny_source, tmp_path)
+    out = _run("distill", Artifact(tiny_source.path, "hf"), context, layers=1, epochs=2, compute="bf16")
+    history = out.details["history"]
+    assert out.details["best_validation_loss"] < history[0]["validation_loss"]  # it learned, in bf16 arithmetic
+    with safe_open(str(out.artifact.path / "model.safetensors"), "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.float32"}
+
+
 def test_distillation_keeps_the_layers_named_and_learns_their_hidden_states(tiny_source, tmp_path) -> None:
     from optimizers.passes.distill import layer_outputs
     from serving.runtimes.torch import load_model

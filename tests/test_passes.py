@@ -339,6 +339,16 @@ def test_rerun_reuses_every_step_and_a_tampered_entry_is_recomputed(tiny_model_d
     assert len(list(StepCache(cache).root.glob("??/*"))) == 2
 
 
+def test_a_step_run_on_other_data_is_not_taken_from_the_cache(tiny_model_dir, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    optimize(tiny_model_dir, tmp_path / "a", recipe=_tiny_recipe(), cache_dir=cache)
+    texts = tmp_path / "mine.txt"
+    texts.write_text("\n".join(f"Request {i} asks the server about batching, caching and latency." for i in range(150)))
+    mine = optimize(tiny_model_dir, tmp_path / "b", recipe=_tiny_recipe(), cache_dir=cache, data_file=texts)
+    # as on an empty cache: only the export shared within this run is reused, nothing made from the corpus
+    assert [r.cached for c in mine.candidates for r in c.chain] == [False, True, False, True]
+
+
 def test_impossible_budget_fails_naming_the_closest_and_writes_the_report(tiny_model_dir, tmp_path) -> None:
     budget = {"min_cosine_mean": 1.0, "min_cosine_min": 1.0, "max_abs_error": 1e-9}
     with pytest.raises(BudgetNotMetError, match=r"closest: \S+ \(") as error:
