@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import orjson
 
 from corpus import load_split
+from serving import settings
 
 _USER_NUMBERS = itertools.count()
-INPUTS_ENV = "OPTISERVE_INPUTS"
-MODEL_ENV = "OPTISERVE_MODEL"
-SEED_ENV = "OPTISERVE_SEED"
-RATE_ENV = "OPTISERVE_RATE"
-RATE_PER_USER_ENV = "OPTISERVE_RATE_PER_USER"
+INPUTS_ENV = settings.INPUTS.name
+MODEL_ENV = settings.MODEL.name
+RATE_ENV = settings.RATE.name
+RATE_PER_USER_ENV = settings.RATE_PER_USER.name
 
 
 @dataclass
@@ -38,10 +38,10 @@ class EmbeddingsPayloads:
     def from_env(cls) -> EmbeddingsPayloads:
         return cls(
             sentences=load_split("heldout"),
-            max_inputs=int(os.environ.get(INPUTS_ENV, "1")),
-            model=os.environ.get(MODEL_ENV) or None,
+            max_inputs=settings.INPUTS.get(),
+            model=settings.MODEL.get() or None,
             # Each user (and each Locust process) draws its own sequence: base seed + process + user number.
-            seed=int(os.environ.get(SEED_ENV, "0")) + 100_000 * os.getpid() + next(_USER_NUMBERS),
+            seed=settings.SEED.get() + 100_000 * os.getpid() + next(_USER_NUMBERS),
         )
 
     def texts(self) -> list[str]:
@@ -69,8 +69,8 @@ def paced_wait(user: object) -> float:
     users; without either, a closed loop (no wait). ``optiserve loadtest --rate`` sets the per-user rate, which
     also holds with distributed workers. A user cannot send faster than its responses return, so give enough
     users for the rate."""
-    per_user = float(os.environ.get(RATE_PER_USER_ENV, "0") or 0)
-    rate = float(os.environ.get(RATE_ENV, "0") or 0)
+    per_user = settings.RATE_PER_USER.get()
+    rate = settings.RATE.get()
     if per_user <= 0 and rate <= 0:
         return 0.0
     from locust import constant_throughput

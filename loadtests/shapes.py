@@ -15,26 +15,27 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from locust import LoadTestShape
 
+from serving import settings
+
 SPAWN_RATE = 100.0  # users started per second: stages change at once
 
 
-def _numbers(variable: str, default: str) -> list[float]:
-    raw = os.environ.get(variable, default)
+def _numbers(setting: settings.Setting[str]) -> list[float]:
+    raw = setting.get()
     try:
         return [float(part) for part in raw.replace(",", ":").split(":") if part.strip()]
     except ValueError:
-        raise ValueError(f"{variable}={raw!r} must be numbers separated by ':' or ','") from None
+        raise ValueError(f"{setting.name}={raw!r} must be numbers separated by ':' or ','") from None
 
 
 def step_stages() -> list[tuple[int, float]]:
-    numbers = _numbers("OPTISERVE_STAGES", "1:10,2:10,4:10")
+    numbers = _numbers(settings.STAGES)
     if len(numbers) % 2 or not numbers:
         raise ValueError("OPTISERVE_STAGES must be users:seconds pairs, e.g. 1:10,2:10")
     return [(int(numbers[i]), numbers[i + 1]) for i in range(0, len(numbers), 2)]
@@ -64,7 +65,7 @@ class RampShape(LoadTestShape):
 
     def __init__(self) -> None:
         super().__init__()
-        start, end, self.seconds = _numbers("OPTISERVE_RAMP", "1:16:60")
+        start, end, self.seconds = _numbers(settings.RAMP)
         self.start, self.end = int(start), int(end)
 
     def tick(self) -> tuple[int, float] | None:
@@ -78,7 +79,7 @@ class SpikeShape(StepShape):
     """A base load, a sudden spike, then the base load again (three stages); stops after."""
 
     def configured_stages(self) -> list[tuple[int, float]]:
-        base, spike, before, during, after = _numbers("OPTISERVE_SPIKE", "2:16:20:10:20")
+        base, spike, before, during, after = _numbers(settings.SPIKE)
         return [(int(base), before), (int(spike), during), (int(base), after)]
 
 
@@ -125,12 +126,12 @@ class SweepShape(LoadTestShape):
 
     def __init__(self) -> None:
         super().__init__()
-        self.levels = [int(u) for u in _numbers("OPTISERVE_SWEEP_USERS", "1,2,4,8")]
-        self.window_s = float(os.environ.get("OPTISERVE_SWEEP_WINDOW_S", "3"))
-        self.stable_windows = int(os.environ.get("OPTISERVE_SWEEP_STABLE_WINDOWS", "3"))
-        self.tolerance = float(os.environ.get("OPTISERVE_SWEEP_TOLERANCE", "0.1"))
-        self.max_step_s = float(os.environ.get("OPTISERVE_SWEEP_MAX_STEP_S", "30"))
-        self.out = Path(os.environ.get("OPTISERVE_SWEEP_OUT", "sweep.json"))
+        self.levels = [int(u) for u in _numbers(settings.SWEEP_USERS)]
+        self.window_s = settings.SWEEP_WINDOW_S.get()
+        self.stable_windows = settings.SWEEP_STABLE_WINDOWS.get()
+        self.tolerance = settings.SWEEP_TOLERANCE.get()
+        self.max_step_s = settings.SWEEP_MAX_STEP_S.get()
+        self.out = Path(settings.SWEEP_OUT.get())
         self.steps: list[SweepStep] = []
         self.snapshots: list[_Snapshot] = []
         self.level = 0

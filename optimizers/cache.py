@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from serving import settings
 from serving.hashing import sha256_file, sha256_tree
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ ENTRY_FILE = "entry.json"
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("OPTISERVE_CACHE", Path.home() / ".cache" / "optiserve" / "chain"))
+    return Path(settings.CACHE.get() or Path.home() / ".cache" / "optiserve" / "chain")
 
 
 def content_hash(path: Path) -> str:

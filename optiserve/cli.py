@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from serving import settings
 from serving.errors import OptiserveError
 
 log = logging.getLogger("optiserve")
@@ -83,9 +84,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _shape_env(args: argparse.Namespace) -> dict[str, str]:
     env = {}
-    for option, variable in (("stages", "OPTISERVE_STAGES"), ("ramp", "OPTISERVE_RAMP"), ("spike", "OPTISERVE_SPIKE")):
+    for option, setting in (("stages", settings.STAGES), ("ramp", settings.RAMP), ("spike", settings.SPIKE)):
         if getattr(args, option):
-            env[variable] = getattr(args, option)
+            env[setting.name] = getattr(args, option)
     return env
 
 
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="your own texts (UTF-8, one per line, or .jsonl with a text field; at least 100) for calibration, "
         "validation, distillation and the held-out fidelity (default: the built-in corpus)",
     )
-    p.add_argument("--cache-dir", type=Path, help="pass cache (default: $OPTISERVE_CACHE or ~/.cache/optiserve/chain)")
+    p.add_argument("--cache-dir", type=Path, help=settings.CACHE.help("pass cache (default: ~/.cache/optiserve/chain)"))
     p.add_argument("--min-cosine-mean", type=float, help="override the recipe's budget")
     p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")
     p.add_argument("--min-top1-agreement", type=float, help="override the recipe's budget (classifiers)")
@@ -207,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    p.add_argument("--threads", type=int, help="runtime threads (and Ray CPUs) per replica (default: 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=settings.THREADS.get() or None,
+        help=settings.THREADS.help("runtime threads (and Ray CPUs) per replica (default: 1)"),
+    )
     p.add_argument("--max-batch-size", type=int, help="items per dynamic batch (default: from the package)")
     p.add_argument("--batch-wait-s", type=float, help="max wait to fill a batch (default: from the package)")
     p.add_argument("--num-gpus", type=float, help="GPUs per replica, fractions allowed (default: 0, CPU)")
@@ -216,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ingress",
         choices=["haproxy", "proxy"],
-        help="Ray Serve's HAProxy ingress (default; OPTISERVE_INGRESS) or its Python proxy",
+        default=settings.INGRESS.get(),
+        help=settings.INGRESS.help("Ray Serve's HAProxy ingress (default) or its Python proxy"),
     )
     p.set_defaults(run=_cmd_serve)
 
@@ -225,13 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api", choices=["embeddings", "kserve", "classify"], default="embeddings")
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--duration", type=int, default=20, help="seconds (with --shape: upper bound)")
-    p.add_argument("--inputs", type=int, default=1, help="each request carries 1..N sentences")
-    p.add_argument("--model", help="model name to send (default: none, the server's own)")
-    p.add_argument("--rate", type=float, help="target requests/s over all users (default: closed loop)")
+    p.add_argument(
+        "--inputs",
+        type=int,
+        default=settings.INPUTS.get(),
+        help=settings.INPUTS.help("each request carries 1..N sentences (default: 1)"),
+    )
+    p.add_argument(
+        "--model",
+        default=settings.MODEL.get() or None,
+        help=settings.MODEL.help("model name to send (default: none, the server's own)"),
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=settings.RATE.get() or None,
+        help=settings.RATE.help("target requests/s over all users (default: closed loop)"),
+    )
     p.add_argument("--shape", choices=["step", "ramp", "spike"], help="a Locust load shape (loadtests/shapes.py)")
-    p.add_argument("--stages", help="step shape: users:seconds,… (e.g. 1:10,2:10,4:10)")
-    p.add_argument("--ramp", help="ramp shape: from:to:seconds (e.g. 1:16:60)")
-    p.add_argument("--spike", help="spike shape: base:spike:before_s:during_s:after_s (e.g. 2:16:20:10:20)")
+    p.add_argument("--stages", help=settings.STAGES.help("step shape: users:seconds,… (e.g. 1:10,2:10,4:10)"))
+    p.add_argument("--ramp", help=settings.RAMP.help("ramp shape: from:to:seconds (e.g. 1:16:60)"))
+    p.add_argument(
+        "--spike", help=settings.SPIKE.help("spike shape: base:spike:before_s:during_s:after_s (e.g. 2:16:20:10:20)")
+    )
     p.add_argument("--sweep", metavar="USERS", help="goodput sweep over user counts, e.g. 1,2,4,8,16")
     p.add_argument("--max-step-s", type=float, default=30.0, help="sweep: longest hold per step (seconds)")
     p.add_argument("--workers", type=int, default=0, help="distributed Locust: master + N workers on 127.0.0.1")
@@ -268,7 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # flag defaults come from OPTISERVE_* variables: a bad one is a one-line error
+    except OptiserveError as exc:
+        print(f"optiserve: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return int(args.run(args))

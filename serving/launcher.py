@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving import settings
 from serving.limits import FORWARDED_ENV
 from serving.metrics import MULTIPROC_ENV
 
@@ -24,7 +25,6 @@ DEFAULT_PORT = 8000
 APP_NAME = "optiserve"
 REQUEST_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 180.0
-INGRESS_ENV = "OPTISERVE_INGRESS"
 INGRESSES = ("haproxy", "proxy")
 HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-local"
 
@@ -56,7 +56,7 @@ def ingress_environment(ingress: str) -> dict[str, str]:
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
-        "OPTISERVE_HAPROXY_BINARY": get_haproxy_binary(),
+        settings.HAPROXY_BINARY.name: get_haproxy_binary(),
         # A stopping replica stays reachable this long so load balancers can deregister it (Ray's default: 30 s,
         # which every replica restart and shutdown then waits). HAProxy on the same node deregisters in well under
         # a second; requests in flight are drained either way.
@@ -99,7 +99,7 @@ class Server:
         env_vars.update(env or {})
         env_vars[MULTIPROC_ENV] = str(self.metrics_dir)
         if self.threads:
-            env_vars["OPTISERVE_THREADS"] = str(self.threads)
+            env_vars[settings.THREADS.name] = str(self.threads)
         dirs = [package_dirs] if isinstance(package_dirs, str | Path) else list(package_dirs)
         app = build_app([str(Path(d).resolve()) for d in dirs], self.threads, overrides, env_vars, **options)
         serve.run(app, name=APP_NAME, route_prefix="/")
@@ -140,14 +140,14 @@ def start(
 
     metrics_dir = Path(tempfile.mkdtemp(prefix="optiserve-metrics-"))
     if address is None and not ray.is_initialized():
-        os.environ.update(ingress_environment(ingress or os.environ.get(INGRESS_ENV, "haproxy")))
+        os.environ.update(ingress_environment(ingress or settings.INGRESS.get()))
     if not ray.is_initialized():
         ray.init(
             address=address,
             num_cpus=num_cpus if address is None else None,
             num_gpus=num_gpus if address is None else None,
             include_dashboard=False,
-            log_to_driver=os.environ.get("OPTISERVE_RAY_LOGS", "0") == "1",
+            log_to_driver=settings.RAY_LOGS.get(),
             logging_level=logging.WARNING,
         )
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})

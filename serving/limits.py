@@ -1,16 +1,6 @@
-"""Server limits and access control, read from the environment once per replica process.
-
-Every default is a named constant here; ``docs/limits.md`` quotes them and a test checks the two agree.
-
-| variable                        | default     | what happens past it                                      |
-|---------------------------------|-------------|-----------------------------------------------------------|
-| OPTISERVE_MAX_BODY_BYTES        | 16 MiB      | 413, also for chunked bodies (counted while streaming)    |
-| OPTISERVE_MAX_INPUTS            | 2048        | 422                                                       |
-| OPTISERVE_MAX_INPUT_CHARS       | 32768       | 422                                                       |
-| OPTISERVE_ON_OVERFLOW           | truncate    | inputs longer than the model's token limit: ``truncate``  |
-|                                 |             | (response item says ``"truncated": true``) or ``reject``  |
-|                                 |             | (422)                                                     |
-| OPTISERVE_API_TOKEN[_FILE]      | unset       | when set, inference routes need ``Authorization: Bearer`` |
+"""Server limits and access control, read from the environment once per replica process (through
+``serving.settings``, where each variable, its default and its meaning are declared; ``docs/limits.md`` lists
+them and a test checks the two agree).
 """
 
 from __future__ import annotations
@@ -21,39 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_INPUTS = 2048
-DEFAULT_MAX_INPUT_CHARS = 32_768
+from serving import settings
+
+DEFAULT_MAX_BODY_BYTES: int = settings.MAX_BODY_BYTES.default
+DEFAULT_MAX_INPUTS: int = settings.MAX_INPUTS.default
+DEFAULT_MAX_INPUT_CHARS: int = settings.MAX_INPUT_CHARS.default
 DEFAULT_ON_OVERFLOW: Literal["truncate", "reject"] = "truncate"
-
-ENV_MAX_BODY_BYTES = "OPTISERVE_MAX_BODY_BYTES"
-ENV_MAX_INPUTS = "OPTISERVE_MAX_INPUTS"
-ENV_MAX_INPUT_CHARS = "OPTISERVE_MAX_INPUT_CHARS"
-ENV_ON_OVERFLOW = "OPTISERVE_ON_OVERFLOW"
-ENV_API_TOKEN = "OPTISERVE_API_TOKEN"
-ENV_API_TOKEN_FILE = "OPTISERVE_API_TOKEN_FILE"
-# Variables the launcher forwards from its own environment to replicas.
-FORWARDED_ENV = (
-    ENV_MAX_BODY_BYTES,
-    ENV_MAX_INPUTS,
-    ENV_MAX_INPUT_CHARS,
-    ENV_ON_OVERFLOW,
-    ENV_API_TOKEN,
-    ENV_API_TOKEN_FILE,
+# Variables the launcher forwards from its own environment to replicas (what a replica reads).
+FORWARDED_ENV = tuple(
+    s.name
+    for s in (
+        settings.MAX_BODY_BYTES,
+        settings.MAX_INPUTS,
+        settings.MAX_INPUT_CHARS,
+        settings.ON_OVERFLOW,
+        settings.API_TOKEN,
+        settings.API_TOKEN_FILE,
+    )
 )
-
-
-def _positive_int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -67,14 +42,12 @@ class ServerLimits:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServerLimits:
         env = dict(os.environ if env is None else env)
-        overflow = env.get(ENV_ON_OVERFLOW) or DEFAULT_ON_OVERFLOW
-        if overflow not in ("truncate", "reject"):
-            raise ValueError(f"{ENV_ON_OVERFLOW} must be 'truncate' or 'reject', got {overflow!r}")
+        overflow = settings.ON_OVERFLOW.get(env)
         return cls(
-            max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES),
-            max_inputs=_positive_int(env, ENV_MAX_INPUTS, DEFAULT_MAX_INPUTS),
-            max_input_chars=_positive_int(env, ENV_MAX_INPUT_CHARS, DEFAULT_MAX_INPUT_CHARS),
-            on_overflow=overflow,  # type: ignore[arg-type]
+            max_body_bytes=settings.MAX_BODY_BYTES.get(env),
+            max_inputs=settings.MAX_INPUTS.get(env),
+            max_input_chars=settings.MAX_INPUT_CHARS.get(env),
+            on_overflow="reject" if overflow == "reject" else "truncate",
             api_token=_token(env),
         )
 
@@ -87,12 +60,12 @@ class ServerLimits:
 
 
 def _token(env: dict[str, str]) -> str | None:
-    if path := env.get(ENV_API_TOKEN_FILE):
+    if path := settings.API_TOKEN_FILE.get(env):
         token = Path(path).read_text(encoding="utf-8").strip()
         if not token:
-            raise ValueError(f"{ENV_API_TOKEN_FILE} names {path}, which is empty")
+            raise settings.SettingError(f"{settings.API_TOKEN_FILE.name} names {path}, which is empty")
         return token
-    return env.get(ENV_API_TOKEN) or None
+    return settings.API_TOKEN.get(env) or None
 
 
 LIMITS = ServerLimits.from_env()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import limits
+from serving import limits, settings
 from serving.package import ServingDefaults
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "limits.md").read_text()
@@ -22,10 +22,10 @@ def _documented(name: str) -> str:
 @pytest.mark.parametrize(
     ("variable", "default"),
     [
-        (limits.ENV_MAX_BODY_BYTES, limits.DEFAULT_MAX_BODY_BYTES),
-        (limits.ENV_MAX_INPUTS, limits.DEFAULT_MAX_INPUTS),
-        (limits.ENV_MAX_INPUT_CHARS, limits.DEFAULT_MAX_INPUT_CHARS),
-        (limits.ENV_ON_OVERFLOW, limits.DEFAULT_ON_OVERFLOW),
+        (settings.MAX_BODY_BYTES.name, limits.DEFAULT_MAX_BODY_BYTES),
+        (settings.MAX_INPUTS.name, limits.DEFAULT_MAX_INPUTS),
+        (settings.MAX_INPUT_CHARS.name, limits.DEFAULT_MAX_INPUT_CHARS),
+        (settings.ON_OVERFLOW.name, limits.DEFAULT_ON_OVERFLOW),
     ],
 )
 def test_server_limits_match_the_docs(variable: str, default: object) -> None:
@@ -35,6 +35,31 @@ def test_server_limits_match_the_docs(variable: str, default: object) -> None:
 @pytest.mark.parametrize("field", list(ServingDefaults.model_fields))
 def test_serving_defaults_match_the_docs(field: str) -> None:
     assert _documented(field) == str(ServingDefaults.model_fields[field].default)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_setting_is_in_the_docs_table_with_its_default() -> None:
+    section = DOC[DOC.index("## Every environment variable") :]
+    assert settings.table() in section, "docs/limits.md's table is stale: paste serving.settings.table()"
+
+
+def test_every_optiserve_variable_the_code_names_is_a_declared_setting() -> None:
+    named = {
+        (path.relative_to(ROOT).as_posix(), name)
+        for folder in ("serving", "optimizers", "optiserve", "loadtests", "benchmarks", "tests", "scripts")
+        for path in (ROOT / folder).rglob("*.py")
+        for name in re.findall(r"OPTISERVE_[A-Z_]*[A-Z]", path.read_text(encoding="utf-8"))
+    }
+    undeclared = sorted(f"{path}: {name}" for path, name in named if name not in settings.SETTINGS)
+    assert not undeclared, undeclared
+
+
+def test_a_bad_value_names_the_variable_and_what_it_takes() -> None:
+    with pytest.raises(settings.SettingError, match=r"OPTISERVE_SWEEP_WINDOW_S='soon': must be a number"):
+        settings.SWEEP_WINDOW_S.get({"OPTISERVE_SWEEP_WINDOW_S": "soon"})
+    assert settings.RAY_LOGS.get({"OPTISERVE_RAY_LOGS": ""}) is False  # empty is unset
 
 
 def test_every_forwarded_variable_is_documented() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,12 +11,13 @@ import httpx
 import pytest
 
 from loadtests.scrape import requests_by_code, scrape
+from serving import settings
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(1800)]
 ROUND_TIMEOUT_S = 600
 # CI sends 3,000 generated requests (about 5 minutes here: schemathesis's generation is the bottleneck);
 # the 10,000-request run in docs/reliability.md is: OPTISERVE_FUZZ_REQUESTS=10000 .venv/bin/pytest tests/test_fuzz.py
-MIN_REQUESTS = int(os.environ.get("OPTISERVE_FUZZ_REQUESTS", "3000"))
+MIN_REQUESTS = settings.FUZZ_REQUESTS.get()
 EXAMPLES_PER_ROUND = 2500
 MAX_ROUNDS = 8
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving import settings
 from serving.errors import PackageError
 from serving.package import ModelPackage, OnnxRuntimeOptions, OpenVINOOptions, PoolingSpec, TorchOptions
 from serving.runtimes.onnx_options import TENSORRT_PROVIDER
@@ -79,10 +80,10 @@ def choose_torch_device(gpus: list[str], cuda_available: bool) -> DeviceChoice:
 def default_threads() -> int:
     """Threads for one runtime: ``OPTISERVE_THREADS``, else ``OMP_NUM_THREADS`` (Ray sets it to a replica's
     ``num_cpus``), else 1 -- the same default the optimizer profiles with, so its profile predicts the server."""
-    for var in ("OPTISERVE_THREADS", "OMP_NUM_THREADS"):
-        if value := os.environ.get(var):
-            return max(1, int(value))
-    return 1
+    if threads := settings.THREADS.get():
+        return threads
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, int(omp)) if omp.isdigit() else 1
 
 
 def create_runtime(
