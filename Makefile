@@ -24,9 +24,10 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/pip install --quiet -c constraints.txt ruff
+	$(BIN)/pip install --quiet -c constraints.txt ruff mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy   # files and strictness: [tool.mypy] in pyproject.toml
 
 clean:
 	rm -rf runs .pytest_cache

@@ -25,7 +25,7 @@ class ClassifyUser(FastHttpUser):
     @task
     def classify(self) -> None:
         body, count = self.payloads.next()
-        with self.client.post("/v1/classify", data=body, headers=HEADERS, catch_response=True) as response:
+        with self.client.post("/v1/classify", data=body, headers=HEADERS, catch_response=True) as response:  # type: ignore[arg-type]  # bytes are fine
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
             elif (got := (response.text or "").count('"object":"classification"')) != count:

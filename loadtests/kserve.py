@@ -32,7 +32,11 @@ class KServeUser(FastHttpUser):
     def infer(self) -> None:
         body, count = self.payloads.next_kserve()
         with self.client.post(
-            self.path, data=body, headers=HEADERS, catch_response=True, name="/v2/models/{model}/infer"
+            self.path,
+            data=body,  # type: ignore[arg-type]  # bytes are fine
+            headers=HEADERS,
+            catch_response=True,
+            name="/v2/models/{model}/infer",
         ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")

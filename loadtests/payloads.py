@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -63,7 +64,7 @@ class EmbeddingsPayloads:
         return orjson.dumps({"inputs": [tensor]}), len(texts)
 
 
-def paced_wait(user: object) -> float:
+def paced_wait(user: Any) -> float:
     """Locust ``wait_time`` for a whole-run target rate: each user paces itself (Locust's ``constant_throughput``)
     at ``OPTISERVE_RATE_PER_USER``, or at ``OPTISERVE_RATE`` (requests/s over all users) divided by this process's
     users; without either, a closed loop (no wait). ``optiserve loadtest --rate`` sets the per-user rate, which
@@ -76,6 +77,6 @@ def paced_wait(user: object) -> float:
     from locust import constant_throughput
 
     if per_user <= 0:
-        runner = user.environment.runner  # type: ignore[attr-defined]
+        runner = user.environment.runner
         per_user = rate / max(1, getattr(runner, "target_user_count", None) or getattr(runner, "user_count", 1) or 1)
     return constant_throughput(per_user)(user)

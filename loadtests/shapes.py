@@ -138,13 +138,14 @@ class SweepShape(LoadTestShape):
         self.step_started = 0.0
 
     def _snapshot(self) -> _Snapshot:
+        assert self.runner is not None  # Locust sets it before it asks the shape for a tick
         total = self.runner.stats.total
         return _Snapshot(
             self.get_run_time(), total.num_requests, total.num_failures, dict(total.response_times), self._scrape()
         )
 
     def _scrape(self) -> dict | None:
-        host = getattr(self.runner.environment, "host", None)
+        host = getattr(getattr(self.runner, "environment", None), "host", None)
         if not host:
             return None
         from loadtests.scrape import scrape

@@ -38,8 +38,13 @@ class Splits:
 
 
 def text_corpus() -> Splits:
-    splits = (load_split(s) for s in ("train", "validation", "calibration", "heldout"))  # type: ignore[arg-type]
-    return Splits(*splits, origin={"source": "built-in corpus (corpus/data/corpus.txt), fixed slices"})
+    return Splits(
+        train=load_split("train"),
+        validation=load_split("validation"),
+        calibration=load_split("calibration"),
+        heldout=load_split("heldout"),
+        origin={"source": "built-in corpus (corpus/data/corpus.txt), fixed slices"},
+    )
 
 
 def text_corpus_large() -> Splits:

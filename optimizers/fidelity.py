@@ -1,8 +1,10 @@
-"""Fidelity of a candidate's outputs against the source model's, on the same held-out inputs, per task."""
+"""Fidelity of a candidate's outputs against the source model's, on the same held-out inputs, per task, and the
+one number that ranks candidates by it (:func:`fidelity_score`, ``Fidelity.score`` for every caller)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -10,6 +12,15 @@ from serving.package import Fidelity
 
 Task = Literal["embedding", "classification", "tensor"]
 NEIGHBOURS = 10
+
+
+def fidelity_score(fidelity: Fidelity | Mapping[str, Any] | None) -> float:
+    """The one number that ranks candidates by fidelity (selection, Pareto front, tuning, report and plots):
+    ``Fidelity.score``, top-1 agreement for classifiers, else cosine mean. Takes a ``Fidelity``, its dump as
+    the report holds it, or None (no fidelity: -1, below every measured one)."""
+    if fidelity is None:
+        return -1.0
+    return (fidelity if isinstance(fidelity, Fidelity) else Fidelity(**fidelity)).score
 
 
 def nn_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = NEIGHBOURS) -> float:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from optimizers.fidelity import fidelity_score
+
 FIDELITY_PLOT = "fidelity_vs_throughput.png"
 LATENCY_PLOT = "latency_vs_batch.png"
 
 
 def _score(candidate: dict[str, Any]) -> float:
-    fidelity = candidate["fidelity"]
-    return fidelity.get("top1_agreement", fidelity["cosine_mean"])
+    return fidelity_score(candidate["fidelity"])
 
 
 def write_plots(directory: Path, report: dict[str, Any]) -> list[Path]:

@@ -11,11 +11,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
 from serving.package import ProfileRow, ServingDefaults
-from serving.pipeline import TextPipeline
+from serving.pipeline import TensorPipeline, TextPipeline
 
 MIN_BATCHES = 8  # dynamic batches per call size, so that p99 is not just the single slowest one
 DYNAMIC_BATCH = ServingDefaults().max_batch_size
@@ -76,8 +77,8 @@ def batch_sizes(limit: int) -> list[int]:
 
 
 def profile_pipeline(
-    pipeline: TextPipeline,
-    texts: Sequence[str],
+    pipeline: TextPipeline | TensorPipeline,
+    texts: Sequence[Any],
     max_batch: int = 64,
     items: int = 256,
     threads: int = 1,

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from optimizers.fidelity import fidelity_score
+
 NAN = float("nan")
 
 
@@ -37,7 +39,7 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
                 f"{c['size_bytes'] / 1e6:.2f}",
                 f"{c['items_per_s']:.0f}",
                 str(best["call_items"]) if best else "-",
-                _num(fid.get("top1_agreement") if classifier else fid.get("cosine_mean")),
+                _num(fidelity_score(fid) if fid else None),
                 _num(fid.get("cosine_min")),
                 _num(fid.get("labelled_accuracy") if classifier else fid.get("nn_agreement_at10")),
                 "yes" if c["pareto"] else "",

@@ -201,7 +201,7 @@ def _pooling(path: Path) -> PoolingSpec:
                 mode = "cls"
             elif pooling.get("pooling_mode_max_tokens"):
                 mode = "max"
-    return PoolingSpec(mode=mode, normalize=normalize)
+    return PoolingSpec.model_validate({"mode": mode, "normalize": normalize})
 
 
 def _max_length(path: Path, config: dict[str, object]) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from optimizers.fidelity import fidelity_score
 from optimizers.recipe import PlannedCandidate, TuneSpec
 from serving.package import Fidelity, FidelityBudget
 
@@ -53,15 +54,7 @@ def budget_violation(budget: FidelityBudget, fidelity: Fidelity | None) -> float
     """How far ``fidelity`` is outside the budget, summed over the broken limits (0 when within)."""
     if fidelity is None:
         return 1.0
-    limits = (
-        [
-            (fidelity.cosine_mean, budget.min_cosine_mean),
-            (fidelity.cosine_min, budget.min_cosine_min),
-        ]
-        if fidelity.top1_agreement is None
-        else [(fidelity.top1_agreement, budget.min_top1_agreement)]
-    )
-    gap = sum(max(0.0, limit - value) for value, limit in limits)
+    gap = sum(max(0.0, limit - value) for _, value, limit in budget.judging_limits(fidelity))
     return gap if gap > 0 or budget.admits(fidelity) else 1e-6  # other limits broken: infeasible all the same
 
 
@@ -100,7 +93,7 @@ def tune(
             trials[planned.name] = measure(planned)
         result = trials[planned.name]
         trial.set_user_attr("violation", result.violation)
-        fidelity = result.fidelity.score if result.fidelity else -1.0
+        fidelity = fidelity_score(result.fidelity)
         record.trials.append(
             {
                 "number": trial.number,
@@ -116,7 +109,7 @@ def tune(
     def constraint(frozen: Any) -> list[float]:
         return [float(frozen.user_attrs.get("violation", 1.0))]
 
-    directions = ["maximize", "maximize"] if spec.sampler == "nsga2" else ["maximize"]
+    directions: list[Any] = ["maximize", "maximize"] if spec.sampler == "nsga2" else ["maximize"]
     study = optuna.create_study(directions=directions, sampler=_sampler(spec, constraint))
     start = time.perf_counter()
     study.optimize(objective, n_trials=spec.trials, timeout=spec.timeout_s)

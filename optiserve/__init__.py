@@ -1,3 +1,5 @@
 """optiserve command line: the one place that sees the optimizer chain, the server and the load tests."""
 
-__version__ = "0.1.0"
+from serving.version import __version__
+
+__all__ = ["__version__"]

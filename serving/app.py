@@ -46,9 +46,10 @@ from serving.limits import LIMITS
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, NO_MODEL, exposition, metrics
 from serving.package import Manifest, ServingDefaults, load_package
 from serving.replica import InferResult, ModelRunner, ServedModels
+from serving.version import __version__
 
 log = logging.getLogger("optiserve")
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = __version__
 MAX_ONGOING_REQUESTS = 1024
 RETRY_AFTER_S = "1"
 
@@ -465,7 +466,8 @@ def build_app(
         options["autoscaling_config"] = {"target_ongoing_requests": max(batch_sizes), **autoscaling_config}
     elif num_replicas is not None:
         options["num_replicas"] = num_replicas
-    return InferenceService.options(**options).bind(dirs, threads)
+    deployment: Any = InferenceService  # a Ray Serve Deployment (its decorator is untyped)
+    return deployment.options(**options).bind(dirs, threads)
 
 
 APP_BUILDER_ARGS = {

@@ -100,7 +100,7 @@ class Server:
         env_vars[MULTIPROC_ENV] = str(self.metrics_dir)
         if self.threads:
             env_vars[settings.THREADS.name] = str(self.threads)
-        dirs = [package_dirs] if isinstance(package_dirs, str | Path) else list(package_dirs)
+        dirs: list[Path | str] = [package_dirs] if isinstance(package_dirs, str | Path) else list(package_dirs)
         app = build_app([str(Path(d).resolve()) for d in dirs], self.threads, overrides, env_vars, **options)
         serve.run(app, name=APP_NAME, route_prefix="/")
         wait_ready(self.url)

@@ -82,9 +82,15 @@ class Fidelity(_Strict):
     max_rel_error: float | None = None
 
     @property
+    def judged_by(self) -> tuple[str, ...]:
+        """The one rule for which numbers count: classifiers are judged and ranked by top-1 agreement, everything
+        else by cosine mean (and, against a budget, cosine min). The first is :attr:`score`."""
+        return ("top1_agreement",) if self.top1_agreement is not None else ("cosine_mean", "cosine_min")
+
+    @property
     def score(self) -> float:
         """The one number that ranks models by fidelity: top-1 agreement for classifiers, else cosine mean."""
-        return self.top1_agreement if self.top1_agreement is not None else self.cosine_mean
+        return float(getattr(self, self.judged_by[0]))
 
 
 class FidelityBudget(_Strict):
@@ -100,15 +106,17 @@ class FidelityBudget(_Strict):
     def admits(self, fidelity: Fidelity) -> bool:
         return not self.violations(fidelity)
 
+    def judging_limits(self, fidelity: Fidelity) -> list[tuple[str, float, float]]:
+        """(name, value, lower limit) of each number that judges ``fidelity`` (``Fidelity.judged_by``)."""
+        return [(name, getattr(fidelity, name), getattr(self, f"min_{name}")) for name in fidelity.judged_by]
+
     def violations(self, fidelity: Fidelity) -> list[str]:
         """Each limit ``fidelity`` breaks, as text (empty when within budget)."""
-        checks: list[tuple[str, float | None, float | None, bool]] = []  # name, value, limit, higher is better
-        if fidelity.top1_agreement is not None:
-            checks.append(("top1_agreement", fidelity.top1_agreement, self.min_top1_agreement, True))
-        else:
-            checks.append(("cosine_mean", fidelity.cosine_mean, self.min_cosine_mean, True))
-            checks.append(("cosine_min", fidelity.cosine_min, self.min_cosine_min, True))
-            checks.append(("nn_agreement_at10", fidelity.nn_agreement_at10, self.min_nn_agreement_at10, True))
+        checks: list[tuple[str, float | None, float | None, bool]] = [  # name, value, limit, higher is better
+            (name, value, limit, True) for name, value, limit in self.judging_limits(fidelity)
+        ]
+        # measured for embeddings only (None, so not checked, for classifiers)
+        checks.append(("nn_agreement_at10", fidelity.nn_agreement_at10, self.min_nn_agreement_at10, True))
         checks.append(("labelled_accuracy", fidelity.labelled_accuracy, self.min_labelled_accuracy, True))
         checks.append(("max_abs_error", fidelity.max_abs_error, self.max_abs_error, False))
         broken = []
@@ -152,12 +160,18 @@ class ServingDefaults(_Strict):
     )
 
 
+# The default CUDA graph shape buckets (batch rows, sequence tokens), here once: the manifest's torch options, the
+# cuda_graphs pass and serving.runtimes.buckets.ShapeBuckets take them from here.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+SEQUENCE_BUCKETS = (16, 32, 64, 128, 256)
+
+
 class TorchOptions(_Strict):
     """GPU settings of the torch runtime; on CPU they are not applied, and the replica says so."""
 
     cuda_graphs: bool = Field(default=False, description="replay captured graphs, one per shape bucket")
-    batch_buckets: list[int] = [1, 2, 4, 8, 16, 32]
-    sequence_buckets: list[int] = [16, 32, 64, 128, 256]
+    batch_buckets: list[int] = list(BATCH_BUCKETS)
+    sequence_buckets: list[int] = list(SEQUENCE_BUCKETS)
     compile: bool = Field(default=False, description="torch.compile the model (dynamic shapes)")
     compile_mode: str = "max-autotune-no-cudagraphs"
 

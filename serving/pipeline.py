@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.errors import PackageError
 from serving.package import ModelPackage, ServingDefaults
 from serving.runtimes import ModelRuntime, load_runtime
 from serving.tokenizer import TextEncoder
@@ -60,6 +61,8 @@ class TextPipeline:
 
     @classmethod
     def from_package(cls, package: ModelPackage, threads: int | None = None) -> TextPipeline:
+        if package.manifest.tokenizer is None:
+            raise PackageError(f"{package.root}: a text pipeline needs a tokenizer; this package takes tensors")
         encoder = TextEncoder.from_spec(package.root, package.manifest.tokenizer)
         return cls(encoder, load_runtime(package, threads), package.manifest.output_dim)
 

@@ -66,7 +66,7 @@ class ModelRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"optiserve-{self.name}")
         self._pending_items = 0
         self._package_settings = self.manifest.serving
-        self._batch = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)(self._run_batch)
+        self._batch: Any = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)(self._run_batch)
         self._wait = AdaptiveWait(self.manifest.serving.batch_wait_timeout_s)
         self.apply({})
         log.info(
@@ -168,7 +168,8 @@ class ModelRunner:
         """Raise if the runtime can no longer compute."""
         pipeline = self.pipeline
         probe = ["health check"] if isinstance(pipeline, TextPipeline) else [np.zeros(pipeline.item_shape, np.float32)]
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.pipeline.run, probe)
+        run: Any = pipeline.run
+        await asyncio.get_running_loop().run_in_executor(self._executor, run, probe)
 
 
 def _node_id() -> str | None:

@@ -63,9 +63,9 @@ class PassOutput:
 
 
 class Evaluator(Protocol):
-    """Fidelity of ``artifact`` against the source model on ``texts`` (default: the validation split)."""
+    """Fidelity of ``artifact`` against the source model on ``items`` (default: the validation split)."""
 
-    def __call__(self, artifact: Artifact, texts: list[str] | None = None) -> Fidelity: ...
+    def __call__(self, artifact: Artifact, items: list[Any] | None = None) -> Fidelity: ...
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def layer_dropped_student(teacher_dir: Path, task: str, keep: int | tuple[int, .
     layers = getattr(holder, attr)
     indices = kept_layers(len(layers), keep) if isinstance(keep, int) else sorted(set(keep))
     if not all(0 <= i < len(layers) for i in indices):
-        raise ValueError(f"keep_layers {list(keep)} must be indices of the teacher's {len(layers)} layers")
+        raise ValueError(f"keep_layers {indices} must be indices of the teacher's {len(layers)} layers")
     keep = len(indices)
     setattr(holder, attr, torch.nn.ModuleList([layers[i] for i in indices]))
     for name in ("num_hidden_layers", "n_layers"):

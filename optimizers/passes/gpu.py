@@ -18,7 +18,7 @@ from optimizers.passes.base import (
     out_path,
     register,
 )
-from serving.package import TensorRTOptions
+from serving.package import BATCH_BUCKETS, SEQUENCE_BUCKETS, TensorRTOptions
 from serving.runtimes.onnx_options import ENGINE_CACHE, tensorrt_provider_options
 
 
@@ -98,8 +98,8 @@ class TorchCompileConfig(PassConfig):
 
 
 class CudaGraphsConfig(PassConfig):
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    sequence_buckets: tuple[int, ...] = (16, 32, 64, 128, 256)
+    batch_buckets: tuple[int, ...] = BATCH_BUCKETS
+    sequence_buckets: tuple[int, ...] = SEQUENCE_BUCKETS
 
 
 def _with_options(artifact: Artifact, context: PassContext, **options: object) -> PassOutput:

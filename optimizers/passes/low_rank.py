@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from optimizers.fidelity import fidelity_score
 from optimizers.passes.base import (
     Artifact,
     PassConfig,
@@ -102,7 +103,7 @@ def low_rank(artifact: Artifact, config: LowRankConfig, context: PassContext) ->
         log.info("low_rank %.3f: %s of the multiply-adds, %s", ratio, shape["macs_remaining"], fidelity)
         if tries[-1]["within_budget"]:
             return PassOutput(Artifact(final, "onnx", artifact.precision), {"tries": tries, "chosen": shape})
-    closest = max(tries, key=lambda t: t["fidelity"]["cosine_mean"])
+    closest = max(tries, key=lambda t: fidelity_score(t["fidelity"]))
     broken = "; ".join(context.budget.violations(Fidelity(**closest["fidelity"])))
     raise PassFailedError(
         f"low_rank: no rank within the fidelity budget; closest: {closest['ratio']} of full rank "

@@ -52,5 +52,4 @@ def torch_precision(artifact: Artifact, config: TorchPrecisionConfig, context: P
         str(target / "model.safetensors"),
         metadata={"format": "pt"},
     )
-    precision = "fp16" if config.dtype == "float16" else "bf16"
-    return PassOutput(Artifact(target, "hf", precision))
+    return PassOutput(Artifact(target, "hf", "fp16" if config.dtype == "float16" else "bf16"))

@@ -127,7 +127,7 @@ def prune(artifact: Artifact, config: PruneConfig, context: PassContext) -> Pass
     if source.task != "embedding":
         raise PassUnavailableError("prune handles embedding encoders; classifiers are not supported yet")
     original = load_model(source.path, source.task, source.pooling)
-    pruned = load_model(source.path, source.task, source.pooling)
+    pruned: Any = load_model(source.path, source.task, source.pooling)
     texts = context.train[: config.samples]
     batches = [torch_inputs(source, texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
     before = sum(p.numel() for p in pruned.parameters())

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.package import BATCH_BUCKETS, SEQUENCE_BUCKETS
 from serving.tokenizer import EncodedBatch
 
 
 @dataclass(frozen=True)
 class ShapeBuckets:
-    batch: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    sequence: tuple[int, ...] = (16, 32, 64, 128, 256)
+    batch: tuple[int, ...] = BATCH_BUCKETS
+    sequence: tuple[int, ...] = SEQUENCE_BUCKETS
 
     def __post_init__(self) -> None:
         for name, sizes in (("batch", self.batch), ("sequence", self.sequence)):

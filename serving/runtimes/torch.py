@@ -4,6 +4,7 @@ reference the chain measures fidelity against."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ class TorchRuntime(ModelRuntime):
     ) -> None:
         torch.set_num_threads(threads)
         self.device = device
-        self.model = load_model(model_dir, task, pooling).to(device)
+        self.model: Any = load_model(model_dir, task, pooling).to(device)
         self.graphs: CudaGraphs | None = None
         self.options = options or TorchOptions()
         self.skipped_options = ""  # why requested GPU options are not applied (shown with the device reason)

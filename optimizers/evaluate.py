@@ -1,0 +1,176 @@
+"""Measuring candidates as they will be served: :class:`OutputsEvaluator` runs an artifact through the server's
+own pipeline (text or tensors, on the device it will be served from) and compares its outputs with the source
+model's on the same inputs; :func:`evaluate` profiles each built candidate and measures its fidelity on the
+held-out split with the serving defaults its profile gives (a model two searches both reached is measured
+once); :func:`quick_measure` is what a tuning trial does with its combination.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from optimizers.cache import content_hash
+from optimizers.fidelity import output_fidelity
+from optimizers.passes.base import Artifact
+from optimizers.profile import PeakMemory, best_row, profile_pipeline, serving_defaults
+from optimizers.recipe import PlannedCandidate, Recipe
+from optimizers.runner import StepRunner, build_candidate, source_artifact
+from optimizers.selection import Candidate
+from optimizers.source import SourceModel
+from optimizers.tuning import Trial, budget_violation
+from serving.hardware import HardwareProfile
+from serving.package import Fidelity, FidelityBudget, OnnxRuntimeOptions, OpenVINOOptions, ServingDefaults, TorchOptions
+from serving.pipeline import Pipeline, TensorPipeline, TextPipeline
+from serving.runtimes.base import create_runtime
+from serving.tokenizer import TextEncoder
+
+log = logging.getLogger(__name__)
+QUICK_PROFILE_ITEMS = 64
+
+
+def runtime_options(artifact: Artifact) -> dict[str, Any]:
+    """The artifact's runtime settings as ``create_runtime`` and the manifest take them."""
+    if artifact.runtime == "openvino":
+        return {"openvino_options": OpenVINOOptions(**artifact.options)}
+    if artifact.runtime == "torch":
+        return {"torch_options": TorchOptions(**artifact.options)}
+    return {"onnxruntime_options": OnnxRuntimeOptions(**artifact.options)}
+
+
+class OutputsEvaluator:
+    """Runs artifacts through the same pipeline the server uses (text or tensors) and compares them with the
+    source model's outputs on the same inputs (the source's outputs are computed once per input list)."""
+
+    def __init__(
+        self,
+        source: SourceModel,
+        threads: int,
+        budget_items: list[Any],
+        labels: np.ndarray | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.source = source
+        self.gpus = ["0"] if device == "cuda" else []  # candidates run where they will be served
+        self.threads = threads
+        self.encoder = TextEncoder.from_spec(source.path, source.tokenizer) if source.tokenizer else None
+        self.default_items = budget_items
+        self.labels = labels  # true labels of the held-out split, if the data has them
+        self._reference: dict[int, tuple[list[Any], np.ndarray]] = {}
+
+    def pipeline(self, artifact: Artifact) -> Pipeline:
+        if self.encoder is None:
+            if artifact.format == "module":
+                from optimizers.modules import ModuleRuntime
+
+                runtime: Any = ModuleRuntime(artifact.path, self.threads)
+            else:
+                runtime = create_runtime(
+                    artifact.runtime,
+                    artifact.model_file,
+                    self.source.pooling,
+                    self.threads,
+                    gpus=self.gpus,
+                    **runtime_options(artifact),
+                )
+            return TensorPipeline(runtime, self.source.item_shape, self.source.output_dim)
+        runtime = create_runtime(
+            artifact.runtime,
+            artifact.model_file,
+            self.source.pooling,
+            self.threads,
+            self.source.task,
+            gpus=self.gpus,
+            pad_token_id=self.encoder.pad_token_id,
+            **runtime_options(artifact),
+        )
+        return TextPipeline(self.encoder, runtime, self.source.output_dim)
+
+    def outputs(self, artifact: Artifact, items: list[Any], settings: ServingDefaults | None = None) -> np.ndarray:
+        return self.pipeline(artifact).run_as_served(items, settings or ServingDefaults())
+
+    def reference(self, items: list[Any]) -> np.ndarray:
+        key = id(items)
+        if key not in self._reference:
+            self._reference[key] = (items, self.outputs(source_artifact(self.source), items))
+        return self._reference[key][1]
+
+    def fidelity(self, outputs: np.ndarray, items: list[Any], labels: np.ndarray | None = None) -> Fidelity:
+        return output_fidelity(self.reference(items), outputs, task=self.source.task, labels=labels)
+
+    def __call__(self, artifact: Artifact, items: list[Any] | None = None) -> Fidelity:
+        items = items if items is not None else self.default_items
+        return self.fidelity(self.outputs(artifact, items), items)
+
+
+def quick_measure(
+    evaluator: OutputsEvaluator,
+    runner: StepRunner,
+    recipe: Recipe,
+    budget: FidelityBudget,
+    threads: int,
+    hardware: HardwareProfile,
+) -> Callable[[PlannedCandidate], Trial]:
+    """What a tuning trial does with its combination: build it (through the cache), then its fidelity on the
+    validation split and its throughput from a short profile."""
+
+    def measure(planned: PlannedCandidate) -> Trial:
+        candidate = build_candidate(planned, evaluator.source, runner, hardware)
+        if candidate.artifact is None:
+            return Trial(planned, candidate, violation=1.0)
+        fidelity = evaluator(candidate.artifact)
+        rows = profile_pipeline(
+            evaluator.pipeline(candidate.artifact),
+            evaluator.default_items,
+            recipe.profile.max_batch,
+            QUICK_PROFILE_ITEMS,
+            threads,
+            recipe.profile.min_gain,
+        )
+        return Trial(planned, candidate, best_row(rows).items_per_s, fidelity, budget_violation(budget, fidelity))
+
+    return measure
+
+
+def token_p99(source: SourceModel, texts: list[str]) -> int | None:
+    """The 99th-percentile length in tokens of ``texts`` (None for tensor models)."""
+    if source.tokenizer is None:
+        return None
+    encoder = TextEncoder.from_spec(source.path, source.tokenizer)
+    return int(np.percentile([len(e.ids) for e in encoder.encode(texts)], 99))
+
+
+def evaluate(
+    evaluator: OutputsEvaluator, candidates: list[Candidate], heldout: list[Any], recipe: Recipe, threads: int
+) -> None:
+    """Fill in each built candidate's profile and its fidelity on the held-out split, served as profiled."""
+    length_p99 = token_p99(evaluator.source, heldout)
+    measured: dict[tuple[str, str], Candidate] = {}  # (content hash, runtime options) -> measured candidate
+    for candidate in candidates:
+        if candidate.artifact is None:
+            continue
+        key = (content_hash(candidate.artifact.path), repr(sorted(candidate.artifact.options.items())))
+        twin = measured.setdefault(key, candidate)
+        if twin is not candidate:  # two searches ended at the same model: measure it once
+            candidate.profile, candidate.fidelity = twin.profile, twin.fidelity
+            candidate.reason = f"same model as {twin.name}"
+            continue
+        memory = PeakMemory()
+        with memory.sampling():
+            pipeline = evaluator.pipeline(candidate.artifact)
+        spec = recipe.profile
+        candidate.profile = profile_pipeline(
+            pipeline, heldout, spec.max_batch, spec.items, threads, spec.min_gain, memory=memory
+        )
+        outputs = pipeline.run_as_served(heldout, serving_defaults(candidate.profile, length_p99))
+        candidate.fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels)
+        log.info(
+            "%-28s cosine mean %.4f min %.4f  %.0f items/s",
+            candidate.name,
+            candidate.fidelity.cosine_mean,
+            candidate.fidelity.cosine_min,
+            candidate.items_per_s,
+        )
