@@ -25,7 +25,7 @@ from optimizers.tuning import Trial, budget_violation
 from serving.hardware import HardwareProfile
 from serving.package import Fidelity, FidelityBudget, OnnxRuntimeOptions, OpenVINOOptions, ServingDefaults, TorchOptions
 from serving.pipeline import Pipeline, TensorPipeline, TextPipeline
-from serving.runtimes.base import create_runtime
+from serving.runtimes import create_runtime
 from serving.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)

@@ -15,247 +15,40 @@ Protocol) ``/v2``, ``/v2/health/*``, ``/v2/models/{m}[/versions/{v}]``, ``.../re
 HTTP handling and the models share a replica process (as in TEI and Triton): measured on 2 cores, a separate
 ingress deployment with a handle call to a model deployment served 57 req/s where this serves 95 (see README).
 Several packages share each replica the way a Triton server holds a model repository.
+
+This module holds the routes and the app's construction (``build_app``, ``app_builder``); the error handlers and
+middlewares (metrics, bearer token, body size) are :mod:`serving.http`, the KServe v2 view of a model is
+:mod:`serving.kserve_spec`, and its wire codec :mod:`serving.kserve`.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress wrapper.
 
-import logging
-import time
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving import kserve
+from serving import http, kserve, kserve_spec
 from serving.api import (
     ApiError,
     ClassifyRequest,
     EmbeddingsRequest,
-    check_texts,
     classification_body,
     embeddings_body,
     json_response,
-    softmax,
 )
-from serving.errors import DeadlineExceededError, OverloadedError
-from serving.limits import LIMITS
-from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, NO_MODEL, exposition, metrics
-from serving.package import Manifest, ServingDefaults, load_package
+from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
+from serving.package import ServingDefaults, load_package
 from serving.replica import InferResult, ModelRunner, ServedModels
 from serving.version import __version__
 
-log = logging.getLogger("optiserve")
 SERVER_VERSION = __version__
 MAX_ONGOING_REQUESTS = 1024
-RETRY_AFTER_S = "1"
 
 
 api = FastAPI(title="optiserve", version=SERVER_VERSION, docs_url=None, redoc_url=None)
-
-
-MODEL_LABELS_KEY = "optiserve.model_labels"  # set in the ASGI scope by a handler, read by the metrics middleware
-
-
-def _route_of(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
-
-
-def _is_kserve(request: Request) -> bool:
-    return request.url.path == "/v2" or request.url.path.startswith("/v2/")
-
-
-@api.exception_handler(ApiError)
-async def _api_error(request: Request, exc: ApiError) -> Response:
-    return exc.response(kserve=_is_kserve(request))
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return ApiError(400, "request body is not valid JSON", "invalid_request_error", "invalid_json").response(
-            kserve=_is_kserve(_)
-        )
-    first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    message = f"{where}: {str(first.get('msg', 'invalid value')).removeprefix('Value error, ')}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem(s))"
-    return ApiError(422, message, "invalid_request_error", "invalid_value").response(kserve=_is_kserve(_))
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-    code = codes.get(exc.status_code, "http_error")
-    error = ApiError(exc.status_code, str(exc.detail), "invalid_request_error", code)
-    return error.response(kserve=_is_kserve(request))
-
-
-@api.exception_handler(Exception)
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error")
-    error = ApiError(500, "internal server error", "server_error", "internal_error")
-    return error.response(kserve=_is_kserve(request))
-
-
-INFERENCE_PREFIXES = ("/v1/", "/v2/models")
-
-
-@api.middleware("http")
-async def _observe(request: Request, call_next: Any) -> Response:
-    """Count and time every request; check the bearer token on inference routes."""
-    m = metrics()
-    started = time.perf_counter()
-    m.inflight.inc()
-    status = 500
-    try:
-        if request.url.path.startswith(INFERENCE_PREFIXES) and not LIMITS.authorized(
-            request.headers.get("authorization")
-        ):
-            response = ApiError(
-                401,
-                "missing or invalid bearer token",
-                "authentication_error",
-                "invalid_api_key",
-                {"WWW-Authenticate": "Bearer"},
-            ).response(kserve=_is_kserve(request))
-        else:
-            response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        m.inflight.dec()
-        labels = request.scope.get(MODEL_LABELS_KEY, NO_MODEL)
-        route = _route_of(request)
-        m.requests.labels(**labels, route=route, code=str(status)).inc()
-        m.request_duration.labels(**labels, route=route).observe(time.perf_counter() - started)
-
-
-class BodySizeLimit:
-    """ASGI middleware: refuse bodies over the limit with a JSON 413, by Content-Length up front and otherwise by
-    counting the bytes as they stream in (chunked uploads have no Content-Length). The body is read here, at
-    most ``limit`` bytes of it, and replayed to the app.
-
-    The limit is read from ``LIMITS`` per request, not stored here: Serve pickles the FastAPI app (with its
-    middleware arguments) in the driver, while ``LIMITS`` must come from the replica's environment."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = LIMITS.max_body_bytes
-        too_large = ApiError(
-            413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
-        ).response(kserve=str(scope.get("path", "")).startswith("/v2"))
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await too_large(scope, receive, send)
-            return
-        chunks, size, message = [], 0, {"type": "http.request", "more_body": True}
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] != "http.request":  # client went away: let the app see it
-                await self.app(scope, _replay([message]), send)
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                await too_large(scope, receive, send)
-                return
-        await self.app(
-            scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send
-        )
-
-
-def _replay(messages: list[dict], then: Any = None) -> Any:
-    """An ASGI ``receive`` that yields ``messages`` first, then defers to ``then`` (e.g. for disconnects)."""
-    pending = list(messages)
-
-    async def receive() -> dict:
-        if pending:
-            return pending.pop(0)
-        if then is None:
-            return {"type": "http.disconnect"}
-        return await then()
-
-    return receive
-
-
-api.add_middleware(BodySizeLimit)
-
-
-def _not_found(name: str, served: list[str]) -> ApiError:
-    return ApiError(
-        404, f"model {name!r} is not served here; available: {served}", "invalid_request_error", "model_not_found"
-    )
-
-
-def _run_errors(exc: Exception) -> ApiError:
-    """The HTTP answer for an exception raised while a model ran a request."""
-    if isinstance(exc, OverloadedError):
-        return ApiError(
-            503, "server is overloaded; retry later", "overloaded_error", "overloaded", {"Retry-After": RETRY_AFTER_S}
-        )
-    if isinstance(exc, DeadlineExceededError):
-        return ApiError(504, str(exc), "timeout_error", "queue_timeout")
-    log.error("inference failed", exc_info=exc)
-    return ApiError(500, "inference failed", "server_error", "inference_failed")
-
-
-def _kserve_platform(runtime: str) -> str:
-    return {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}.get(runtime, runtime)
-
-
-def _kserve_outputs(runner: ModelRunner, result: InferResult) -> list[kserve.OutputTensor]:
-    if runner.manifest.task == "classification":
-        labels = runner.manifest.labels
-        predicted = np.array([labels[i] for i in result.outputs.argmax(axis=1)], dtype=object)
-        return [
-            kserve.OutputTensor("logits", "FP32", result.outputs),
-            kserve.OutputTensor("probabilities", "FP32", softmax(result.outputs)),
-            kserve.OutputTensor("label", "BYTES", predicted),
-        ]
-    return [kserve.OutputTensor("embedding", "FP32", result.outputs)]
-
-
-def _kserve_metadata(runner: ModelRunner) -> dict[str, Any]:
-    m = runner.manifest
-    outputs = (
-        [
-            {"name": "logits", "datatype": "FP32", "shape": [-1, m.output_dim]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, m.output_dim]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ]
-        if m.task == "classification"
-        else [{"name": "embedding", "datatype": "FP32", "shape": [-1, m.output_dim]}]
-    )
-    return {
-        "name": m.name,
-        "versions": [m.version],
-        "platform": _kserve_platform(m.runtime),
-        "inputs": [_kserve_input(m)],
-        "outputs": outputs,
-        "parameters": {"optiserve": runner.describe()},
-    }
-
-
-KSERVE_TEXT_INPUT = "text"
-
-
-def _kserve_input(manifest: Manifest) -> dict[str, Any]:
-    if manifest.takes_text:
-        return {"name": KSERVE_TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}
-    spec = manifest.inputs[0]
-    return {"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape[1:]]}
+http.install(api)
 
 
 @serve.deployment(name="InferenceService")
@@ -287,8 +80,8 @@ class InferenceService(ServedModels):
             name = fitting[0]
         runner = self.models.get(name)
         if runner is None:
-            raise _not_found(name, self.names())
-        request.scope[MODEL_LABELS_KEY] = runner.labels
+            raise http.not_found(name, self.names())
+        request.scope[http.MODEL_LABELS_KEY] = runner.labels
         if not runner.manifest.takes_text:
             raise ApiError(
                 400,
@@ -309,14 +102,8 @@ class InferenceService(ServedModels):
     def _kserve_model(self, request: Request, name: str, version: str | None = None) -> ModelRunner:
         runner = self.models.get(name)
         if runner is None or (version is not None and version != runner.manifest.version):
-            what = name if version is None else f"{name} version {version}"
-            raise ApiError(
-                404,
-                f"model {what!r} is not served here; available: {self.names()}",
-                "invalid_request_error",
-                "model_not_found",
-            )
-        request.scope[MODEL_LABELS_KEY] = runner.labels
+            raise http.not_found(name if version is None else f"{name} version {version}", self.names())
+        request.scope[http.MODEL_LABELS_KEY] = runner.labels
         return runner
 
     async def _infer(self, runner: ModelRunner, texts: list[Any]) -> InferResult:
@@ -332,7 +119,7 @@ class InferenceService(ServedModels):
         try:
             return await runner.infer(texts)
         except Exception as exc:  # noqa: BLE001 -- every failure becomes a JSON answer (and is logged there)
-            raise _run_errors(exc) from None
+            raise http.run_error(exc) from None
 
     @api.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingsRequest, request: Request) -> Response:
@@ -380,11 +167,11 @@ class InferenceService(ServedModels):
 
     @api.get("/v2/models/{name}")
     async def model_metadata(self, name: str, request: Request) -> Response:
-        return json_response(_kserve_metadata(self._kserve_model(request, name)))
+        return json_response(kserve_spec.model_metadata(self._kserve_model(request, name)))
 
     @api.get("/v2/models/{name}/versions/{version}")
     async def model_version_metadata(self, name: str, version: str, request: Request) -> Response:
-        return json_response(_kserve_metadata(self._kserve_model(request, name, version)))
+        return json_response(kserve_spec.model_metadata(self._kserve_model(request, name, version)))
 
     @api.get("/v2/models/{name}/ready")
     async def model_ready(self, name: str, request: Request) -> Response:
@@ -404,20 +191,10 @@ class InferenceService(ServedModels):
 
     async def _kserve_infer(self, runner: ModelRunner, request: Request) -> Response:
         parsed = kserve.parse_infer_request(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
-        manifest = runner.manifest
-        if manifest.takes_text:
-            items: list[Any] = kserve.text_input(parsed, KSERVE_TEXT_INPUT, self.limits.max_inputs)
-            try:
-                check_texts(items)
-            except ValueError as exc:
-                raise kserve.bad_request(f"input {KSERVE_TEXT_INPUT!r}: {exc}") from None
-        else:
-            spec = manifest.inputs[0]
-            shape = tuple(int(d) for d in spec.shape[1:])
-            items = kserve.tensor_input(parsed, spec.name, shape, self.limits.max_inputs)
+        items = kserve_spec.request_items(parsed, runner.manifest, self.limits.max_inputs)
         result = await self._infer(runner, items)
         body, headers = kserve.infer_response(
-            runner.name, runner.manifest.version, parsed, _kserve_outputs(runner, result)
+            runner.name, runner.manifest.version, parsed, kserve_spec.output_tensors(runner, result)
         )
         return Response(body, media_type=headers.pop("content-type"), headers=headers)
 

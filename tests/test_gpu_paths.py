@@ -11,7 +11,7 @@ import torch
 from corpus import load_split
 from optimizers.source import SourceModel
 from serving.package import TorchOptions
-from serving.runtimes.base import create_runtime
+from serving.runtimes import create_runtime
 from serving.runtimes.buckets import ShapeBuckets, pad_to
 from serving.runtimes.cuda_graphs import CudaGraphs
 from serving.runtimes.torch import TorchRuntime
@@ -64,7 +64,7 @@ def test_cuda_graph_pass_records_its_options_in_the_package(tiny_model_dir, tmp_
     from optimizers.chain import optimize, write_candidate_package
     from optimizers.recipe import Recipe
     from serving.package import load_package
-    from serving.runtimes.base import load_runtime
+    from serving.runtimes import load_runtime
 
     monkeypatch.setattr("optimizers.passes.gpu.require_cuda", lambda: None)
     recipe = Recipe.model_validate(

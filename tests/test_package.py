@@ -154,7 +154,7 @@ def test_an_onnx_package_without_onnx_runtime_installed_is_a_clear_error(monkeyp
 
     from serving.errors import PackageError
     from serving.package import PoolingSpec
-    from serving.runtimes.base import create_runtime
+    from serving.runtimes import create_runtime
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(PackageError, match=r"pip install 'optiserve\[cpu\]'"):
