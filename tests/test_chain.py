@@ -163,6 +163,7 @@ def test_pipeline_matches_sentence_transformers_on_bundled_model() -> None:
     assert stats.items == 64 and stats.real_tokens == int(stats.token_counts.sum()) and stats.padding_ratio < 0.5
 
 
+@pytest.mark.slow  # runs the default recipe on MiniLM (about a minute on 2 cores)
 def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     result = minilm_packages
     budget = FidelityBudget()
