@@ -32,6 +32,11 @@ class BudgetNotMetError(OptiserveError):
         self.candidates = candidates or []
 
 
+# What a model directory's size on disk counts: weights and graphs (safetensors; OpenVINO IR .xml + .bin), not
+# tokenizer or config files.
+MODEL_FILE_SUFFIXES = frozenset({".safetensors", ".bin", ".xml", ".onnx"})
+
+
 @dataclass
 class Candidate:
     name: str
@@ -61,7 +66,9 @@ class Candidate:
         if self.artifact is None:
             return 0
         path = self.artifact.path
-        return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in MODEL_FILE_SUFFIXES)
 
     @property
     def items_per_s(self) -> float:

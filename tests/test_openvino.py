@@ -52,6 +52,11 @@ def test_openvino_bf16_runs_where_the_cpu_has_bf16_and_skips_with_the_reason_els
     assert context.evaluate(out.artifact).cosine_min > 0.99
 
 
+def test_an_openvino_candidate_s_size_is_its_ir_on_disk(tiny_ir) -> None:
+    files = [f for f in tiny_ir.path.rglob("*") if f.suffix in (".xml", ".bin")]
+    assert files and Candidate("ir", tiny_ir, []).size_bytes == sum(f.stat().st_size for f in files) > 0
+
+
 def test_openvino_passes_skip_on_cuda(tiny_source, tiny_onnx, tmp_path) -> None:  # noqa: F811
     from dataclasses import replace
 
