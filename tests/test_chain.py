@@ -151,6 +151,7 @@ def test_plan_chunks_covers_every_item_once_within_limits(max_items: int, max_to
         plan_chunks(lengths, 0, 10)
 
 
+@pytest.mark.slow  # whole chains (seconds each): out of the fast loop, in make test
 def test_pipeline_matches_sentence_transformers_on_bundled_model() -> None:
     """Our tokenizer + encoder + pooling is the model's own sentence-transformers pipeline."""
     from sentence_transformers import SentenceTransformer

@@ -41,6 +41,7 @@ def digits_chain(tmp_path_factory: pytest.TempPathFactory):
     return optimize(teacher, root / "package", recipe=EXAMPLE / "recipe.yaml", cache_dir=root / "cache")
 
 
+@pytest.mark.slow  # whole chains (seconds each): out of the fast loop, in make test
 def test_teacher_is_distilled_quantized_and_packaged_without_code(digits_chain) -> None:
     by_name = {c.name: c for c in digits_chain.candidates}
     assert list(by_name) == ["torch-module", "onnx-fp32", "int8-static", "student", "student-int8"]

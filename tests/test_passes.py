@@ -313,6 +313,7 @@ def _tiny_recipe(budget: dict | None = None) -> Recipe:
     )
 
 
+@pytest.mark.slow  # whole chains (seconds each): out of the fast loop, in make test
 def test_rerun_reuses_every_step_and_a_tampered_entry_is_recomputed(tiny_model_dir, tmp_path, caplog) -> None:
     cache = tmp_path / "cache"
     first = optimize(tiny_model_dir, tmp_path / "a", recipe=_tiny_recipe(), cache_dir=cache)
@@ -339,6 +340,7 @@ def test_rerun_reuses_every_step_and_a_tampered_entry_is_recomputed(tiny_model_d
     assert len(list(StepCache(cache).root.glob("??/*"))) == 2
 
 
+@pytest.mark.slow  # whole chains (seconds each): out of the fast loop, in make test
 def test_a_step_run_on_other_data_is_not_taken_from_the_cache(tiny_model_dir, tmp_path) -> None:
     cache = tmp_path / "cache"
     optimize(tiny_model_dir, tmp_path / "a", recipe=_tiny_recipe(), cache_dir=cache)

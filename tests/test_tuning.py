@@ -35,6 +35,7 @@ def _recipe(sampler: str, trials: int, budget: dict | None = None) -> Recipe:
     )
 
 
+@pytest.mark.slow  # whole chains (seconds each): out of the fast loop, in make test
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
 def test_a_tuned_candidate_builds_at_most_its_trials_and_reports_them(tiny_model_dir, tmp_path, sampler) -> None:
     recipe = _recipe(sampler, trials=3)
@@ -48,6 +49,7 @@ def test_a_tuned_candidate_builds_at_most_its_trials_and_reports_them(tiny_model
     assert "## Tuning" in (result.package.root / "report.md").read_text()
 
 
+@pytest.mark.slow  # whole chains (seconds each): out of the fast loop, in make test
 def test_the_budget_is_a_hard_constraint_for_tuning(tiny_model_dir, tmp_path) -> None:
     recipe = _recipe("tpe", trials=2, budget={"max_abs_error": 1e-9})
     with pytest.raises(Exception, match="no candidate meets the fidelity budget"):
