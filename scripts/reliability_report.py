@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -96,12 +97,20 @@ def render(figures: dict, soak: dict) -> str:
     return "\n".join(lines)
 
 
+def kept_sections(previous: str) -> str:
+    """The sections other scripts own in the page (each between ``<!-- NAME: begin -->`` and
+    ``<!-- NAME: end -->``, e.g. ``benchmarks/attacks.py``'s rows), carried over when this one rewrites it."""
+    found = re.finditer(r"<!-- (.+?): begin -->.*?<!-- \1: end -->", previous, flags=re.DOTALL)
+    return "".join(f"\n{block.group(0)}\n" for block in found)
+
+
 def main() -> int:
     missing = [str(p) for p in (FIGURES, SOAK) if not p.exists()]
     if missing:
         print(f"missing {missing}: run the commands in this script's docstring first", file=sys.stderr)
         return 1
-    OUT.write_text(render(json.loads(FIGURES.read_text()), json.loads(SOAK.read_text())) + "\n")
+    text = render(json.loads(FIGURES.read_text()), json.loads(SOAK.read_text())) + "\n"
+    OUT.write_text(text + kept_sections(OUT.read_text() if OUT.exists() else ""))
     print(OUT.read_text())
     return 0
 

