@@ -188,6 +188,7 @@ def run(package: Path, load_s: float, kill_at_s: float, autoscale_s: float) -> d
     from ray import serve
 
     from serving.app import build_app
+    from serving.replica import node_tag
 
     gcs_port, head_http, worker_http = free_port(), free_port(), free_port()
     head, worker = start_nodes(gcs_port, worker_http)
@@ -202,7 +203,7 @@ def run(package: Path, load_s: float, kill_at_s: float, autoscale_s: float) -> d
         serve.run(build_app([str(package)], env_vars=env, num_gpus=0.5), name="gpu", route_prefix="/gpu")
         serve.run(build_app([str(package)], env_vars=env, num_replicas=2), name="cpu", route_prefix="/")
         model = json.loads((package / "manifest.json").read_text())["name"]
-        head_node = ray.get_runtime_context().get_node_id()
+        head_node = node_tag(ray.get_runtime_context().get_node_id())
 
         def describe(port: int, prefix: str = "") -> dict[str, Any]:
             url = f"http://127.0.0.1:{port}{prefix}/v2/models/{model}"
@@ -212,11 +213,11 @@ def run(package: Path, load_s: float, kill_at_s: float, autoscale_s: float) -> d
             wait_for(lambda p=port: describe(p)["device"] == "cpu", 180, f"the proxy on port {port}")
         gpu = describe(head_http, "/gpu")
         figures["gpu_replica"] = {
-            "on_worker": gpu["node_id"] != head_node,
+            "on_worker": gpu["node"] != head_node,
             "gpus": gpu["gpus"],
             "device": gpu["device"],
         }
-        seen = {describe(head_http)["node_id"] for _ in range(30)}  # requests spread over both replicas
+        seen = {describe(head_http)["node"] for _ in range(30)}  # requests spread over both replicas
         figures["cpu_replicas_on_nodes"] = len(seen)
         figures["served_through"] = {
             "head_proxy": httpx.post(f"http://127.0.0.1:{head_http}/v1/embeddings", json={"input": "x"}).status_code,

@@ -140,16 +140,17 @@ def serving_defaults(profile: Sequence[ProfileRow], token_p99: int | None = None
       are cut smaller, which keeps their latency near the profiled one);
     - batch wait at most the time of one model call of that size (p50 of a dynamic batch over its number of
       calls): waiting longer than one call costs more than it saves; capped at 10 ms;
-    - at most about ``QUEUE_SECONDS`` of work (and ``MAX_QUEUED_ITEMS``) queued per replica before answering 503.
+    - at most ``QUEUE_SECONDS`` of work queued per replica before answering 503 (the replica measures what a
+      request costs as it serves), and at most ``MAX_QUEUED_ITEMS`` items, whatever they cost.
     """
     best = best_row(profile)
     call_ms = best.p50_ms * best.call_items / best.batch_size
-    queue = min(max(math.ceil(best.items_per_s * QUEUE_SECONDS), 2 * best.batch_size), MAX_QUEUED_ITEMS)
     defaults = ServingDefaults()
     return ServingDefaults(
         max_batch_size=max(best.call_items, defaults.max_batch_size),
         max_call_items=best.call_items,
         max_batch_tokens=best.call_items * token_p99 if token_p99 else defaults.max_batch_tokens,
         batch_wait_timeout_s=round(min(call_ms / 1e3, MAX_BATCH_WAIT_S), 4),
-        max_queued_items=queue,
+        max_queued_items=MAX_QUEUED_ITEMS,
+        max_queued_s=QUEUE_SECONDS,
     )

@@ -26,10 +26,13 @@ middlewares (metrics, bearer token, body size) are :mod:`serving.http`, the KSer
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from pydantic import BaseModel
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving import http, kserve, kserve_spec
+from serving import http, kserve, kserve_spec, settings
 from serving.api import (
     ApiError,
     ClassifyRequest,
@@ -37,18 +40,54 @@ from serving.api import (
     classification_body,
     embeddings_body,
     json_response,
+    shorten,
 )
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
 from serving.package import ServingDefaults, load_package
-from serving.replica import InferResult, ModelRunner, ServedModels
+from serving.replica import CacheUse, InferResult, ModelRunner, ServedModels
 from serving.version import __version__
 
 SERVER_VERSION = __version__
 MAX_ONGOING_REQUESTS = 1024
+# Ray Serve calls check_health (a one-item model call) every HEALTH_CHECK_PERIOD_S; one not back within
+# HEALTH_CHECK_TIMEOUT_S fails, and 3 failures in a row replace the replica. Model calls are bounded
+# (max_batch_tokens), so a healthy replica answers well within it even under load.
+HEALTH_CHECK_PERIOD_S = 2.0
+HEALTH_CHECK_TIMEOUT_S = 5.0
 
 
+def cache_use(cache_control: str | None) -> CacheUse:
+    """How a request's ``Cache-Control`` lets it use the response cache: ``no-store`` neither reads nor stores,
+    ``no-cache`` computes afresh (and stores the result), anything else reads it."""
+    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
+    if "no-store" in directives:
+        return "bypass"
+    return "refresh" if "no-cache" in directives else "use"
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a route that validates its JSON body itself (:func:`serving.http.parse_body`)."""
+    schema = {"schema": model.model_json_schema()}
+    return {"requestBody": {"required": True, "content": {"application/json": schema}}}
+
+
+# The schema at /openapi.json is always served (clients and tests/test_fuzz.py read it). The /docs page is our
+# route, not FastAPI's docs_url, so that each request reads OPTISERVE_DOCS in the replica (the app is pickled in
+# the driver); off, it answers 404 like any unknown path.
 api = FastAPI(title="optiserve", version=SERVER_VERSION, docs_url=None, redoc_url=None)
 http.install(api)
+
+
+def docs_enabled() -> bool:
+    """``OPTISERVE_DOCS=1`` in this process (``optiserve serve`` sets it for loopback addresses)."""
+    return settings.DOCS.get() == "1"
+
+
+@api.get("/docs", include_in_schema=False)
+async def docs_page() -> Response:
+    if not docs_enabled():
+        raise StarletteHTTPException(404, "Not Found")
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="optiserve API")
 
 
 @serve.deployment(name="InferenceService")
@@ -102,11 +141,13 @@ class InferenceService(ServedModels):
     def _kserve_model(self, request: Request, name: str, version: str | None = None) -> ModelRunner:
         runner = self.models.get(name)
         if runner is None or (version is not None and version != runner.manifest.version):
-            raise http.not_found(name if version is None else f"{name} version {version}", self.names())
+            raise http.not_found(
+                name if version is None else f"{shorten(name)} version {shorten(version)}", self.names()
+            )
         request.scope[http.MODEL_LABELS_KEY] = runner.labels
         return runner
 
-    async def _infer(self, runner: ModelRunner, texts: list[Any]) -> InferResult:
+    async def _infer(self, runner: ModelRunner, texts: list[Any], request: Request) -> InferResult:
         encoder = runner.pipeline.encoder
         if encoder is not None and self.limits.on_overflow == "reject" and (too_long := encoder.too_long(texts)):
             raise ApiError(
@@ -117,12 +158,13 @@ class InferenceService(ServedModels):
                 "input_too_long",
             )
         try:
-            return await runner.infer(texts)
+            return await runner.infer(texts, cache_use(request.headers.get("cache-control")))
         except Exception as exc:  # noqa: BLE001 -- every failure becomes a JSON answer (and is logged there)
             raise http.run_error(exc) from None
 
-    @api.post("/v1/embeddings")
-    async def embeddings(self, body: EmbeddingsRequest, request: Request) -> Response:
+    @api.post("/v1/embeddings", openapi_extra=json_body(EmbeddingsRequest))
+    async def embeddings(self, request: Request) -> Response:
+        body = http.parse_body(EmbeddingsRequest, await request.body())
         runner = self._resolve(request, body.model, "embedding", "/v1/embeddings")
         if body.dimensions is not None and body.dimensions != runner.manifest.output_dim:
             raise ApiError(
@@ -131,15 +173,16 @@ class InferenceService(ServedModels):
                 "invalid_request_error",
                 "invalid_value",
             )
-        result = await self._infer(runner, body.texts())
+        result = await self._infer(runner, body.texts(), request)
         return json_response(
             embeddings_body(runner.name, result.outputs, result.tokens, result.truncated, body.encoding_format)
         )
 
-    @api.post("/v1/classify")
-    async def classify(self, body: ClassifyRequest, request: Request) -> Response:
+    @api.post("/v1/classify", openapi_extra=json_body(ClassifyRequest))
+    async def classify(self, request: Request) -> Response:
+        body = http.parse_body(ClassifyRequest, await request.body())
         runner = self._resolve(request, body.model, "classification", "/v1/classify")
-        result = await self._infer(runner, body.texts())
+        result = await self._infer(runner, body.texts(), request)
         return json_response(
             classification_body(runner.name, result.outputs, runner.manifest.labels, result.tokens, result.truncated)
         )
@@ -190,9 +233,10 @@ class InferenceService(ServedModels):
         return await self._kserve_infer(self._kserve_model(request, name, version), request)
 
     async def _kserve_infer(self, runner: ModelRunner, request: Request) -> Response:
-        parsed = kserve.parse_infer_request(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
+        limit = kserve_spec.max_elements(runner.manifest, self.limits.max_inputs)
+        parsed = kserve.parse_infer_request(await request.body(), request.headers.get(kserve.HEADER_LENGTH), limit)
         items = kserve_spec.request_items(parsed, runner.manifest, self.limits.max_inputs)
-        result = await self._infer(runner, items)
+        result = await self._infer(runner, items, request)
         body, headers = kserve.infer_response(
             runner.name, runner.manifest.version, parsed, kserve_spec.output_tensors(runner, result)
         )
@@ -232,6 +276,10 @@ def build_app(
         "max_ongoing_requests": ongoing,
         # Last resort if the replica stops taking requests: Ray's router answers 503 past this many waiting.
         "max_queued_requests": MAX_ONGOING_REQUESTS,
+        # A replica that stops answering (stalled, wedged runtime) fails 3 checks in a row within
+        # period + 3 x timeout (17 s) and is replaced (Ray's defaults, 10 s / 30 s, take up to 100 s).
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
         # A replica reserves as many cores as its runtime uses threads (Ray also sets OMP_NUM_THREADS to it).
         "ray_actor_options": {
             "num_cpus": threads or 1,

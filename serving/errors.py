@@ -17,3 +17,7 @@ class OverloadedError(OptiserveError):
 
 class DeadlineExceededError(OptiserveError):
     """A request waited in the queue past its deadline and was dropped before running (HTTP 504)."""
+
+
+class RequestTooLargeError(OptiserveError):
+    """A request is more work than a replica takes at once; the client should split it (HTTP 413)."""

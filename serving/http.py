@@ -1,22 +1,26 @@
 """HTTP plumbing around the routes: JSON error bodies for every failure (``{"error": {"message", "type", "code"}}``,
-or ``{"error": message}`` on KServe v2 routes), the observe middleware (request metrics, and the bearer-token check
-on inference routes), and the ``BodySizeLimit`` ASGI middleware. :func:`install` puts them all on a FastAPI app.
+or ``{"error": message}`` on KServe v2 routes), body parsing for the JSON routes, and the :class:`Gate` ASGI
+middleware (request metrics, the bearer-token check on inference routes, the body's size and time limits).
+:func:`install` puts them on a FastAPI app.
 
 Per-process settings (``LIMITS``) are read per request in these module-level functions, never captured when the
 app is built: Serve pickles the app in the driver, while ``LIMITS`` must come from the replica's environment.
 """
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import MutableMapping, Sequence
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving.api import ApiError
-from serving.errors import DeadlineExceededError, OverloadedError
+from serving.api import MAX_JSON_CONTAINERS, TOO_MANY_INPUTS, ApiError, json_containers, shorten
+from serving.errors import DeadlineExceededError, OverloadedError, RequestTooLargeError
 from serving.limits import LIMITS
 from serving.metrics import NO_MODEL, metrics
 
@@ -24,37 +28,60 @@ log = logging.getLogger("optiserve")
 RETRY_AFTER_S = "1"
 MODEL_LABELS_KEY = "optiserve.model_labels"  # set in the ASGI scope by a handler, read by the metrics middleware
 INFERENCE_PREFIXES = ("/v1/", "/v2/models")
+Body = TypeVar("Body", bound=BaseModel)
 
 
-def _route_of(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+def _kserve_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def _is_kserve(request: Request) -> bool:
-    return request.url.path == "/v2" or request.url.path.startswith("/v2/")
+    return _kserve_path(request.url.path)
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:
     return exc.response(kserve=_is_kserve(request))
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-    errors = exc.errors()
+def validation_answer(errors: Sequence[Any]) -> ApiError:
+    """The answer for a request body that failed validation: 400 for JSON that does not parse, 413 for too many
+    inputs (as on the KServe routes), else 422 naming the first problem."""
     if any(e.get("type") == "json_invalid" for e in errors):
-        return ApiError(400, "request body is not valid JSON", "invalid_request_error", "invalid_json").response(
-            kserve=_is_kserve(_)
-        )
+        return ApiError(400, "request body is not valid JSON", "invalid_request_error", "invalid_json")
     first = errors[0] if errors else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     message = f"{where}: {str(first.get('msg', 'invalid value')).removeprefix('Value error, ')}"
+    if first.get("type") == TOO_MANY_INPUTS:
+        return ApiError(413, message, "invalid_request_error", TOO_MANY_INPUTS)
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
-    return ApiError(422, message, "invalid_request_error", "invalid_value").response(kserve=_is_kserve(_))
+    return ApiError(422, message, "invalid_request_error", "invalid_value")
+
+
+def parse_body(model: type[Body], body: bytes) -> Body:
+    """Validate a JSON body against ``model`` straight from its bytes (pydantic's own parser), after a structural
+    check that costs nothing: a body of millions of nested arrays is refused before anything parses it (parsing
+    one would hold the event loop for seconds)."""
+    containers = json_containers(body, MAX_JSON_CONTAINERS)
+    if containers > MAX_JSON_CONTAINERS:
+        raise ApiError(
+            422,
+            f"body: a request holds at most {MAX_JSON_CONTAINERS} JSON arrays and objects, this one {containers}",
+            "invalid_request_error",
+            "invalid_value",
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_answer(exc.errors(include_input=False)) from None
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return validation_answer(exc.errors()).response(kserve=_is_kserve(request))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+    codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     code = codes.get(exc.status_code, "http_error")
     error = ApiError(exc.status_code, str(exc.detail), "invalid_request_error", code)
     return error.response(kserve=_is_kserve(request))
@@ -68,7 +95,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 def not_found(name: str, served: list[str]) -> ApiError:
     return ApiError(
-        404, f"model {name!r} is not served here; available: {served}", "invalid_request_error", "model_not_found"
+        404,
+        f"model {shorten(name)!r} is not served here; available: {served}",
+        "invalid_request_error",
+        "model_not_found",
     )
 
 
@@ -78,15 +108,19 @@ def run_error(exc: Exception) -> ApiError:
         return ApiError(
             503, "server is overloaded; retry later", "overloaded_error", "overloaded", {"Retry-After": RETRY_AFTER_S}
         )
+    if isinstance(exc, RequestTooLargeError):
+        return ApiError(413, str(exc), "invalid_request_error", "request_too_large")
     if isinstance(exc, DeadlineExceededError):
         return ApiError(504, str(exc), "timeout_error", "queue_timeout")
     log.error("inference failed", exc_info=exc)
     return ApiError(500, "inference failed", "server_error", "inference_failed")
 
 
-def _unauthorized(request: Request) -> Response | None:
+def _unauthorized(scope: dict, headers: dict[bytes, bytes]) -> Response | None:
     """The 401 answer for an inference route without the configured bearer token; None when the request may pass."""
-    if not request.url.path.startswith(INFERENCE_PREFIXES) or LIMITS.authorized(request.headers.get("authorization")):
+    path = str(scope.get("path", ""))
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if not path.startswith(INFERENCE_PREFIXES) or LIMITS.authorized(authorization or None):
         return None
     return ApiError(
         401,
@@ -94,36 +128,31 @@ def _unauthorized(request: Request) -> Response | None:
         "authentication_error",
         "invalid_api_key",
         {"WWW-Authenticate": "Bearer"},
-    ).response(kserve=_is_kserve(request))
+    ).response(kserve=_kserve_path(path))
 
 
-async def _observe(request: Request, call_next: Any) -> Response:
-    """Count and time every request; check the bearer token on inference routes."""
-    m = metrics()
-    started = time.perf_counter()
-    m.inflight.inc()
-    status = 500
-    try:
-        response = _unauthorized(request)
-        if response is None:
-            response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        m.inflight.dec()
-        labels = request.scope.get(MODEL_LABELS_KEY, NO_MODEL)
-        route = _route_of(request)
-        m.requests.labels(**labels, route=route, code=str(status)).inc()
-        m.request_duration.labels(**labels, route=route).observe(time.perf_counter() - started)
+CLIENT_GONE = 499  # what the metrics record for a client that went away before its answer (as nginx and Ray do)
+MAX_LENGTH_DIGITS = 18  # a Content-Length longer than this is not a length anyone sends
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse bodies over the limit with a JSON 413, by Content-Length up front and otherwise by
-    counting the bytes as they stream in (chunked uploads have no Content-Length). The body is read here, at
-    most ``limit`` bytes of it, and replayed to the app.
+class _ClientGoneError(Exception):
+    """The client disconnected while its body was being read."""
 
-    The limit is read from ``LIMITS`` per request, not stored here: Serve pickles the FastAPI app (with its
-    middleware arguments) in the driver, while ``LIMITS`` must come from the replica's environment."""
+
+class _TooLargeError(Exception):
+    """The body grew past the size limit while it was read."""
+
+
+class Gate:
+    """ASGI middleware in front of every route. It counts and times every request (its status, or 499 when the
+    client went away first); refuses inference routes without the bearer token (401); and reads the body here:
+    over the size limit is a JSON 413 (by ``Content-Length`` up front, else by counting while a chunked body
+    streams in), and a body not complete within ``body_timeout_s`` is a JSON 408, so a slow or stalled upload
+    holds a connection for a bounded time. The body is replayed to the app.
+
+    Pure ASGI rather than ``BaseHTTPMiddleware``: no extra task or stream per request. Limits are read from
+    ``LIMITS`` per request, not stored here: Serve pickles the app (with its middleware) in the driver, while
+    ``LIMITS`` must come from the replica's environment."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -132,28 +161,94 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        m = metrics()
+        started = time.perf_counter()
+        status = 0
+
+        async def send_recorded(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        m.inflight.inc()
+        try:
+            headers = dict(scope.get("headers") or [])
+            refusal = _unauthorized(scope, headers) or _declared_too_large(scope, headers)
+            if refusal is not None:
+                await refusal(scope, receive, send_recorded)
+                return
+            try:
+                body = await _read_body(receive)
+            except _ClientGoneError:
+                status = CLIENT_GONE
+                return
+            except (TimeoutError, _TooLargeError) as exc:
+                await _body_refusal(scope, exc)(scope, receive, send_recorded)
+                return
+            replay = _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+            await self.app(scope, replay, send_recorded)
+        except asyncio.CancelledError:  # Serve cancels a request whose client disconnected
+            status = status or CLIENT_GONE
+            raise
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            m.inflight.dec()
+            labels = scope.get(MODEL_LABELS_KEY, NO_MODEL)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            m.requests.labels(**labels, route=route, code=str(status or CLIENT_GONE)).inc()
+            m.request_duration.labels(**labels, route=route).observe(time.perf_counter() - started)
+
+
+def _declared_too_large(scope: dict, headers: dict[bytes, bytes]) -> Response | None:
+    declared = headers.get(b"content-length")
+    if declared is None:
+        return None
+    length = declared.strip()
+    if length.isdigit() and len(length) <= MAX_LENGTH_DIGITS and int(length) <= LIMITS.max_body_bytes:
+        return None
+    if not length.isdigit():
+        error = ApiError(400, "Content-Length is not a number of bytes", "invalid_request_error", "invalid_header")
+        return error.response(kserve=_kserve_path(str(scope.get("path", ""))))
+    return _body_refusal(scope, _TooLargeError())
+
+
+def _body_refusal(scope: dict, exc: Exception) -> Response:
+    kserve = _kserve_path(str(scope.get("path", "")))
+    if isinstance(exc, _TooLargeError):
         limit = LIMITS.max_body_bytes
-        too_large = ApiError(
-            413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
-        ).response(kserve=str(scope.get("path", "")).startswith("/v2"))
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await too_large(scope, receive, send)
-            return
-        chunks, size, message = [], 0, {"type": "http.request", "more_body": True}
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] != "http.request":  # client went away: let the app see it
-                await self.app(scope, _replay([message]), send)
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                await too_large(scope, receive, send)
-                return
-        await self.app(
-            scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send
+        error = ApiError(413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large")
+    else:
+        error = ApiError(
+            408,
+            f"request body was not complete within {LIMITS.body_timeout_s:g} s",
+            "invalid_request_error",
+            "body_timeout",
+            {"Connection": "close"},
         )
+    return error.response(kserve=kserve)
+
+
+async def _read_body(receive: Any) -> bytes:
+    """The whole body within the size and time limits; raises _TooLargeError, TimeoutError, _ClientGoneError."""
+    limit = LIMITS.max_body_bytes
+    chunks: list[bytes] = []
+    size = 0
+    async with asyncio.timeout(LIMITS.body_timeout_s):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _ClientGoneError
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLargeError
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(messages: list[dict], then: Any = None) -> Any:
@@ -171,11 +266,9 @@ def _replay(messages: list[dict], then: Any = None) -> Any:
 
 
 def install(api: FastAPI) -> None:
-    """Register the JSON error handlers and the middlewares on ``api``; ``BodySizeLimit`` ends up outermost, so it
-    sees the body before the observe middleware and the routes do."""
+    """Register the JSON error handlers and the :class:`Gate` middleware on ``api``."""
     api.exception_handler(ApiError)(_api_error)
     api.exception_handler(RequestValidationError)(_validation_error)
     api.exception_handler(StarletteHTTPException)(_http_error)
     api.exception_handler(Exception)(_unexpected_error)
-    api.middleware("http")(_observe)
-    api.add_middleware(BodySizeLimit)
+    api.add_middleware(Gate)

@@ -8,6 +8,7 @@ input order, each ``parameters.binary_data_size`` bytes long; a BYTES tensor's r
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.api import ApiError
+from serving.api import MAX_JSON_CONTAINERS, ApiError, json_containers, shorten
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 NUMPY_DTYPES = {
@@ -61,9 +62,14 @@ class OutputTensor:
     array: np.ndarray  # FP32 numbers, or an object array of str for BYTES
 
 
-def _decode_bytes_tensor(raw: bytes) -> list[str]:
-    items, offset = [], 0
+def _decode_bytes_tensor(raw: bytes, expected: int) -> list[str]:
+    """The elements of a binary BYTES tensor; stops with an error past ``expected`` of them (what its shape
+    holds), so a body of millions of empty elements costs nothing."""
+    items: list[str] = []
+    offset = 0
     while offset < len(raw):
+        if len(items) == expected:
+            raise bad_request(f"BYTES tensor data holds more than the {expected} elements its shape declares")
         if offset + 4 > len(raw):
             raise bad_request("BYTES tensor data is truncated (an element length is cut off)")
         (length,) = struct.unpack_from("<I", raw, offset)
@@ -83,14 +89,22 @@ def _encode_bytes_tensor(items: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse an infer request body; raises :class:`ApiError` (400) naming the problem."""
+def too_many(message: str) -> ApiError:
+    return ApiError(413, message, "invalid_request_error", "too_many_inputs")
+
+
+def parse_infer_request(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
+    """Parse an infer request body; raises :class:`ApiError` naming the problem: 400, or 413 when a tensor's
+    shape holds more than ``max_elements`` elements (checked before its data is decoded)."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise bad_request(f"{HEADER_LENGTH} {header_length!r} is not a length within the body")
-        header, binary = body[: int(header_length)], body[int(header_length) :]
+        length = header_length.strip()
+        if not (length.isascii() and length.isdigit() and len(length) <= 18 and int(length) <= len(body)):
+            raise bad_request(f"{HEADER_LENGTH} {shorten(header_length)!r} is not a length within the body")
+        header, binary = body[: int(length)], body[int(length) :]
     else:
         header, binary = body, b""
+    if (containers := json_containers(header, MAX_JSON_CONTAINERS + max_elements)) > MAX_JSON_CONTAINERS + max_elements:
+        raise bad_request(f"the request's JSON holds {containers} arrays and objects; its tensors allow far fewer")
     try:
         request = orjson.loads(header)
     except orjson.JSONDecodeError:
@@ -100,7 +114,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     parameters = _parameters(request, "request")
     inputs, offset = [], 0
     for index, tensor in enumerate(request["inputs"]):
-        parsed, offset = _parse_input(index, tensor, binary, offset)
+        parsed, offset = _parse_input(index, tensor, binary, offset, max_elements)
         inputs.append(parsed)
     if offset != len(binary):
         raise bad_request(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
@@ -116,35 +130,40 @@ def _parameters(entry: dict, where: str) -> dict:
     return parameters
 
 
-def _parse_input(index: int, tensor: object, binary: bytes, offset: int) -> tuple[InferInput, int]:
+def _parse_input(index: int, tensor: object, binary: bytes, offset: int, max_elements: int) -> tuple[InferInput, int]:
     """One entry of ``inputs``; binary data is taken from ``binary`` at ``offset``. Returns the new offset."""
     if not isinstance(tensor, dict):
         raise bad_request(f"inputs[{index}] must be an object")
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise bad_request(f"inputs[{index}] needs a 'name' and a 'datatype'")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise bad_request(f"input {name!r}: binary_data_size {size!r} runs past the end of the body")
-        return InferInput(name, datatype, shape, _decode_binary(name, datatype, binary[offset : offset + size])), (
-            offset + size
+    label = shorten(name)
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad_request(f"input {label!r}: 'shape' must be a list of non-negative integers")
+    elements = math.prod(shape)  # Python integers: no overflow
+    if elements > max_elements:
+        raise too_many(
+            f"input {label!r}: shape {shorten(str(shape))} holds {elements} elements; at most {max_elements}"
         )
+    size = _parameters(tensor, f"input {label!r}").get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise bad_request(f"input {label!r}: binary_data_size {shorten(str(size))} runs past the end of the body")
+        data = _decode_binary(label, datatype, binary[offset : offset + size], elements)
+        return InferInput(name, datatype, shape, data), offset + size
     if "data" not in tensor:
-        raise bad_request(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        raise bad_request(f"input {label!r} has neither 'data' nor parameters.binary_data_size")
     return InferInput(name, datatype, shape, tensor["data"]), offset
 
 
-def _decode_binary(name: str, datatype: str, raw: bytes) -> list[Any] | np.ndarray:
+def _decode_binary(name: str, datatype: str, raw: bytes, elements: int) -> list[Any] | np.ndarray:
     if datatype == "BYTES":
         try:
-            return _decode_bytes_tensor(raw)
+            return _decode_bytes_tensor(raw, elements)
         except UnicodeDecodeError:
             raise bad_request(f"input {name!r}: BYTES elements must be UTF-8 text") from None
     if datatype not in NUMPY_DTYPES:
-        raise bad_request(f"input {name!r}: unknown datatype {datatype!r}")
+        raise bad_request(f"input {name!r}: unknown datatype {shorten(datatype)!r}")
     dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
     if len(raw) % dtype.itemsize:
         raise bad_request(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} elements")
@@ -164,23 +183,23 @@ def _requested_outputs(raw: object, binary_default: bool) -> tuple[list[str] | N
 def text_input(request: InferRequest, expected_name: str, max_inputs: int) -> list[str]:
     """The texts of a text model's single BYTES input (any shape: it is flattened)."""
     if len(request.inputs) != 1 or request.inputs[0].name != expected_name:
-        names = [i.name for i in request.inputs]
+        names = [shorten(i.name) for i in request.inputs[:8]]
         raise bad_request(f"this model takes one input named {expected_name!r} (BYTES); got {names}")
     tensor = request.inputs[0]
     if tensor.datatype != "BYTES":
-        raise bad_request(f"input {expected_name!r} must be BYTES (UTF-8 text), got {tensor.datatype}")
+        raise bad_request(f"input {expected_name!r} must be BYTES (UTF-8 text), got {shorten(tensor.datatype)}")
     data = tensor.data
-    count = int(np.prod(tensor.shape)) if tensor.shape else 0
+    count = math.prod(tensor.shape) if tensor.shape else 0
     if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
         raise bad_request(f"input {expected_name!r}: data must be a list of strings")
     if len(data) != count:
-        raise bad_request(f"input {expected_name!r}: shape {tensor.shape} holds {count} elements, data has {len(data)}")
+        raise bad_request(
+            f"input {expected_name!r}: shape {shorten(str(tensor.shape))} holds {count} elements, data has {len(data)}"
+        )
     if not data:
         raise bad_request(f"input {expected_name!r} is empty")
     if len(data) > max_inputs:
-        raise ApiError(
-            413, f"at most {max_inputs} inputs per request, got {len(data)}", "invalid_request_error", "too_many_inputs"
-        )
+        raise too_many(f"at most {max_inputs} inputs per request, got {len(data)}")
     return data
 
 
@@ -189,34 +208,29 @@ def tensor_input(
 ) -> list[np.ndarray]:
     """The items of a tensor model's single input, shaped ``[n, *item_shape]``: one float32 array per item."""
     if len(request.inputs) != 1 or request.inputs[0].name != expected_name:
-        names = [i.name for i in request.inputs]
+        names = [shorten(i.name) for i in request.inputs[:8]]
         raise bad_request(f"this model takes one input named {expected_name!r} (FP32); got {names}")
     tensor = request.inputs[0]
     expected = f"[n, {', '.join(map(str, item_shape))}]"
     if tensor.datatype not in NUMPY_DTYPES or tensor.datatype == "BOOL":
-        raise bad_request(f"input {expected_name!r} must be numeric (FP32), got {tensor.datatype}")
+        raise bad_request(f"input {expected_name!r} must be numeric (FP32), got {shorten(tensor.datatype)}")
     if len(tensor.shape) != 1 + len(item_shape) or tuple(tensor.shape[1:]) != item_shape:
-        raise bad_request(f"input {expected_name!r}: shape {tensor.shape} does not match {expected}")
+        raise bad_request(f"input {expected_name!r}: shape {shorten(str(tensor.shape))} does not match {expected}")
     try:
         array = np.asarray(tensor.data, dtype=np.float32)
     except (TypeError, ValueError):
         raise bad_request(f"input {expected_name!r}: data must be numbers") from None
-    count = int(np.prod(tensor.shape))
+    count = math.prod(tensor.shape)
     if array.size != count:
         raise bad_request(
-            f"input {expected_name!r}: shape {tensor.shape} holds {count} elements, data has {array.size}"
+            f"input {expected_name!r}: shape {shorten(str(tensor.shape))} holds {count} elements, data has {array.size}"
         )
     if not np.isfinite(array).all():
         raise bad_request(f"input {expected_name!r}: data must be finite numbers")
     if tensor.shape[0] == 0:
         raise bad_request(f"input {expected_name!r} is empty")
     if tensor.shape[0] > max_inputs:
-        raise ApiError(
-            413,
-            f"at most {max_inputs} inputs per request, got {tensor.shape[0]}",
-            "invalid_request_error",
-            "too_many_inputs",
-        )
+        raise too_many(f"at most {max_inputs} inputs per request, got {tensor.shape[0]}")
     return list(array.reshape(tensor.shape))
 
 
@@ -228,7 +242,8 @@ def infer_response(
     if request.outputs is not None:
         unknown = [name for name in request.outputs if name not in by_name]
         if unknown:
-            raise bad_request(f"unknown output(s) {unknown}; this model has {sorted(by_name)}")
+            shown = [shorten(name) for name in unknown[:8]]
+            raise bad_request(f"unknown output(s) {shown}; this model has {sorted(by_name)}")
         outputs = [by_name[name] for name in request.outputs]
     entries, blobs = [], []
     for out in outputs:

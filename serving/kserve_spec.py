@@ -4,6 +4,7 @@ binary tensor extension) is :mod:`serving.kserve`; this module maps a package's 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,13 @@ def model_metadata(runner: ModelRunner) -> dict[str, Any]:
         "outputs": outputs,
         "parameters": {"optiserve": runner.describe()},
     }
+
+
+def max_elements(manifest: Manifest, max_inputs: int) -> int:
+    """The most tensor elements one infer request may carry for this model: ``max_inputs`` items."""
+    if manifest.takes_text:
+        return max_inputs
+    return max_inputs * math.prod(int(d) for d in manifest.inputs[0].shape[1:])
 
 
 def request_items(parsed: kserve.InferRequest, manifest: Manifest, max_inputs: int) -> list[Any]:

@@ -24,6 +24,7 @@ FORWARDED_ENV = tuple(
         settings.MAX_BODY_BYTES,
         settings.MAX_INPUTS,
         settings.MAX_INPUT_CHARS,
+        settings.BODY_TIMEOUT_S,
         settings.ON_OVERFLOW,
         settings.API_TOKEN,
         settings.API_TOKEN_FILE,
@@ -36,6 +37,7 @@ class ServerLimits:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_inputs: int = DEFAULT_MAX_INPUTS
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    body_timeout_s: float = settings.BODY_TIMEOUT_S.default
     on_overflow: Literal["truncate", "reject"] = DEFAULT_ON_OVERFLOW
     api_token: str | None = None
 
@@ -47,6 +49,7 @@ class ServerLimits:
             max_body_bytes=settings.MAX_BODY_BYTES.get(env),
             max_inputs=settings.MAX_INPUTS.get(env),
             max_input_chars=settings.MAX_INPUT_CHARS.get(env),
+            body_timeout_s=settings.BODY_TIMEOUT_S.get(env),
             on_overflow="reject" if overflow == "reject" else "truncate",
             api_token=_token(env),
         )

@@ -65,6 +65,12 @@ class Metrics:
     call_padded_tokens: Histogram
     inference_duration: Histogram
     model_info: Gauge
+    cache_hits: Counter
+    cache_misses: Counter
+    cache_evictions: Counter
+    cache_entries: Gauge
+    cache_bytes: Gauge
+    cached_request_duration: Histogram
 
 
 @cache
@@ -148,6 +154,38 @@ def metrics() -> Metrics:
             "The package a replica serves (value is always 1).",
             [*model, "task", "runtime", "precision", "device", "chain"],
             multiprocess_mode="livemax",  # only replicas that exist: a replaced package's info goes away
+            registry=None,
+        ),
+        cache_hits=Counter("optiserve_cache_hits", "Inputs answered from the response cache.", model, registry=None),
+        cache_misses=Counter(
+            "optiserve_cache_misses", "Inputs looked up in the response cache and computed.", model, registry=None
+        ),
+        cache_evictions=Counter(
+            "optiserve_cache_evictions",
+            "Response cache entries dropped to stay within its bytes.",
+            model,
+            registry=None,
+        ),
+        cache_entries=Gauge(
+            "optiserve_cache_entries",
+            "Entries in the response caches.",
+            model,
+            multiprocess_mode="livesum",
+            registry=None,
+        ),
+        cache_bytes=Gauge(
+            "optiserve_cache_bytes",
+            "Bytes held by the response caches.",
+            model,
+            multiprocess_mode="livesum",
+            registry=None,
+        ),
+        cached_request_duration=Histogram(
+            "optiserve_model_request_duration_seconds",
+            "Time from a request reaching its model to its outputs, by cache: hit (every input from the cache) "
+            "or miss (some computed).",
+            [*model, "cache"],
+            buckets=LATENCY_BUCKETS,
             registry=None,
         ),
     )

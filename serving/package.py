@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serving.errors import PackageError
+from serving.errors import OptiserveError, PackageError
 from serving.hardware import FEATURES, HardwareProfile
 from serving.hashing import sha256_file
 
@@ -34,6 +34,10 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Files that can execute code when loaded. A package never carries them.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
+
+
+class UnknownPromptError(OptiserveError, ValueError):
+    """A request named a prompt the package does not declare."""
 
 
 class _Strict(BaseModel):
@@ -53,7 +57,11 @@ class TokenizerSpec(_Strict):
 
 
 class PoolingSpec(_Strict):
-    mode: Literal["mean", "cls", "max"] = "mean"
+    """How token vectors become one sentence vector (inside the exported graph): the mean of the real tokens,
+    the first (``cls``) token, the element-wise max, or the last real token (``lasttoken``: the last position the
+    attention mask keeps), then L2 normalization if ``normalize``."""
+
+    mode: Literal["mean", "cls", "max", "lasttoken"] = "mean"
     normalize: bool = True
 
 
@@ -68,8 +76,9 @@ class PassRecord(_Strict):
 class Fidelity(_Strict):
     """Agreement of this model's outputs with the source model's, on held-out data: row-wise cosine of the output
     vectors (embeddings or logits), max absolute / relative error, and per task: for embeddings, how many of each
-    item's 10 nearest neighbours stay the same; for classifiers, how often the top label is the same (and the
-    accuracy against true labels where the data has them)."""
+    item's 10 nearest neighbours stay the same, and for text embeddings a retrieval check (``recall_at_10``, with
+    the source's on the same pairs beside it: optimizers/fidelity.py ``retrieval_pairs``); for classifiers, how
+    often the top label is the same (and the accuracy against true labels where the data has them)."""
 
     cosine_mean: float
     cosine_p1: float
@@ -80,12 +89,19 @@ class Fidelity(_Strict):
     labelled_accuracy: float | None = None
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    recall_at_10: float | None = Field(
+        default=None, description="text embeddings: share of queries whose own passage is among their 10 nearest"
+    )
+    source_recall_at_10: float | None = Field(default=None, description="the same for the source model")
 
     @property
     def judged_by(self) -> tuple[str, ...]:
         """The one rule for which numbers count: classifiers are judged and ranked by top-1 agreement, everything
-        else by cosine mean (and, against a budget, cosine min). The first is :attr:`score`."""
-        return ("top1_agreement",) if self.top1_agreement is not None else ("cosine_mean", "cosine_min")
+        else by cosine mean (and, against a budget, cosine min and, where measured, recall@10). The first is
+        :attr:`score`."""
+        if self.top1_agreement is not None:
+            return ("top1_agreement",)
+        return ("cosine_mean", "cosine_min") + (("recall_at_10",) if self.recall_at_10 is not None else ())
 
     @property
     def score(self) -> float:
@@ -102,13 +118,18 @@ class FidelityBudget(_Strict):
     min_nn_agreement_at10: float | None = Field(default=None, ge=0.0, le=1.0, description="embeddings, optional")
     min_labelled_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="labelled data, optional")
     max_abs_error: float | None = Field(default=None, gt=0.0, description="optional, any task")
+    min_recall_at_10: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="text embeddings, optional: the retrieval check's recall@10"
+    )
 
     def admits(self, fidelity: Fidelity) -> bool:
         return not self.violations(fidelity)
 
     def judging_limits(self, fidelity: Fidelity) -> list[tuple[str, float, float]]:
-        """(name, value, lower limit) of each number that judges ``fidelity`` (``Fidelity.judged_by``)."""
-        return [(name, getattr(fidelity, name), getattr(self, f"min_{name}")) for name in fidelity.judged_by]
+        """(name, value, lower limit) of each number that judges ``fidelity`` (``Fidelity.judged_by``) and that
+        this budget limits (the optional limits, such as ``min_recall_at_10``, only when set)."""
+        limits = [(name, getattr(fidelity, name), getattr(self, f"min_{name}")) for name in fidelity.judged_by]
+        return [(name, value, limit) for name, value, limit in limits if limit is not None]
 
     def violations(self, fidelity: Fidelity) -> list[str]:
         """Each limit ``fidelity`` breaks, as text (empty when within budget)."""
@@ -155,8 +176,22 @@ class ServingDefaults(_Strict):
     max_queued_items: int = Field(
         default=512, gt=0, description="items waiting or running in a replica before new requests get 503"
     )
+    max_queued_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="a request that would wait behind more than this many estimated seconds of work gets 503",
+    )
+    max_request_s: float = Field(
+        default=10.0, gt=0, description="a request estimated to take longer than this alone is refused (413)"
+    )
     queue_timeout_s: float = Field(
-        default=10.0, gt=0, description="items that waited longer than this are dropped before running (504)"
+        default=10.0, gt=0, description="a request none of which started within this long is dropped (504)"
+    )
+    cache_mb: float | None = Field(
+        default=None,
+        ge=0,
+        description="results cached per model by input, in MiB; 0: none; unset: 64 where batch-mates change "
+        "no output (not for dynamic int8), else none",
     )
 
 
@@ -232,6 +267,12 @@ class Manifest(_Strict):
         default=None, description="text models; a package without one takes its single float32 input tensor as is"
     )
     pooling: PoolingSpec = PoolingSpec()
+    prompts: dict[str, str] = Field(
+        default={},
+        description="text embeddings: named prompts declared by the model (sentence-transformers' "
+        "config_sentence_transformers.json), e.g. {'query': 'query: '}; see apply_prompt",
+    )
+    default_prompt_name: str | None = Field(default=None, description="the prompt applied when none is named")
     embedding_dim: int | None = Field(default=None, gt=0, description="embedding models: vector width")
     labels: list[str] = Field(default=[], description="classifiers: label of each logit, in order")
     fidelity: Fidelity | None = None
@@ -286,10 +327,28 @@ class Manifest(_Strict):
             raise ValueError("a classification package needs two or more labels and no embedding_dim")
         return self
 
+    @model_validator(mode="after")
+    def _prompts(self) -> Manifest:
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of prompts {self.prompts}")
+        return self
+
     @property
     def output_dim(self) -> int:
         """Width of one output row: the embedding size, or the number of labels."""
         return self.embedding_dim if self.embedding_dim is not None else len(self.labels)
+
+    def apply_prompt(self, texts: list[str], prompt_name: str | None = None) -> list[str]:
+        """``texts`` with the named prompt prepended, as sentence-transformers' ``encode(prompt_name=...)`` does;
+        ``None``: the default prompt where the package declares one, else ``texts`` unchanged. Raises
+        :class:`UnknownPromptError` for a name the package does not declare."""
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return list(texts)
+        if name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise UnknownPromptError(f"model {self.name!r} has no prompt {name!r}; its prompts: {known}")
+        return [self.prompts[name] + text for text in texts]
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,35 @@
 """The model side of a replica: one package's pipeline behind its own dynamic batch queue, over *items*.
 
-Every input text is its own entry in the batch queue, so a request with N inputs contributes N items to the
-dynamic batches (and can span several), and no entry can outgrow a batch size lowered at run time. Each batch is
-cut into length-sorted model calls within the token budget (``max_batch_tokens``) and runs on a worker thread,
-so the event loop keeps accepting (and batching) requests while the model computes. A replica may hold several
-packages: each :class:`ModelRunner` has its own queue (made per instance, since ``@serve.batch`` on a method
-would share one queue between instances).
+Every input text is an item, so a request with N inputs contributes N items to the dynamic batches (and can span
+several); batches are formed round-robin across requests (:class:`serving.scheduler.FairBatcher`), so one big
+request does not hold up the small ones behind it. Each batch is cut into length-sorted model calls within the
+token budget (``max_batch_tokens``) and runs on a worker thread, so the event loop keeps accepting (and
+batching) requests while the model computes. Requests are admitted by their estimated seconds of work
+(:class:`serving.scheduler.WorkMeter`). A replica may hold several packages: each :class:`ModelRunner` has its
+own queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from ray import serve
 
 from serving.batching import AdaptiveWait
-from serving.errors import DeadlineExceededError, OverloadedError
+from serving.errors import OverloadedError, RequestTooLargeError
 from serving.hardware import detect, serving_mismatch
 from serving.metrics import metrics
 from serving.package import Manifest, ServingDefaults, load_package
 from serving.pipeline import TextPipeline, load_pipeline
+from serving.response_cache import ResponseCache, key_of
 from serving.runtimes.base import assigned_gpus
+from serving.scheduler import FairBatcher, WorkMeter
 
 log = logging.getLogger("optiserve")
 
@@ -38,12 +41,21 @@ class InferResult:
     truncated: np.ndarray
 
 
-# One input's result: (output row, tokens, truncated); None when it was dropped past its queue deadline.
-ItemResult = tuple[np.ndarray, int, bool] | None
+# One input's result: (output row, tokens, truncated).
+ItemResult = tuple[np.ndarray, int, bool]
+CacheUse = Literal["use", "refresh", "bypass"]  # from the request's Cache-Control: -, no-cache, no-store
+# Before the first batches: tokens per character of English text with a WordPiece vocabulary is about 0.25;
+# start above it, so early estimates err towards more work.
+TOKENS_PER_CHAR = 0.3
+CALIBRATION_ITEMS = 8
+DEFAULT_CACHE_MB = 64.0
+DETERMINISTIC_COSINE = 0.9999  # batch-mates moving an output less than this is rounding, not a different answer
+PROBE_TEXT = "a short sentence that checks how fast this replica computes"
 
 
 class ModelRunner:
-    """Loads and verifies a package, runs texts through it in dynamic batches, records batch metrics."""
+    """Loads and verifies a package, runs texts through it in fair dynamic batches (serving/scheduler.py), admits
+    requests by their estimated work, records batch metrics."""
 
     def __init__(self, package_dir: str, threads: int | None = None) -> None:
         package = load_package(package_dir)
@@ -64,68 +76,166 @@ class ModelRunner:
         if self.hardware_warning:
             log.warning("%s: %s", self.name, self.hardware_warning)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"optiserve-{self.name}")
-        self._pending_items = 0
         self._package_settings = self.manifest.serving
-        self._batch: Any = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)(self._run_batch)
         self._wait = AdaptiveWait(self.manifest.serving.batch_wait_timeout_s)
+        self._queue_wait = self._metrics.queue_wait.labels(**self.labels)
+        self._tokens_per_char = TOKENS_PER_CHAR
+        # How far an output moves when its input shares a model call with others (dynamic int8 quantizes per
+        # call): the tolerance between a cached answer and a fresh one. Measured in _calibrate.
+        self.batch_mate_cosine = 1.0
+        self.work = WorkMeter(self._calibrate())
+        self._batcher = FairBatcher(
+            self._run_batch, 32, 10.0, wait_s=self._batch_wait_s, on_start=self._queue_wait.observe
+        )
+        self.cache = ResponseCache(0, fingerprint(self.manifest))
+        self._evictions_seen = 0
         self.apply({})
         log.info(
-            "model ready: %s %s (%s, %s, %s on %s)",
+            "model ready: %s %s (%s, %s, %s on %s; %.2g s of work per %s)",
             self.name,
             self.manifest.version,
             self.manifest.task,
             self.manifest.runtime,
             self.manifest.precision,
             self.pipeline.runtime.device,
+            self.work.seconds_per_unit,
+            "token" if isinstance(self.pipeline, TextPipeline) else "item",
         )
 
     def apply(self, overrides: dict[str, Any]) -> None:
-        """Retune batching; keys left out take the package's values."""
+        """Retune batching and admission; keys left out take the package's values."""
         settings = ServingDefaults.model_validate({**self._package_settings.model_dump(), **overrides})
         self.settings = settings
         self._wait.max_wait_s = settings.batch_wait_timeout_s
-        self._batch.set_max_batch_size(settings.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._batcher.max_batch_size = settings.max_batch_size
+        self._batcher.queue_timeout_s = settings.queue_timeout_s
+        self.cache.resize(int(self._cache_mb(settings.cache_mb) * 2**20))
+        self._record_cache()
 
-    async def infer(self, texts: list[Any]) -> InferResult:
-        """Outputs for ``texts`` (or tensors, for a package without a tokenizer), in order. Raises
-        :class:`OverloadedError` when this model already holds ``max_queued_items`` items (a request alone is
-        always admitted), and :class:`DeadlineExceededError` when the request waited longer than
-        ``queue_timeout_s`` before its batch started."""
-        settings = self.settings
-        if self._pending_items and self._pending_items + len(texts) > settings.max_queued_items:
-            raise OverloadedError(f"{self._pending_items} items are queued (limit {settings.max_queued_items})")
-        self._pending_items += len(texts)
-        queued = self._metrics.queued_items.labels(**self.labels)
-        queued.inc(len(texts))
-        try:
-            enqueued = time.perf_counter()
-            self._wait.arrived(len(texts))
-            items = await asyncio.gather(*(self._batch((text, enqueued)) for text in texts))
-        finally:
-            self._pending_items -= len(texts)
-            queued.dec(len(texts))
-        done = [item for item in items if item is not None]
-        if len(done) < len(items):
-            raise DeadlineExceededError(f"request waited more than {settings.queue_timeout_s} s in the queue")
+    def _cache_mb(self, configured: float | None) -> float:
+        """The response cache's size: as configured, else ``DEFAULT_CACHE_MB`` for a package whose outputs do
+        not depend on their batch-mates and none for one whose do (dynamic int8 quantizes each model call with
+        scales from all its rows: a cached answer would differ from a fresh one by more than rounding)."""
+        if configured is not None:
+            return configured
+        dynamic = any(step.name == "quantize_dynamic" for step in self.manifest.chain)
+        return 0.0 if dynamic or self.batch_mate_cosine < DETERMINISTIC_COSINE else DEFAULT_CACHE_MB
+
+    def _batch_wait_s(self) -> float:
+        return self._wait.wait_s() if self.settings.adaptive_wait else self.settings.batch_wait_timeout_s
+
+    def _calibrate(self) -> float:
+        """Seconds of work per unit (token or item), timed on a small probe batch after a warm-up call; the
+        estimate then follows the batches served (:class:`WorkMeter`)."""
+        probe = self._probe(CALIBRATION_ITEMS)
+        run: Any = self.pipeline.run
+        alone, _ = run(probe[:1])
+        started = time.perf_counter()
+        _, stats = run(probe)
+        seconds = max(time.perf_counter() - started, 1e-6)
+        if isinstance(self.pipeline, TextPipeline):
+            mates, _ = run([PROBE_TEXT, *(f"{PROBE_TEXT} {PROBE_TEXT[: 7 * i]}" for i in range(1, 8))])
+            self.batch_mate_cosine = _cosine(alone[0], mates[0])
+        units = stats.real_tokens if isinstance(self.pipeline, TextPipeline) else stats.items
+        return seconds / max(units, 1)
+
+    def _probe(self, count: int) -> list[Any]:
+        pipeline = self.pipeline
+        if isinstance(pipeline, TextPipeline):
+            return [PROBE_TEXT] * count
+        return [np.zeros(pipeline.item_shape, np.float32)] * count
+
+    def units(self, items: list[Any]) -> list[int]:
+        """Each item's estimated work: tokens for text (from its length, at the tokens per character seen so far,
+        capped at the model's limit), 1 for a tensor."""
+        encoder = self.pipeline.encoder
+        if encoder is None:
+            return [1] * len(items)
+        per_char, cap = self._tokens_per_char, encoder.max_length
+        return [min(cap, int(len(text) * per_char) + 2) for text in items]
+
+    async def infer(self, texts: list[Any], cache: CacheUse = "use") -> InferResult:
+        """Outputs for ``texts`` (or tensors, for a package without a tokenizer), in order. Inputs found in the
+        response cache are answered from it (``cache``: ``use``; ``refresh`` computes afresh and stores;
+        ``bypass`` neither reads nor stores), and repeated inputs are computed once. Raises
+        :class:`RequestTooLargeError` when the rest is estimated at more than ``max_request_s`` of work;
+        :class:`OverloadedError` when more than ``max_queued_s`` of work would run before it is done (batches
+        being fair across requests), or the queue would hold more than ``max_queued_items`` items (onto an
+        empty queue, a request within ``max_request_s`` is always admitted); and
+        :class:`DeadlineExceededError` when none of it started within ``queue_timeout_s``."""
+        started = time.perf_counter()
+        keys = [key_of(text) for text in texts]
+        lookup = cache == "use" and self.cache.max_bytes > 0
+        results: list[ItemResult | None] = [self.cache.get(key) for key in keys] if lookup else [None] * len(keys)
+        missing: dict[str | bytes, int] = {}  # each distinct input not found, and one position it is at
+        for position, (key, result) in enumerate(zip(keys, results, strict=True)):
+            if result is None:
+                missing.setdefault(key, position)
+        fresh: dict[str | bytes, ItemResult] = {}
+        if missing:
+            fresh = dict(zip(missing, await self._compute([texts[i] for i in missing.values()]), strict=True))
+            if cache != "bypass":
+                for key, result in fresh.items():
+                    self.cache.put(key, result)
+        if lookup:
+            self._record_cache(len(texts) - len(missing), len(missing), time.perf_counter() - started)
+        elif fresh and cache == "refresh" and self.cache.max_bytes:
+            self._record_cache()
+        items = [result if result is not None else fresh[key] for key, result in zip(keys, results, strict=True)]
         return InferResult(
-            np.stack([row for row, _, _ in done]),
-            sum(tokens for _, tokens, _ in done),
-            np.array([cut for _, _, cut in done], dtype=bool),
+            np.stack([row for row, _, _ in items]),
+            sum(tokens for _, tokens, _ in items),
+            np.array([cut for _, _, cut in items], dtype=bool),
         )
 
-    async def _run_batch(self, items: list[tuple[Any, float]]) -> list[ItemResult]:
-        """Run one dynamic batch. Items past their deadline are dropped (``None``) without computing them."""
+    async def _compute(self, texts: list[Any]) -> list[ItemResult]:
+        """Admit ``texts`` by their estimated work and run them through the batcher."""
+        settings, batcher = self.settings, self._batcher
+        units = self.units(texts)
+        seconds = self.work.seconds(sum(units))
+        if seconds > settings.max_request_s:
+            raise RequestTooLargeError(
+                f"this request is about {seconds:.1f} s of work ({len(texts)} inputs, about {sum(units)} "
+                f"{'tokens' if self.pipeline.encoder is not None else 'items'}) at this replica's speed; "
+                f"a request may take at most {settings.max_request_s:g} s (max_request_s): send fewer or shorter "
+                "inputs per request"
+            )
+        if batcher.pending_items:
+            ahead_s = self.work.seconds(batcher.units_ahead(len(texts)))
+            if ahead_s > settings.max_queued_s:
+                raise OverloadedError(f"about {ahead_s:.2f} s of work is ahead (limit {settings.max_queued_s:g} s)")
+            if batcher.pending_items + len(texts) > settings.max_queued_items:
+                raise OverloadedError(f"{batcher.pending_items} items are queued (limit {settings.max_queued_items})")
+        queued = self._metrics.queued_items.labels(**self.labels)
+        queued.inc(len(texts))
+        self._wait.arrived(len(texts))
+        try:
+            return await batcher.submit(texts, units)
+        finally:
+            queued.dec(len(texts))
+
+    def _record_cache(self, hits: int = 0, misses: int = 0, seconds: float | None = None) -> None:
+        m, labels = self._metrics, self.labels
+        if hits:
+            m.cache_hits.labels(**labels).inc(hits)
+        if misses:
+            m.cache_misses.labels(**labels).inc(misses)
+        if seconds is not None:
+            m.cached_request_duration.labels(**labels, cache="miss" if misses else "hit").observe(seconds)
+        evicted = self.cache.evictions - self._evictions_seen
+        if evicted:
+            m.cache_evictions.labels(**labels).inc(evicted)
+            self._evictions_seen = self.cache.evictions
+        m.cache_entries.labels(**labels).set(len(self.cache))
+        m.cache_bytes.labels(**labels).set(self.cache.bytes)
+
+    async def _run_batch(self, texts: list[Any]) -> list[ItemResult]:
+        """Run one dynamic batch on the worker thread; record its metrics and what it cost."""
         started = time.perf_counter()
         m, labels, settings = self._metrics, self.labels, self.settings
-        live = [started - enqueued <= settings.queue_timeout_s for _, enqueued in items]
-        for _, enqueued in items:
-            m.queue_wait.labels(**labels).observe(started - enqueued)
-        texts = [text for (text, _), ok in zip(items, live, strict=True) if ok]
-        if not texts:
-            return [None] * len(items)
+        distinct = list(dict.fromkeys(texts)) if self.pipeline.encoder is not None else texts
         outputs, stats = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.pipeline.run, texts, settings.max_call_items, settings.max_batch_tokens
+            self._executor, self.pipeline.run, distinct, settings.max_call_items, settings.max_batch_tokens
         )
         elapsed = time.perf_counter() - started
         m.inference_duration.labels(**labels).observe(elapsed)
@@ -136,16 +246,20 @@ class ModelRunner:
             m.call_padded_tokens.labels(**labels).observe(padded)
         if settings.adaptive_wait:
             self._wait.finished(stats.padded_tokens, elapsed)
-            self._batch.set_batch_wait_timeout_s(self._wait.wait_s())
-        computed = iter(range(len(texts)))
-        results: list[ItemResult] = []
-        for ok in live:
-            if ok:
-                row = next(computed)
-                results.append((outputs[row], int(stats.token_counts[row]), bool(stats.truncated[row])))
-            else:
-                results.append(None)
-        return results
+        if self.pipeline.encoder is None:
+            self.work.record(stats.items, elapsed)
+            return [(outputs[i], 0, False) for i in range(len(texts))]
+        self.work.record(stats.real_tokens, elapsed)
+        self._learn_tokens_per_char(distinct, stats.token_counts, stats.truncated)
+        counts, cut = stats.token_counts, stats.truncated
+        row = {text: i for i, text in enumerate(distinct)}  # a text two requests sent in one batch ran once
+        return [(outputs[i], int(counts[i]), bool(cut[i])) for i in map(row.__getitem__, texts)]
+
+    def _learn_tokens_per_char(self, texts: list[str], counts: np.ndarray, truncated: np.ndarray) -> None:
+        chars = sum(len(text) for text, cut in zip(texts, truncated, strict=True) if not cut)
+        tokens = int(counts[~truncated].sum())
+        if chars:
+            self._tokens_per_char += 0.2 * (tokens / chars - self._tokens_per_char)
 
     def describe(self) -> dict[str, Any]:
         """What this replica runs for the model: for model metadata."""
@@ -159,24 +273,47 @@ class ModelRunner:
             "requires": self.manifest.requires,
             "hardware_warning": self.hardware_warning,
             "gpus": assigned_gpus(),
-            "node_id": _node_id(),
+            "node": node_tag(),
             "providers": list(getattr(runtime, "providers", [])),
             "batching": self.settings.model_dump(),
+            "cache": {
+                "max_bytes": self.cache.max_bytes,
+                "entries": len(self.cache),
+                "fingerprint": self.cache.fingerprint,
+                # A cached output is the first one computed; a fresh one may differ by as much as computing the
+                # same input among other batch-mates does (measured at start; 1.0 where batch-mates change nothing).
+                "batch_mate_cosine_min": round(self.batch_mate_cosine, 6),
+            },
         }
 
     async def check_health(self) -> None:
         """Raise if the runtime can no longer compute."""
-        pipeline = self.pipeline
-        probe = ["health check"] if isinstance(pipeline, TextPipeline) else [np.zeros(pipeline.item_shape, np.float32)]
-        run: Any = pipeline.run
-        await asyncio.get_running_loop().run_in_executor(self._executor, run, probe)
+        run: Any = self.pipeline.run
+        await asyncio.get_running_loop().run_in_executor(self._executor, run, self._probe(1))
 
 
-def _node_id() -> str | None:
-    """The Ray node this replica runs on (None outside Ray)."""
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a, b) / norms) if norms else 1.0
+
+
+def fingerprint(manifest: Manifest) -> str:
+    """What fixes a package's results for an input: its files' sha256 and its output options."""
+    files = ",".join(f"{f.path}={f.sha256}" for f in manifest.files)
+    tokenizer = manifest.tokenizer.model_dump_json() if manifest.tokenizer else ""
+    return hashlib.sha256(f"{files}|{manifest.pooling.model_dump_json()}|{tokenizer}".encode()).hexdigest()
+
+
+def node_tag(node_id: str | None = None) -> str | None:
+    """Which Ray node this replica runs on (None outside Ray), as a short hash: enough to tell nodes apart,
+    without handing clients Ray's node id (it names the node's HAProxy and session directories)."""
     import ray
 
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    if node_id is None:
+        if not ray.is_initialized():
+            return None
+        node_id = ray.get_runtime_context().get_node_id()
+    return hashlib.sha256(node_id.encode()).hexdigest()[:12]
 
 
 class ServedModels:

@@ -114,7 +114,14 @@ def _declare(name: str, cast: Callable[[str], T], default: T, doc: str, group: s
 MAX_BODY_BYTES = _declare(
     "OPTISERVE_MAX_BODY_BYTES", integer(1), 16 * 1024 * 1024, "request body limit (413 past it)", "server"
 )
-MAX_INPUTS = _declare("OPTISERVE_MAX_INPUTS", integer(1), 2048, "inputs per request (422 past it)", "server")
+MAX_INPUTS = _declare("OPTISERVE_MAX_INPUTS", integer(1), 2048, "inputs per request (413 past it)", "server")
+BODY_TIMEOUT_S = _declare(
+    "OPTISERVE_BODY_TIMEOUT_S",
+    number(above=0),
+    10.0,
+    "longest time a replica waits for a request's whole body (408 past it)",
+    "server",
+)
 MAX_INPUT_CHARS = _declare(
     "OPTISERVE_MAX_INPUT_CHARS", integer(1), 32_768, "characters per input (422 past it)", "server"
 )
@@ -146,11 +153,53 @@ INGRESS = _declare(
     "server",
 )
 RAY_LOGS = _declare("OPTISERVE_RAY_LOGS", flag, False, "1: show Ray's worker logs on the console", "server")
+DOCS = _declare(
+    "OPTISERVE_DOCS",
+    one_of("auto", "0", "1"),
+    "auto",
+    "OpenAPI docs at /docs and /openapi.json: 1 on, 0 off, auto: on when `optiserve serve` binds a loopback address",
+    "server",
+)
 HAPROXY_BINARY = _declare(
     "OPTISERVE_HAPROXY_BINARY",
     str,
     "",
     "the haproxy binary serving/haproxy-local runs (set by the launcher; the image sets it for `ray start`)",
+    "server",
+)
+HTTP_REQUEST_TIMEOUT_S = _declare(
+    "OPTISERVE_HTTP_REQUEST_TIMEOUT_S",
+    integer(1),
+    10,
+    "HAProxy: seconds a client has to send a request's headers and its body's first 16 KiB (408 past it)",
+    "server",
+)
+KEEP_ALIVE_TIMEOUT_S = _declare(
+    "OPTISERVE_KEEP_ALIVE_TIMEOUT_S",
+    integer(1),
+    30,
+    "HAProxy: seconds an idle client connection stays open between requests",
+    "server",
+)
+HTTP_MAXCONN = _declare(
+    "OPTISERVE_HTTP_MAXCONN",
+    integer(0),
+    0,
+    "HAProxy: connections the HTTP port holds at once (0: 15/16 of RAY_SERVE_HAPROXY_MAXCONN)",
+    "server",
+)
+HEALTH_PORT = _declare(
+    "OPTISERVE_HEALTH_PORT",
+    integer(0),
+    0,
+    "HAProxy: a port for the health routes only, still answering when the HTTP port is full (0: none)",
+    "server",
+)
+RAY_EXPOSE = _declare(
+    "OPTISERVE_RAY_EXPOSE",
+    flag,
+    False,
+    "local Ray: 1: its node address (metrics exporters, gRPC ports) is the machine's; 0: 127.0.0.1",
     "server",
 )
 
@@ -161,6 +210,19 @@ CACHE = _declare("OPTISERVE_CACHE", text, "", "pass cache directory (unset: ~/.c
 INPUTS = _declare("OPTISERVE_INPUTS", integer(1), 1, "each request carries 1..N held-out inputs", "loadtest")
 MODEL = _declare("OPTISERVE_MODEL", text, "", "model name sent with each request (unset: none)", "loadtest")
 SEED = _declare("OPTISERVE_SEED", integer(), 0, "base seed of the payload draw", "loadtest")
+PAYLOAD = _declare(
+    "OPTISERVE_PAYLOAD",
+    text,
+    "",
+    "inputs file (.txt one per line, .jsonl text field; unset: held-out corpus)",
+    "loadtest",
+)
+HEADERS = _declare(
+    "OPTISERVE_HEADERS", text, "", "extra request headers, 'Name: value' one per line (unset: none)", "loadtest"
+)
+API_KEY = _declare(
+    "OPTISERVE_API_KEY", text, "", "sent as 'Authorization: Bearer KEY' with each request (unset: none)", "loadtest"
+)
 RATE = _declare(
     "OPTISERVE_RATE", number(at_least=0), 0.0, "target requests/s over all users (0: closed loop)", "loadtest"
 )
@@ -192,6 +254,9 @@ SWEEP_MAX_STEP_S = _declare(
     "OPTISERVE_SWEEP_MAX_STEP_S", number(above=0), 30.0, "sweep: seconds a step may last at most", "loadtest"
 )
 SWEEP_OUT = _declare("OPTISERVE_SWEEP_OUT", text, "sweep.json", "sweep: where the steps are written", "loadtest")
+SWEEP_SERVER_METRICS = _declare(
+    "OPTISERVE_SWEEP_SERVER_METRICS", flag, True, "sweep: 1 reads the server's optiserve /metrics, 0 not", "loadtest"
+)
 
 # -- the test suite ---------------------------------------------------------------------------------------------
 FUZZ_REQUESTS = _declare(

@@ -89,7 +89,7 @@ def _binary_request(texts: list[str], parameters: dict | None = None) -> tuple[b
 def test_binary_bytes_tensor_round_trip() -> None:
     texts = ["plain", "ünïcödé ✓", "a much longer sentence with several words"]
     body, header_length = _binary_request(texts, {"binary_data_output": True})
-    request = parse_infer_request(body, header_length)
+    request = parse_infer_request(body, header_length, 10)
     assert text_input(request, "text", max_inputs=10) == texts
     vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
     labels = np.array(["x", "yy", "zzz"], dtype=object)
@@ -108,18 +108,59 @@ def test_binary_bytes_tensor_round_trip() -> None:
         (lambda body, n: (body[:-3], n), "runs past the end"),
         (lambda body, n: (body + b"xx", n), "not claimed"),
         (lambda body, n: (body, "999999"), "not a length"),
+        (lambda body, n: (body, "²"), "not a length"),  # a digit to str.isdigit, not to int()
+        (lambda body, n: (body, "9" * 5000), "not a length"),  # past Python's int-parsing digit limit
         (lambda body, n: (b"[" + body[1:], n), "not valid JSON"),
     ],
 )
 def test_malformed_binary_requests_are_refused_with_a_reason(mutate, fragment) -> None:
     body, header_length = _binary_request(["one", "two"])
     with pytest.raises(ApiError, match=fragment) as error:
-        parse_infer_request(*mutate(body, header_length))
+        parse_infer_request(*mutate(body, header_length), 10)
     assert error.value.status == 400
 
 
 def test_too_many_texts_is_413() -> None:
     body, header_length = _binary_request(["t"] * 5)
     with pytest.raises(ApiError) as error:
-        text_input(parse_infer_request(body, header_length), "text", max_inputs=4)
+        text_input(parse_infer_request(body, header_length, 10), "text", max_inputs=4)
     assert error.value.status == 413
+
+
+def test_a_shape_past_the_element_limit_is_413_before_its_data_is_decoded() -> None:
+    body, header_length = _binary_request([""] * 50_000)  # the loop-stall attack, small: many empty elements
+    with pytest.raises(ApiError, match="50000 elements; at most 8") as error:
+        parse_infer_request(body, header_length, 8)
+    assert (error.value.status, error.value.code) == (413, "too_many_inputs")
+
+
+def test_binary_bytes_data_past_its_shape_is_refused() -> None:
+    body, header_length = _binary_request(["a", "b", "c"])
+    header = orjson.loads(body[: int(header_length)])
+    header["inputs"][0]["shape"] = [1]
+    new_header = orjson.dumps(header)
+    with pytest.raises(ApiError, match="more than the 1 elements") as error:
+        parse_infer_request(new_header + body[int(header_length) :], str(len(new_header)), 10)
+    assert error.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("shape", "fragment"),
+    [
+        ([274177, 67280421310721], "holds 18446744073709551617 elements"),  # overflowed int64 to 1 with np.prod
+        ([True], "list of non-negative integers"),
+        ([2.0], "list of non-negative integers"),
+    ],
+)
+def test_shapes_are_integers_and_their_size_does_not_overflow(shape, fragment) -> None:
+    body = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape, "data": ["x"]}]})
+    with pytest.raises(ApiError, match=fragment):
+        parse_infer_request(body, None, 10)
+
+
+def test_nested_json_is_refused_without_parsing_it() -> None:
+    body = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}], "id": ['
+    body += b",".join([b"[]"] * 100_000) + b"]}"
+    with pytest.raises(ApiError, match="arrays and objects") as error:
+        parse_infer_request(body, None, 10)
+    assert error.value.status == 400

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +81,7 @@ def test_body_limit_holds_for_declared_and_streamed_bodies(hardened) -> None:
 def test_input_count_length_and_token_overflow_limits(hardened) -> None:
     url = f"{hardened.url}/v1/embeddings"
     too_many = httpx.post(url, json={"input": ["x"] * 9}, headers=AUTH, timeout=30)
-    assert "at most 8 inputs" in _assert_json_error(too_many, 422, "invalid_value")["message"]
+    assert "at most 8 inputs" in _assert_json_error(too_many, 413, "too_many_inputs")["message"]
     too_long = httpx.post(url, json={"input": "y" * 4001}, headers=AUTH, timeout=30)
     assert "at most 4000" in _assert_json_error(too_long, 422, "invalid_value")["message"]
     many_tokens = " ".join(["word"] * 400)  # 400+ tokens, under the character limit
@@ -126,7 +128,7 @@ def test_requests_past_their_queue_deadline_are_dropped_before_running(server, m
     url = f"{server.url}/v1/embeddings"
     try:
         tight = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "queue_timeout_s": QUEUE_TIMEOUT_S}
-        server.deploy(package, {**tight, "max_queued_items": 10 * BURST})  # deadlines only, no 503s
+        server.deploy(package, {**tight, "max_queued_items": 10 * BURST, "max_queued_s": 1e3})  # deadlines, no 503s
         before = scrape(f"{server.url}/metrics")
         alone = httpx.post(url, json={"input": "a request with nothing queued ahead of it"}, timeout=60)
         # A burst far longer than the deadline: one item per batch, each taking milliseconds.
@@ -199,3 +201,46 @@ def test_onnx_external_data_outside_the_package_is_refused(tmp_path: Path) -> No
     onnx.save_model(saved, str(inside))
     with pytest.raises(PackageError, match="outside the package"):
         check_external_data(inside)
+
+
+LONG_TEXT = "a sentence of ordinary words that a tokenizer cuts into about one token per word " * 15  # 1,200 chars
+
+
+@pytest.mark.serve
+def test_a_request_too_big_for_its_deadline_is_refused_up_front_and_small_ones_are_not_starved(
+    server, minilm_packages
+) -> None:
+    from loadtests.scrape import histogram_delta, scrape
+
+    package = minilm_packages.package.root
+    url = f"{server.url}/v1/embeddings"
+    try:
+        server.deploy(package, {"max_request_s": 1.0})
+        before = scrape(f"{server.url}/metrics")
+        # The issue's attack at small scale: 400 inputs x 1,200 characters, far more than 1 s of work here.
+        refused = httpx.post(url, json={"input": [LONG_TEXT] * 400}, timeout=60)
+        after = scrape(f"{server.url}/metrics")
+        message = _assert_json_error(refused, 413, "request_too_large")["message"]
+        assert "max_request_s" in message and "1 s" in message
+        assert histogram_delta(before, after, "optiserve_batch_size").total == 0  # refused before any work
+
+    finally:
+        server.deploy(package)
+    # On the default deployment: a big request that is allowed, then a burst of small ones: they finish first.
+    big = {"input": [f"{i} {LONG_TEXT[:600]}" for i in range(96)]}
+    finished = asyncio.run(_big_then_small(url, big, [{"input": f"small request {i}"} for i in range(12)]))
+    assert all(status == 200 for status, _ in finished), finished
+    big_done = finished[0][1]
+    assert all(done < big_done for _, done in finished[1:])  # each got a slot in the next batches
+
+
+async def _big_then_small(url: str, big: dict, small: list[dict]) -> list[tuple[int, float]]:
+    """POST ``big``, then (once it is queued) every ``small`` body at once; (status, finish time) of each."""
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def post(body: dict, delay_s: float) -> tuple[int, float]:
+            await asyncio.sleep(delay_s)
+            response = await client.post(url, json=body)
+            return response.status_code, time.monotonic()
+
+        return list(await asyncio.gather(post(big, 0.0), *(post(body, 0.2) for body in small)))

@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -20,6 +21,7 @@ from tests._load import post_concurrently
 pytestmark = pytest.mark.serve
 TEXTS = load_split("heldout")[:40]
 MODEL = "all-MiniLM-L6-v2"
+NO_STORE = {"Cache-Control": "no-store"}  # computed afresh, whatever earlier tests sent
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -136,7 +138,9 @@ def test_concurrent_requests_form_batches_larger_than_one(server) -> None:
     buckets_before = _batch_buckets(server)
     codes = [
         r.status_code
-        for r in post_concurrently(f"{server.url}/v1/embeddings", [{"input": t} for t in load_split("heldout")[:96]])
+        for r in post_concurrently(
+            f"{server.url}/v1/embeddings", [{"input": t} for t in load_split("heldout")[:96]], NO_STORE
+        )
     ]
     count_after, items_after = batches()
     assert codes == [200] * 96
@@ -151,7 +155,7 @@ def test_concurrent_requests_form_batches_larger_than_one(server) -> None:
     ("body", "status", "fragment"),
     [
         (b'{"input": ', 400, "not valid JSON"),
-        (b"[1, 2]", 422, "valid dictionary"),
+        (b"[1, 2]", 422, "should be an object"),
         (b'{"input": 123}', 422, "string or a list of strings"),
         (b'{"input": ""}', 422, "item 0 is empty"),
         (b'{"input": []}', 422, "empty list"),
@@ -161,7 +165,12 @@ def test_concurrent_requests_form_batches_larger_than_one(server) -> None:
         (b'{"input": "x", "encoding_format": "int8"}', 422, "encoding_format"),
         (b'{"input": "x", "model": "gpt-9"}', 404, "not served here"),
         (b'{"input": "x", "dimensions": 12}', 422, "returns 384"),
+        (b'{"input": "x", "dimensions": "384"}', 422, "valid integer"),
+        (b'{"input": ["ok", "\\u200b\\ufeff\\u0000"]}', 422, "item 1 is empty"),
+        (b'{"input": "x", "user": [' + b",".join([b"[]"] * 20_000) + b"]}", 422, "JSON arrays and objects"),
+        (b'{"input": "x", "model": "' + b"m" * 100_000 + b'"}', 404, "(100000 characters)"),
         (b"{}", 422, "input"),
+        (b"", 400, "not valid JSON"),
     ],
 )
 def test_bad_requests_get_json_4xx_errors(server, body: bytes, status: int, fragment: str) -> None:
@@ -173,6 +182,7 @@ def test_bad_requests_get_json_4xx_errors(server, body: bytes, status: int, frag
     assert fragment in error["message"]
     assert set(error) == {"message", "type", "code"}
     assert "Traceback" not in response.text and "/site-packages/" not in response.text
+    assert len(response.content) < 2000  # nothing of the request is echoed at length
 
 
 def test_unknown_route_wrong_method_and_oversized_body(server) -> None:
@@ -270,3 +280,56 @@ def test_haproxy_wrapper_rebinds_all_interface_listeners(tmp_path) -> None:
     assert run.stdout.split() == ["-db", "-f", str(config)]  # the real binary gets the same arguments
     binds = [line.strip() for line in config.read_text().splitlines() if line.strip().startswith("bind")]
     assert binds == ["bind 127.0.0.1:9101", "bind 127.0.0.1:8404", "bind 10.0.0.5:80"]
+
+
+def _counter(server, name: str) -> float:
+    return sum(s.value for s in _metric_samples(server).get(f"{name}_total", []) if s.labels.get("model") == MODEL)
+
+
+@pytest.fixture
+def cached(server, minilm_packages) -> Iterator:
+    """The session's server with the response cache switched on (this dynamic-int8 package has it off by
+    default: batch-mates change its outputs), restored after."""
+    try:
+        server.deploy(minilm_packages.package.root, {"cache_mb": 8})
+        yield server
+    finally:
+        server.deploy(minilm_packages.package.root)
+
+
+def test_a_dynamic_int8_package_serves_without_a_cache_by_default(server) -> None:
+    parameters = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10).json()["parameters"]["optiserve"]
+    assert parameters["cache"]["max_bytes"] == 0
+
+
+def test_the_response_cache_answers_repeats_identically_and_follows_cache_control(cached, minilm_packages) -> None:
+    server = cached
+    text = "a sentence the response cache test sends again and again"
+    hits, misses = _counter(server, "optiserve_cache_hits"), _counter(server, "optiserve_cache_misses")
+    computed = _metric_samples(server)["optiserve_batch_size_sum"][0].value
+
+    def vectors(body: object, headers: dict[str, str] | None = None) -> np.ndarray:
+        response = _post(server, body, headers=headers)
+        assert response.status_code == 200, response.text
+        return np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+
+    first = vectors({"input": text})
+    again = vectors({"input": [text, text, "another sentence"]})  # a hit, and a duplicate inside the request
+    assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[0])
+    assert _counter(server, "optiserve_cache_hits") - hits == 2  # the repeat of the earlier text, twice
+    assert _counter(server, "optiserve_cache_misses") - misses == 2  # the first request, and "another sentence"
+    after_hits = _metric_samples(server)["optiserve_batch_size_sum"][0].value
+    assert after_hits - computed == 2  # two distinct texts ever computed
+
+    fresh = vectors({"input": text}, {"Cache-Control": "no-cache"})  # computed afresh: agrees within tolerance
+    direct = TextPipeline.from_package(load_package(minilm_packages.package.root), threads=1).run([text])[0]
+    tolerance = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10).json()["parameters"]["optiserve"]["cache"]
+    assert tolerance["max_bytes"] == 8 * 2**20
+    assert _cosines(fresh, first)[0] > 0.98  # a fresh answer in other company: dynamic int8's batch-mate effect
+    assert _cosines(first, direct[:1])[0] > 0.999
+    vectors({"input": "never stored"}, NO_STORE)
+    vectors({"input": "never stored"}, NO_STORE)
+    assert _metric_samples(server)["optiserve_batch_size_sum"][0].value - after_hits == 3  # no-cache + 2 no-store
+    assert _counter(server, "optiserve_cache_hits") - hits == 2
+    entries = [s.value for s in _metric_samples(server)["optiserve_cache_entries"] if s.labels["model"] == MODEL]
+    assert sum(entries) >= 2 and tolerance["entries"] >= 2

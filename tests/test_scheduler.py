@@ -1,0 +1,158 @@
+"""The fair batcher and the work meter (serving/scheduler.py), driven by a real event loop and a fake model: a
+coroutine that records each batch it is given."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.errors import DeadlineExceededError
+from serving.scheduler import FairBatcher, WorkMeter
+
+
+class RecordingModel:
+    """Answers each item with itself, after ``delay`` seconds per batch; remembers every batch."""
+
+    def __init__(self, delay: float = 0.0, fail_on: object = None) -> None:
+        self.batches: list[list[object]] = []
+        self.delay = delay
+        self.fail_on = fail_on
+
+    async def __call__(self, items: list[object]) -> list[object]:
+        self.batches.append(list(items))
+        await asyncio.sleep(self.delay)
+        if self.fail_on in items:
+            raise RuntimeError("model failed")
+        return [f"out:{item}" for item in items]
+
+
+def test_results_come_back_in_order_and_the_accounting_returns_to_zero() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = FairBatcher(model, max_batch_size=4, queue_timeout_s=10.0)
+        results = await asyncio.gather(batcher.submit(list(range(10)), [1] * 10), batcher.submit(["a", "b"], [5, 5]))
+        assert results == [[f"out:{i}" for i in range(10)], ["out:a", "out:b"]]
+        assert all(len(batch) <= 4 for batch in model.batches)
+        assert (batcher.pending_items, batcher.pending_units) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_small_requests_are_not_stuck_behind_a_big_one() -> None:
+    async def scenario() -> None:
+        model = RecordingModel(delay=0.001)
+        batcher = FairBatcher(model, max_batch_size=8, queue_timeout_s=10.0)
+        big = asyncio.ensure_future(batcher.submit([f"big{i}" for i in range(200)], [1] * 200))
+        await asyncio.sleep(0)  # the big request is queued first
+        small = [asyncio.ensure_future(batcher.submit([f"small{i}"], [1])) for i in range(7)]
+        await asyncio.gather(big, *small)
+        # Every small request ran in one of the first two batches, not after the 200 big items (25 batches).
+        served_by = {item: n for n, batch in enumerate(model.batches) for item in batch}
+        assert max(served_by[f"small{i}"] for i in range(7)) <= 1
+        assert len(model.batches) >= 200 // 8
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_never_started_within_its_deadline_is_dropped_unrun() -> None:
+    async def scenario() -> None:
+        model = RecordingModel(delay=0.05)
+        batcher = FairBatcher(model, max_batch_size=1, queue_timeout_s=0.02)
+        first = asyncio.ensure_future(batcher.submit(["first"], [1]))
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(batcher.submit(["late"], [1]))
+        assert await first == ["out:first"]
+        with pytest.raises(DeadlineExceededError):
+            await late
+        assert ["late"] not in model.batches
+        assert (batcher.pending_items, batcher.pending_units) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_started_request_runs_to_its_end_past_the_deadline() -> None:
+    async def scenario() -> None:
+        model = RecordingModel(delay=0.01)
+        batcher = FairBatcher(model, max_batch_size=1, queue_timeout_s=0.005)
+        assert await batcher.submit(["a", "b", "c"], [1, 1, 1]) == ["out:a", "out:b", "out:c"]
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_s_remaining_items_are_never_computed() -> None:
+    async def scenario() -> None:
+        model = RecordingModel(delay=0.05)
+        batcher = FairBatcher(model, max_batch_size=2, queue_timeout_s=10.0)
+        gone = asyncio.ensure_future(batcher.submit([f"x{i}" for i in range(20)], [3] * 20))
+        await asyncio.sleep(0.015)  # one or two batches ran
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        after = await batcher.submit(["next"], [1])
+        assert after == ["out:next"]
+        computed = [item for batch in model.batches for item in batch]
+        assert len(computed) < 20 and computed[-1] == "next"
+        assert (batcher.pending_items, batcher.pending_units) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
+    async def scenario() -> None:
+        model = RecordingModel(fail_on="bad")
+        batcher = FairBatcher(model, max_batch_size=8, queue_timeout_s=10.0)
+        with pytest.raises(RuntimeError, match="model failed"):
+            await batcher.submit(["ok", "bad"], [1, 1])
+        assert await batcher.submit(["fine"], [1]) == ["out:fine"]
+        assert (batcher.pending_items, batcher.pending_units) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_the_batch_waits_to_fill_only_as_long_as_asked() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = FairBatcher(model, max_batch_size=4, queue_timeout_s=10.0, wait_s=lambda: 0.3)
+        first = asyncio.ensure_future(batcher.submit(["a"], [1]))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(batcher.submit(["b"], [1]))
+        await asyncio.gather(first, second)
+        assert model.batches == [["a", "b"]]  # held open for the second arrival
+
+    asyncio.run(scenario())
+
+
+def test_the_work_meter_follows_what_batches_cost() -> None:
+    meter = WorkMeter(seconds_per_unit=1e-3, smoothing=0.5)
+    assert meter.seconds(100) == pytest.approx(0.1)
+    for _ in range(20):
+        meter.record(units=100, seconds=1.0)  # ten times slower than calibrated
+    assert meter.seconds(100) == pytest.approx(1.0, rel=1e-3)
+    meter.record(units=0, seconds=5.0)  # nothing to learn from
+    assert meter.seconds(100) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ValueError):
+        WorkMeter(0.0)
+
+
+def test_work_ahead_of_a_new_request_counts_a_big_request_only_item_for_item() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def held(items: list[object]) -> list[object]:
+            await gate.wait()
+            return list(items)
+
+        batcher = FairBatcher(held, max_batch_size=1, queue_timeout_s=10.0)
+        big = asyncio.ensure_future(batcher.submit(list(range(101)), [10] * 101))
+        small = asyncio.ensure_future(batcher.submit(["a", "b"], [3, 3]))
+        await asyncio.sleep(0.01)  # item 0 of the big request is running; 100 of its items and 2 small ones wait
+        assert batcher.units_ahead(1) == 10 + 3
+        assert batcher.units_ahead(2) == 20 + 6
+        assert batcher.units_ahead(1000) == 1000 + 6
+        assert batcher.pending_units == 1010 + 6
+        gate.set()
+        await asyncio.gather(big, small)
+        assert (batcher.units_ahead(1), batcher.pending_units) == (0, 0)
+
+    asyncio.run(scenario())
