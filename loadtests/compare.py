@@ -9,14 +9,14 @@ from typing import Any
 # (label, where in the summary, higher is better)
 FIGURES: list[tuple[str, tuple[str, str], bool]] = [
     ("req/s (client)", ("client", "rps"), True),
-    ("p50 ms (client)", ("client", "p50_ms"), False),
-    ("p95 ms (client)", ("client", "p95_ms"), False),
-    ("p99 ms (client)", ("client", "p99_ms"), False),
-    ("error rate", ("client", "error_rate"), False),
-    ("p50 ms (server)", ("server", "request_p50_ms"), False),
-    ("p99 ms (server)", ("server", "request_p99_ms"), False),
-    ("queue wait p99 ms", ("server", "queue_wait_p99_ms"), False),
-    ("mean batch size", ("server", "batch_size_mean"), True),
+    ("p50 ms per request (client)", ("client", "p50_ms"), False),
+    ("p95 ms per request (client)", ("client", "p95_ms"), False),
+    ("p99 ms per request (client)", ("client", "p99_ms"), False),
+    ("error rate (client, failed share)", ("client", "error_rate"), False),
+    ("p50 ms per request (server)", ("server", "request_p50_ms"), False),
+    ("p99 ms per request (server)", ("server", "request_p99_ms"), False),
+    ("queue wait p99 ms per input (server)", ("server", "queue_wait_p99_ms"), False),
+    ("mean items per batch (server)", ("server", "batch_size_mean"), True),
 ]
 
 
@@ -45,4 +45,7 @@ def compare(a_path: Path, b_path: Path) -> str:
         ratio = vb / va if va else float("nan")
         better = "—" if va == vb or ratio != ratio else ("B" if (vb > va) == higher_better else "A")
         lines.append(f"| {label} | {va:.4g} | {vb:.4g} | {ratio:.2f} | {better} |")
+    missing = [s.get("label", path.stem) for s, path in ((a, a_path), (b, b_path)) if not s["server"]]
+    if missing:
+        lines += ["", f"server-side numbers: {' and '.join(missing)} has none (run with --no-server-metrics)."]
     return "\n".join(lines)

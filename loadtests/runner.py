@@ -1,6 +1,11 @@
 """``optiserve loadtest``: run a Locust file headless against a live server, bounded in time, and write a summary
 that puts Locust's client-side numbers beside the server's own histograms, with plots and SLO checks.
 
+Client numbers are Locust's final ones (``--json-file``, written as Locust exits; its stats CSV lags up to a
+second). Headers, an API key and the user's own inputs file reach every Locust process through the variables of
+``loadtests/options.py``. With ``server_metrics=False`` (``--no-server-metrics``) the server's ``/metrics`` is
+never read, so any server with the same API (TEI, Infinity, a plain Ray Serve app) gets the same run and report.
+
 Locust runs as its own process (gevent's monkey-patching does not mix with Ray or asyncio in one process); with
 ``workers`` > 0 as a master and that many workers on 127.0.0.1, when one load-generator core is the limit.
 """
@@ -17,7 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from loadtests.payloads import INPUTS_ENV, MODEL_ENV, RATE_ENV, RATE_PER_USER_ENV
+from loadtests.payloads import (
+    API_KEY_ENV,
+    HEADERS_ENV,
+    INPUTS_ENV,
+    MODEL_ENV,
+    PAYLOAD_ENV,
+    RATE_ENV,
+    RATE_PER_USER_ENV,
+    read_payload,
+    request_headers,
+)
 from loadtests.scrape import histogram_delta, requests_by_code, scrape
 
 LOCUSTFILES = Path(__file__).resolve().parent
@@ -33,6 +48,13 @@ DEFAULT_LOCUSTFILE = LOCUSTFILES / "embeddings.py"
 MAX_DURATION_S = 3600
 STOP_TIMEOUT_S = 5
 CPU_WARNING = "CPU usage above"  # what Locust logs when a load-generator process saturates its core
+SETUP_SUFFIX = "(setup)"  # requests a Locust file names "... (setup)" are left out of the summary
+PERCENTILES = (0.50, 0.66, 0.75, 0.80, 0.90, 0.95, 0.98, 0.99, 0.999, 0.9999, 1.0)  # Locust's own table
+
+
+def default_label(prefix: str = "loadtest") -> str:
+    """A label that does not overwrite the last run's files: ``loadtest-20261203-101500``."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,10 @@ class LoadTestConfig:
     max_error_rate: float | None = None
     plots: bool = True
     label: str = "run"
+    headers: tuple[str, ...] = ()  # extra request headers, "Name: value"
+    api_key: str | None = None  # sent as "Authorization: Bearer KEY"
+    payload: Path | None = None  # the user's inputs (.txt one per line, .jsonl "text"); default: held-out corpus
+    server_metrics: bool = True  # False: the server has no optiserve /metrics; client-side numbers only
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -63,6 +89,12 @@ class LoadTestConfig:
             raise ValueError(f"api must be one of {sorted(ROUTES)}, got {self.api!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        request_headers(list(self.headers), self.api_key)  # a malformed header is an error before Locust starts
+
+    @property
+    def json_prefix(self) -> Path:
+        """Locust's ``--json-file``: its final numbers, written at exit (Locust appends ``.json``)."""
+        return self.out_dir / f"{self.label}_locust_final"
 
     @property
     def locustfiles(self) -> str:
@@ -84,6 +116,9 @@ class LoadTestSummary:
     duration_s: int
     max_inputs: int
     api: str = "embeddings"
+    payload: str = "held-out corpus"
+    header_names: list[str] = field(default_factory=list)  # names only: values (tokens) stay out of reports
+    server_metrics: bool = True
     shape: str | None = None
     rate: float | None = None
     client_processes: int = 1
@@ -91,6 +126,7 @@ class LoadTestSummary:
     client: dict[str, float] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
     slo: dict[str, Any] = field(default_factory=dict)
+    failure_reasons: list[dict[str, Any]] = field(default_factory=list)  # most frequent first
     files: list[str] = field(default_factory=list)
 
     @property
@@ -110,7 +146,72 @@ def _locust_command(cfg: LoadTestConfig, role: list[str]) -> list[str]:
     if not cfg.shape:
         command += ["-u", str(cfg.users), "-r", str(cfg.spawn_rate or cfg.users)]
     command += ["--csv", str(cfg.csv_prefix), "--csv-full-history", "--only-summary", "--exit-code-on-error", "0"]
-    return command
+    return [*command, "--json-file", str(cfg.json_prefix)]
+
+
+def _percentile(times: dict[int, int], count: int, q: float) -> float:
+    """Locust's ``calculate_response_time_percentile`` over its rounded response-time buckets (ms -> count)."""
+    if not count:
+        return float("nan")
+    wanted, seen = int(count * q), 0
+    for ms in sorted(times, reverse=True):
+        seen += times[ms]
+        if count - seen <= wanted:
+            return float(ms)
+    return 0.0
+
+
+def final_stats(json_file: Path) -> dict[str, float]:
+    """The run's client-side numbers from Locust's ``--json-file`` (written as Locust exits, so they agree with
+    its final summary): every request entry but setup ones, aggregated as Locust's own "Aggregated" row."""
+    try:
+        entries = [e for e in json.loads(json_file.read_text()) if not e["name"].endswith(SETUP_SUFFIX)]
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"{json_file}: Locust's final stats are missing or unreadable ({exc})") from None
+    times: dict[int, int] = {}
+    for entry in entries:
+        for ms, n in entry["response_times"].items():
+            times[round(float(ms))] = times.get(round(float(ms)), 0) + n
+    requests = sum(e["num_requests"] for e in entries)
+    timed = requests - sum(e.get("num_none_requests", 0) for e in entries)
+    failures = sum(e["num_failures"] for e in entries)
+    span = max((e["last_request_timestamp"] or 0 for e in entries), default=0) - min(
+        (e["start_time"] for e in entries), default=0
+    )
+    stats: dict[str, Any] = {
+        "requests": float(requests),
+        "failures": float(failures),
+        "rps": requests / span if span > 0 else 0.0,
+        "mean_ms": sum(e["total_response_time"] for e in entries) / timed if timed else float("nan"),
+        "max_ms": float(max((e["max_response_time"] for e in entries), default=float("nan"))),
+        "error_rate": failures / requests if requests else 0.0,
+        "percentiles_ms": {_percent_key(q): _percentile(times, timed, q) for q in PERCENTILES},
+    }
+    for q in (0.5, 0.95, 0.99):
+        stats[f"p{round(q * 100)}_ms"] = stats["percentiles_ms"][_percent_key(q)]
+    return stats
+
+
+def failure_reasons(failures_csv: Path, limit: int = 3) -> list[dict[str, Any]]:
+    """The most frequent failure messages of Locust's ``*_failures.csv`` (error text and count)."""
+    try:
+        with failures_csv.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError:
+        return []
+    reasons: list[dict[str, Any]] = [{"error": _unwrap(row["Error"]), "count": int(row["Occurrences"])} for row in rows]
+    return sorted(reasons, key=lambda r: -r["count"])[:limit]
+
+
+def _unwrap(error: str) -> str:
+    """``CatchResponseError('HTTP 403: …')`` (how Locust records a failure a task marked) as ``HTTP 403: …``."""
+    prefix = "CatchResponseError("
+    inner = error[len(prefix) : -1] if error.startswith(prefix) and error.endswith(")") else ""
+    return inner[1:-1] if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "'\"" else error
+
+
+def _percent_key(q: float) -> str:
+    return f"{q * 100:g}%"
 
 
 def client_stats(stats_csv: Path) -> dict[str, float]:
@@ -165,7 +266,12 @@ def _server_stats(before: dict, after: dict, route: str) -> dict[str, Any]:
 
 
 def _env(cfg: LoadTestConfig) -> dict[str, str]:
+    """Locust's environment: each Locust option's variable (loadtests/options.py), for master and workers alike
+    (the API key travels here, not on the command line, where ``ps`` would show it)."""
     env = {**os.environ, INPUTS_ENV: str(cfg.max_inputs), **cfg.env}
+    env[HEADERS_ENV] = "\n".join(cfg.headers)
+    env[API_KEY_ENV] = cfg.api_key or ""
+    env[PAYLOAD_ENV] = str(cfg.payload.resolve()) if cfg.payload else ""
     if cfg.model:
         env[MODEL_ENV] = cfg.model
     if cfg.rate:
@@ -263,14 +369,17 @@ def check_slo(cfg: LoadTestConfig, client: dict[str, float]) -> dict[str, Any]:
 
 
 def run_loadtest(cfg: LoadTestConfig) -> LoadTestSummary:
-    """Run Locust against ``cfg.host``; write ``<label>.json``, ``.md`` and (with ``cfg.plots``) PNG plots."""
+    """Run Locust against ``cfg.host``; write ``<label>.json``, ``.md`` and (with ``cfg.plots``) PNG plots. Without
+    ``cfg.server_metrics`` the server's ``/metrics`` is never read and the summary has client-side numbers only."""
+    if cfg.payload:
+        read_payload(cfg.payload)  # an empty or unreadable file is a one-line error before Locust starts
     metrics_url = cfg.host.rstrip("/") + "/metrics"
-    route = ROUTES[cfg.api]
-    before = scrape(metrics_url)
+    before = scrape(metrics_url) if cfg.server_metrics else {}
     started = time.monotonic()
     wait_locust(start_locust(cfg), cfg)
-    after = scrape(metrics_url)
-    client = client_stats(Path(f"{cfg.csv_prefix}_stats.csv"))
+    after = scrape(metrics_url) if cfg.server_metrics else {}
+    final = Path(f"{cfg.json_prefix}.json")
+    client = final_stats(final)
     summary = LoadTestSummary(
         label=cfg.label,
         host=cfg.host,
@@ -278,16 +387,20 @@ def run_loadtest(cfg: LoadTestConfig) -> LoadTestSummary:
         duration_s=cfg.duration_s if not cfg.shape else round(time.monotonic() - started),
         max_inputs=cfg.max_inputs,
         api=cfg.api,
+        payload=str(cfg.payload) if cfg.payload else "held-out corpus",
+        header_names=[name for name in request_headers(list(cfg.headers), cfg.api_key) if name != "Content-Type"],
+        server_metrics=cfg.server_metrics,
         shape=cfg.shape,
         rate=cfg.rate,
         client_processes=max(1, cfg.workers),
         client_saturated=_client_saturated(cfg),
         client=client,
-        server=_server_stats(before, after, route),
+        server=_server_stats(before, after, ROUTES[cfg.api]) if cfg.server_metrics else {},
         slo=check_slo(cfg, client),
+        failure_reasons=failure_reasons(Path(f"{cfg.csv_prefix}_failures.csv")) if client["failures"] else [],
     )
     json_path, md_path = cfg.out_dir / f"{cfg.label}.json", cfg.out_dir / f"{cfg.label}.md"
-    summary.files = [str(p) for p in (json_path, md_path, Path(f"{cfg.csv_prefix}_stats.csv"))]
+    summary.files = [str(p) for p in (json_path, md_path, final, Path(f"{cfg.csv_prefix}_stats.csv"))]
     if cfg.plots:
         from loadtests.plots import plot_run
 
@@ -297,31 +410,83 @@ def run_loadtest(cfg: LoadTestConfig) -> LoadTestSummary:
     return summary
 
 
-def render_summary(s: LoadTestSummary) -> str:
-    c, srv = s.client, s.server
+def inputs_phrase(max_inputs: int, noun: str = "input") -> str:
+    """``1 input per request`` or ``1..4 inputs per request``."""
+    return f"1 {noun} per request" if max_inputs == 1 else f"1..{max_inputs} {noun}s per request"
+
+
+CLIENT_LEGEND = {
+    "requests": "requests Locust completed (Locust's final numbers, written as it exits)",
+    "failures": "requests that were not HTTP 200 with one output per input",
+    "req/s": "completed requests per second over the run",
+    "p50 / p95 / p99 ms per request": "latency percentiles of one whole request, in milliseconds; client: "
+    "from send to last byte received, as Locust measures it",
+}
+SERVER_LEGEND = {
+    "server (ingress histogram)": "the server's own request-duration histogram for the route, read from /metrics "
+    "before and after the run (quantiles interpolated within buckets); it counts requests Locust stopped waiting "
+    "for at the end (in flight), so it may exceed the client's count by up to the number of users",
+    "batches / items per batch": "dynamic batches the server ran and how many inputs each held",
+    "queue wait": "time an input waited for its batch to start, in milliseconds",
+    "batch inference": "time to run one dynamic batch (all its model calls), in milliseconds",
+}
+
+
+def _legend(entries: dict[str, str]) -> list[str]:
+    return [f"- **{name}**: {meaning}" for name, meaning in entries.items()]
+
+
+def _client_row(c: dict[str, Any]) -> str:
+    return (
+        f"| client (Locust) | {c['requests']:.0f} | {c['failures']:.0f} | {c['rps']:.1f} | {c['p50_ms']:.0f} | "
+        f"{c['p95_ms']:.0f} | {c['p99_ms']:.0f} |"
+    )
+
+
+def _server_lines(srv: dict[str, Any]) -> tuple[str, list[str]]:
+    """The server's row of the table, and its paragraph below it."""
+    codes = srv["requests_by_code"]
+    row = (
+        f"| server (ingress histogram) | {sum(codes.values()):.0f} | "
+        f"{sum(v for k, v in codes.items() if k != '200'):.0f} | — | "
+        f"{srv['request_p50_ms']:.1f} | — | {srv['request_p99_ms']:.1f} |"
+    )
     dist = ", ".join(f"{label}: {int(n)}" for label, n in srv.get("batch_size_distribution", []))
+    text = [
+        f"Server: {srv['batches']:.0f} batches, {srv['items']:.0f} items, mean items per batch "
+        f"{srv['batch_size_mean']:.2f}, padding ratio {srv['padding_ratio_mean']:.2f}, queue wait p50 "
+        f"{srv['queue_wait_p50_ms']:.1f} ms / p99 {srv['queue_wait_p99_ms']:.1f} ms per input, batch inference p50 "
+        f"{srv['inference_p50_ms']:.1f} ms per batch.",
+        "",
+        f"Items-per-batch distribution (histogram buckets: batches): {dist or 'none'}",
+    ]
+    return row, text
+
+
+def render_summary(s: LoadTestSummary) -> str:
     load = f"shape {s.shape}" if s.shape else f"{s.users} users" + (f" at {s.rate:g} req/s" if s.rate else "")
+    sent = f"inputs from {s.payload}" + (f"; headers sent: {', '.join(s.header_names)}" if s.header_names else "")
     lines = [
         f"# Load test: {s.label}",
         "",
-        f"{load}, {s.duration_s} s, 1..{s.max_inputs} inputs per request ({s.api} API), against {s.host}; "
-        f"{s.client_processes} Locust process(es).",
+        f"{load}, {s.duration_s} s, {inputs_phrase(s.max_inputs)} ({s.api} API), against {s.host}; "
+        f"{s.client_processes} Locust process(es); {sent}.",
         "",
-        "| side | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
+        "| side | requests | failures | req/s | p50 ms per request | p95 ms per request | p99 ms per request |",
         "|---|---|---|---|---|---|---|",
-        f"| client (Locust) | {c['requests']:.0f} | {c['failures']:.0f} | {c['rps']:.1f} | {c['p50_ms']:.0f} | "
-        f"{c['p95_ms']:.0f} | {c['p99_ms']:.0f} |",
-        f"| server (ingress histogram) | {sum(srv['requests_by_code'].values()):.0f} | "
-        f"{sum(v for k, v in srv['requests_by_code'].items() if k != '200'):.0f} | — | "
-        f"{srv['request_p50_ms']:.1f} | — | {srv['request_p99_ms']:.1f} |",
-        "",
-        f"Server: {srv['batches']:.0f} batches, {srv['items']:.0f} items, mean batch size "
-        f"{srv['batch_size_mean']:.2f}, padding ratio {srv['padding_ratio_mean']:.2f}, queue wait p50 "
-        f"{srv['queue_wait_p50_ms']:.1f} ms / p99 {srv['queue_wait_p99_ms']:.1f} ms, batch inference p50 "
-        f"{srv['inference_p50_ms']:.1f} ms.",
-        "",
-        f"Batch-size distribution (items per batch): {dist or 'none'}",
+        _client_row(s.client),
     ]
+    if s.failure_reasons:
+        reasons = "; ".join(f"{r['count']}x {r['error'][:200]}" for r in s.failure_reasons)
+        lines += ["", f"Most frequent failures: {reasons}"]
+    legend = dict(CLIENT_LEGEND)
+    if s.server_metrics and s.server:
+        row, text = _server_lines(s.server)
+        lines += [row, "", *text]
+        legend.update(SERVER_LEGEND)
+    else:
+        lines += ["", "Server-side numbers omitted: run with --no-server-metrics (the server's /metrics not read)."]
+    lines += ["", *_legend(legend)]
     if s.client_saturated:
         lines += [
             "",

@@ -8,7 +8,8 @@
 - ``SweepShape`` ``OPTISERVE_SWEEP_USERS="1,2,4,8"``: steps through user counts, holding each until throughput is
   stable (``OPTISERVE_SWEEP_STABLE_WINDOWS`` consecutive windows of ``OPTISERVE_SWEEP_WINDOW_S`` within
   ``OPTISERVE_SWEEP_TOLERANCE``) or ``OPTISERVE_SWEEP_MAX_STEP_S`` passed, and writes each step's throughput and
-  latency (client side, and server side from ``/metrics`` when the server is optiserve) to
+  latency (client side, and server side from ``/metrics`` when the server is optiserve and
+  ``OPTISERVE_SWEEP_SERVER_METRICS`` is 1) to
   ``OPTISERVE_SWEEP_OUT`` (JSON). ``optiserve loadtest --sweep`` runs it and finds the knee.
 """
 
@@ -146,7 +147,7 @@ class SweepShape(LoadTestShape):
 
     def _scrape(self) -> dict | None:
         host = getattr(getattr(self.runner, "environment", None), "host", None)
-        if not host:
+        if not host or not settings.SWEEP_SERVER_METRICS.get():
             return None
         from loadtests.scrape import scrape
 

@@ -13,6 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.runner import LoadTestConfig, LoadTestSummary, run_loadtest
+from serving import settings
+
+SWEEP_LEGEND = {
+    "users": "concurrent Locust users of the step (closed loop: each sends its next request when the last returns)",
+    "req/s": "completed requests per second over the step's stable windows (client)",
+    "p50 / p99 ms per request": "client-side latency percentiles of one whole request over those windows",
+    "server p99 ms per request": "the server's own request-duration histogram over the same windows (optiserve "
+    "/metrics; — when the server has none)",
+    "failures": "requests in those windows that were not HTTP 200 with one output per input",
+    "stable": "yes: throughput settled within the tolerance before the step's time cap",
+    "seconds": "how long the step lasted, warm-up window included",
+}
 
 
 def find_knee(steps: list[dict[str, Any]], slo_p99_ms: float | None) -> int | None:
@@ -38,6 +50,7 @@ def run_sweep(
     steps_file.unlink(missing_ok=True)
     env = {
         **cfg.env,
+        settings.SWEEP_SERVER_METRICS.name: "1" if cfg.server_metrics else "0",
         "OPTISERVE_SWEEP_USERS": ",".join(str(n) for n in levels),
         "OPTISERVE_SWEEP_WINDOW_S": str(window_s),
         "OPTISERVE_SWEEP_MAX_STEP_S": str(max_step_s),
@@ -85,10 +98,15 @@ def render_sweep(result: dict[str, Any], png: Path | None) -> str:
             else "none"
         ),
         "",
-        "| users | req/s | p50 ms | p99 ms | server p99 ms | failures | stable | seconds |",
+        "| users | req/s | p50 ms per request | p99 ms per request | server p99 ms per request | failures | stable "
+        "| seconds |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        *(f"- **{name}**: {meaning}" for name, meaning in SWEEP_LEGEND.items()),
     ]
+    if not result.get("run", {}).get("server_metrics", True):
+        lines += ["", "Server-side numbers omitted: run with --no-server-metrics (the server's /metrics not read)."]
     if png:
         lines += ["", f"![latency vs throughput]({png.name})"]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ This module only orchestrates; it re-exports the names callers import from ``opt
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ __all__ = [
     "write_candidate_package",
 ]
 
+log = logging.getLogger(__name__)
+STAGES = 5  # the headings optimize() logs, "[n/5] ..."
+
 
 @dataclass(frozen=True)
 class ChainResult:
@@ -84,6 +88,11 @@ def _load_data(source: SourceModel, recipe: Recipe, data_file: Path | None) -> S
     if data_file:
         return user_text(data_file)
     return load_dataset(recipe.dataset or ("corpus" if source.tokenizer else "digits"))
+
+
+def _stage(number: int, text: str) -> None:
+    """A heading for one of :func:`optimize`'s long steps, so a run is never silent for long."""
+    log.info("[%d/%d] %s", number, STAGES, text)
 
 
 def _gpu_name() -> str:
@@ -143,6 +152,7 @@ def optimize(
 
     recipe = _load_recipe(recipe, profile_items)
     budget = budget or recipe.budget
+    _stage(1, f"load {source_dir} and the data")
     source = SourceModel.load(source_dir)
     planned = plan(recipe, start=source.format, origin=f"recipe {recipe.name}")
     threads = threads or default_threads()
@@ -162,12 +172,15 @@ def optimize(
     hardware = detect(_gpu_name() if device == "cuda" else None)
 
     measure = quick_measure(evaluator, runner, recipe, budget, threads, hardware)
+    _stage(2, f"build {len(planned)} planned candidate(s) of recipe {recipe.name}")
     candidates, tuning = _build_candidates(planned, source, runner, hardware, measure, budget)
+    _stage(3, f"check fidelity and profile {len(candidates)} candidate(s) on {len(data.heldout)} held-out inputs")
     evaluate(evaluator, candidates, data.heldout, recipe, threads)
     mark_pareto(candidates)
     selected = select(candidates, budget)
     serving = serving_defaults(selected.profile, token_p99(source, data.heldout)) if selected else None
 
+    _stage(4, "select and write the report")
     report = build_report(source, recipe, budget, candidates, selected, data.describe(), serving, hardware)
     report["tuning"] = tuning
     report_dir = out_dir.with_name(out_dir.name + ".report")
@@ -176,6 +189,7 @@ def optimize(
     if selected is None:
         raise budget_not_met(candidates, budget, report_dir)
 
+    _stage(5, f"write the package ({selected.name})")
     package = write_candidate_package(source, selected, out_dir, budget, report, report_dir, serving, hardware)
     if baseline_out is not None:
         write_candidate_package(source, candidates[0], baseline_out, budget, hardware=hardware)

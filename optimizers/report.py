@@ -21,6 +21,79 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+# What each column means, printed under its table (and used by the plots' axis labels).
+PROFILE_HEADER = [
+    "items per call",
+    "items per batch",
+    "items/s",
+    "p50 ms per batch",
+    "p99 ms per batch",
+    "RSS growth MB",
+]
+PROFILE_LEGEND = {
+    "items per call": "rows the model runs in one call (the profile's `call_items`; serving's `max_call_items`)",
+    "items per batch": "held-out texts that arrive together (a dynamic batch, at least 32), run in calls of "
+    "`items per call` after sorting by length",
+    "items/s": "texts embedded per second over the whole profile step, on the profile's threads",
+    "p50 ms per batch / p99 ms per batch": "median and 99th-percentile wall time to run one whole batch "
+    "(all its calls), in milliseconds",
+    "RSS growth MB": "growth of the process's resident memory since the profile began (loading and running), "
+    "in MB; not a peak of the whole process",
+}
+
+
+def candidate_header(classifier: bool) -> list[str]:
+    """The candidate table's columns, each naming its unit and scope."""
+    return [
+        "candidate",
+        "runtime",
+        "size MB",
+        "items/s (best)",
+        "best items per call",
+        "top-1 agree" if classifier else "cos mean",
+        "cos p1",
+        "cos min",
+        "labelled acc" if classifier else "NN@10",
+        "Pareto",
+        "RSS growth MB",
+        "budget",
+    ]
+
+
+def candidate_legend(classifier: bool) -> dict[str, str]:
+    """One line per column of the candidate table."""
+    fidelity = (
+        {
+            "top-1 agree": "share of held-out texts whose top label matches the source model's (0..1)",
+            "cos p1": "1st percentile of the cosine similarity of the candidate's logits to the source's over the "
+            "held-out texts (99% of texts are at least this close)",
+            "cos min": "lowest cosine similarity of the candidate's logits to the source's over the held-out texts",
+            "labelled acc": "accuracy against the held-out labels, where the data has them",
+        }
+        if classifier
+        else {
+            "cos mean": "mean cosine similarity of each held-out embedding to the source model's (1 = identical)",
+            "cos p1": "1st percentile of those cosines (99% of held-out texts are at least this close)",
+            "cos min": "the lowest such cosine over the held-out texts (the worst single text)",
+            "NN@10": "overlap of each text's 10 nearest neighbours among the held-out texts, candidate vs source "
+            "(0..1; 1 = the same neighbours)",
+        }
+    )
+    return {
+        "size MB": "size of the model files in the package, in MB (10^6 bytes)",
+        "items/s (best)": "throughput at the best profile row (texts per second, on the profile's threads)",
+        "best items per call": "model-call size of that row (serving's `max_call_items`)",
+        **fidelity,
+        "Pareto": "yes: no other candidate is both faster and more faithful",
+        "RSS growth MB": "resident-memory growth while loading and profiling the candidate (MB; a growth, not a peak)",
+        "budget": "whether the candidate meets the recipe's fidelity budget, or which limit it misses",
+    }
+
+
+def _legend(entries: dict[str, str]) -> list[str]:
+    return [*(f"- **{name}**: {meaning}" for name, meaning in entries.items()), ""]
+
+
 def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]:
     rows = []
     for c in report["candidates"]:
@@ -28,7 +101,7 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
         name = f"**{c['name']}**" if c["name"] == report["selected"] else c["name"]
         best = max(c["profile"], key=lambda r: r["items_per_s"]) if c["profile"] else None
         if c["status"] != "ok":
-            rows.append([name, c["status"], "-", "-", "-", "-", "-", "-", "-", "-", c["reason"][:160]])
+            rows.append([name, c["status"], *["-"] * (len(candidate_header(classifier)) - 3), c["reason"][:160]])
             continue
         status = "in budget" if c["within_budget"] else "; ".join(c["violations"])
         status += f" ({c['reason']})" if c["reason"] else ""
@@ -40,6 +113,7 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
                 f"{c['items_per_s']:.0f}",
                 str(best["call_items"]) if best else "-",
                 _num(fidelity_score(fid) if fid else None),
+                _num(fid.get("cosine_p1")),
                 _num(fid.get("cosine_min")),
                 _num(fid.get("labelled_accuracy") if classifier else fid.get("nn_agreement_at10")),
                 "yes" if c["pareto"] else "",
@@ -121,19 +195,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if classifier:
         shown = {"min_top1_agreement": budget["min_top1_agreement"], **shown}
     criterion = ", ".join(f"{k} {v}" for k, v in shown.items())
-    header = [
-        "candidate",
-        "runtime",
-        "size MB",
-        "items/s",
-        "best batch",
-        "top-1 agree" if classifier else "cos mean",
-        "cos min",
-        "labelled acc" if classifier else "NN@10",
-        "Pareto",
-        "peak MB",
-        "budget",
-    ]
+    header = candidate_header(classifier)
     parts = [
         f"# Optimization report: {report['source']['name']}",
         "",
@@ -144,6 +206,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_context_lines(report),
         _md_table(header, _candidate_rows(report, classifier)),
         "",
+        *_legend(candidate_legend(classifier)),
     ]
     if report.get("serving"):
         parts += [
@@ -157,7 +220,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_pass_lines(report),
         "",
         *_tuning_lines(report),
-        "## Profile (held-out texts in arrival order, one model call per batch)",
+        "## Profile (held-out texts in arrival order, in batches run as model calls of at most `items per call`)",
         "",
     ]
     for c in report["candidates"]:
@@ -166,10 +229,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += [f"### {c['name']}", ""]
         parts.append(
             _md_table(
-                ["batch", "items/s", "p50 ms", "p99 ms", "peak MB"],
+                PROFILE_HEADER,
                 [
                     [
                         str(r["call_items"]),
+                        str(r.get("batch_size", r["call_items"])),
                         f"{r['items_per_s']:.0f}",
                         f"{r['p50_ms']:.1f}",
                         f"{r['p99_ms']:.1f}",
@@ -180,6 +244,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
         )
         parts.append("")
+    if any(c["profile"] for c in report["candidates"]):
+        parts += _legend(PROFILE_LEGEND)
     return "\n".join(parts)
 
 

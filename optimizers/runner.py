@@ -61,6 +61,7 @@ class StepRunner:
         entry = self.cache.get(key)
         cached = entry is not None
         if entry is None:
+            log.info("%-16s running", spec.name)
             staging = self.cache.staging(key)
             start = time.perf_counter()
             try:
@@ -92,6 +93,7 @@ def build_candidate(
     if lacking := missing_features(list(planned.requires), hardware):
         return Candidate(planned.name, None, [], "skipped", f"needs {', '.join(lacking)}; {hardware.describe()}")
     artifact, records = source_artifact(source), []
+    log.info("candidate %s: %s", planned.name, " -> ".join(step.pass_name for step in planned.steps))
     try:
         for step in planned.steps:
             artifact, record = runner.run(step, artifact)

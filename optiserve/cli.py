@@ -1,27 +1,83 @@
-"""``optiserve optimize | serve | loadtest | bench | compare | demo``."""
+"""``optiserve optimize | serve | loadtest | bench | compare | demo``: the command line.
+
+Results go to stdout, progress and errors to stderr (:mod:`optiserve.quiet` decides how much); a failure is one
+``optiserve: error: …`` line (with ``-v``, the traceback too) and an exit code from :mod:`optiserve.exit_codes`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
+import socket
 import sys
+import traceback
+import urllib.error
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from optiserve import exit_codes, quiet
 from serving import settings
 from serving.errors import OptiserveError
+from serving.version import __version__
+
+if TYPE_CHECKING:
+    from optimizers.selection import Candidate
 
 log = logging.getLogger("optiserve")
+DESCRIPTION = (
+    "Optimize a model into a verified model package (ONNX, quantized, within a fidelity budget), serve packages "
+    "with Ray Serve (OpenAI-style and KServe v2 routes), and load-test them."
+)
+EPILOG = """exit codes:
+  0  done, every target held
+  1  error: a file, the network, a package, a recipe, a failed step
+  2  usage: the command line (or an OPTISERVE_* variable) is wrong
+  3  a target was missed: the fidelity budget, a load test's SLO or error-rate limit, a sweep's knee
+
+-v/--verbose and -q/--quiet go before or after the command. 'optiserve COMMAND -h' shows each command's options."""
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("optiserve", "optimizers", "serving", "loadtests"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+class UsageError(OptiserveError):
+    """The command line names something impossible; exit code 2, as argparse's own errors."""
+
+
+class TargetMissedError(OptiserveError):
+    """The command ran, but a target it was given was missed (the fidelity budget); exit code 3."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default where its text does not already say it (before ``[env: …]``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or not action.option_strings or default in (None, argparse.SUPPRESS) or default is False:
+            return text
+        head, env, tail = text.partition(" [env: ")
+        return f"{head} (default: %(default)s){env}{tail}"
+
+
+def _candidates_json(candidates: list[Candidate]) -> list[dict[str, Any]]:
+    """What ``optimize --json`` says of each candidate (report.json has everything)."""
+    return [
+        {
+            "name": c.name,
+            "status": c.status,
+            "reason": c.reason,
+            "items_per_s": c.items_per_s,
+            "fidelity": c.fidelity.model_dump(exclude_none=True) if c.fidelity else None,
+        }
+        for c in candidates
+    ]
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from optimizers.chain import optimize
+    from pydantic import ValidationError
+
+    from optimizers.chain import BudgetNotMetError, optimize
     from optimizers.recipe import load_recipe
     from optimizers.source import bundled_model_dir
     from serving.package import FidelityBudget
@@ -33,21 +89,44 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         "min_top1_agreement": args.min_top1_agreement,
     }
     budget = recipe.budget.model_copy(update={k: v for k, v in limits.items() if v is not None})
-    budget = FidelityBudget.model_validate(budget.model_dump())
-    result = optimize(
-        args.model_dir or bundled_model_dir(),
-        args.out,
-        budget,
-        baseline_out=args.baseline_out,
-        threads=args.threads,
-        recipe=recipe,
-        cache_dir=args.cache_dir,
-        device=args.device,
-        data_file=args.data,
-    )
-    print((result.package.root / "report.md").read_text())
-    print(f"package written to {result.package.root} (selected {result.selected.name})")
-    return 0
+    try:
+        budget = FidelityBudget.model_validate(budget.model_dump())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + "-".join(map(str, first["loc"])).replace("_", "-") if first["loc"] else "budget"
+        raise UsageError(f"{flag}: {first['msg']}") from None
+    try:
+        result = optimize(
+            args.model_dir or bundled_model_dir(),
+            args.out,
+            budget,
+            baseline_out=args.baseline_out,
+            threads=args.threads,
+            recipe=recipe,
+            cache_dir=args.cache_dir,
+            device=args.device,
+            data_file=args.data,
+        )
+    except BudgetNotMetError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc), "candidates": _candidates_json(exc.candidates)}))
+        raise TargetMissedError(str(exc)) from exc
+    root = result.package.root
+    if args.json:
+        summary = {
+            "ok": True,
+            "package": str(root),
+            "report": str(root / "report.md"),
+            "selected": result.selected.name,
+            "budget": budget.model_dump(exclude_none=True),
+            "candidates": _candidates_json(result.candidates),
+        }
+        print(json.dumps(summary))
+        return exit_codes.OK
+    if args.verbosity != "quiet":
+        print((root / "report.md").read_text())
+    print(f"package written to {root} (selected {result.selected.name})")
+    return exit_codes.OK
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -64,10 +143,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.autoscale:
         low, _, high = args.autoscale.partition(":")
         if not (low.isdigit() and high.isdigit() and 0 <= int(low) <= int(high) and int(high) >= 1):
-            raise OptiserveError(f"--autoscale takes MIN:MAX replicas (e.g. 1:4), got {args.autoscale!r}")
+            raise UsageError(f"--autoscale takes MIN:MAX replicas (e.g. 1:4), got {args.autoscale!r}")
         options["autoscaling_config"] = {"min_replicas": int(low), "max_replicas": int(high)}
     elif args.replicas:
         options["num_replicas"] = args.replicas
+    if args.address is None:  # on a cluster, the host is bound on its nodes, not here
+        _check_bind(args.host, args.port)
     run_until_signalled(
         args.package_dir,
         args.host,
@@ -79,7 +160,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ingress=args.ingress,
         **options,
     )
-    return 0
+    return exit_codes.OK
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail before Ray starts when ``host`` does not resolve, is not an address of this machine, or the port is
+    taken (Ray would otherwise fail later with a traceback)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise OptiserveError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OptiserveError(f"--port {port}: already in use on {host}") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise OptiserveError(f"--host {host}: not an address of this machine") from None
+            raise OptiserveError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
 
 
 def _shape_env(args: argparse.Namespace) -> dict[str, str]:
@@ -101,8 +201,9 @@ def _levels(text: str) -> list[int]:
 
 
 def _cmd_loadtest(args: argparse.Namespace) -> int:
-    from loadtests.runner import LoadTestConfig, render_summary, run_loadtest
+    from loadtests.runner import LoadTestConfig, default_label, render_summary, run_loadtest
 
+    args.label = args.label or default_label()
     config = LoadTestConfig(
         host=args.host,
         out_dir=args.out,
@@ -119,16 +220,22 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         max_error_rate=args.max_error_rate,
         plots=not args.no_plots,
         label=args.label,
+        headers=tuple(args.header),
+        api_key=args.api_key or None,
+        payload=args.payload,
+        server_metrics=not args.no_server_metrics,
     )
     if args.sweep:
         from loadtests.sweep import run_sweep
 
         result = run_sweep(config, _levels(args.sweep), args.slo_p99_ms, max_step_s=args.max_step_s)
         print((args.out / f"{args.label}_sweep.md").read_text())
-        return 0 if result["knee"] is not None else 1
+        return exit_codes.OK if result["knee"] is not None else exit_codes.UNMET
     summary = run_loadtest(config)
     print(render_summary(summary))
-    return 1 if summary.failures or summary.slo_broken else 0
+    if summary.slo_broken:  # an SLO or error-rate limit the user set was missed
+        return exit_codes.UNMET
+    return exit_codes.ERROR if summary.failures and args.max_error_rate is None else exit_codes.OK
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -146,7 +253,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         slo_p99_ms=args.slo_p99_ms,
         max_inputs=args.inputs,
     )
-    return 0 if comparison["ok"] else 1
+    return exit_codes.OK if comparison["ok"] else exit_codes.ERROR
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -162,15 +269,37 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from optiserve.demo import run_demo
 
-    comparison = run_demo(args.out, users=args.users, duration_s=args.duration, port=args.port)
-    print(json.dumps({"comparison": str(args.out / "comparison.md")}))
+    # With --json, stdout carries the JSON alone: the human summary goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        comparison = run_demo(args.out, users=args.users, duration_s=args.duration, port=args.port)
+    if args.json:
+        print(json.dumps({**comparison, "comparison": str(args.out / "comparison.md")}))
     return 0 if comparison["ok"] else 1
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """-v/-q on the top-level parser (``default`` set) and again on each command's, where they default to
+    nothing, so ``optiserve -v serve`` and ``optiserve serve -v`` both count."""
+    group = parser.add_mutually_exclusive_group()
+    unset = argparse.SUPPRESS if default is None else default
+    options = (
+        ("-v", "--verbose", "verbose", "show everything: library warnings and progress bars, DEBUG lines, tracebacks"),
+        ("-q", "--quiet", "quiet", "only warnings, errors and the final result (for scripts)"),
+    )
+    for short, long, const, text in options:
+        group.add_argument(short, long, dest="verbosity", action="store_const", const=const, default=unset, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="optiserve", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="optiserve",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"optiserve {__version__}")
+    _add_verbosity(parser, "normal")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("optimize", help="optimize a model into a model package")
     p.add_argument(
@@ -200,12 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")
     p.add_argument("--min-top1-agreement", type=float, help="override the recipe's budget (classifiers)")
     p.add_argument("--threads", type=int, help="runtime threads to profile with (default: 1, as a replica runs)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of the report")
     p.set_defaults(run=_cmd_optimize)
 
     p = sub.add_parser("serve", help="serve one or more model packages with Ray Serve (routed by model name)")
     p.add_argument("package_dir", type=Path, nargs="+", help="package directories; model names must differ")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     p.add_argument(
@@ -258,11 +388,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", metavar="USERS", help="goodput sweep over user counts, e.g. 1,2,4,8,16")
     p.add_argument("--max-step-s", type=float, default=30.0, help="sweep: longest hold per step (seconds)")
     p.add_argument("--workers", type=int, default=0, help="distributed Locust: master + N workers on 127.0.0.1")
-    p.add_argument("--slo-p99-ms", type=float, help="exit non-zero if client p99 is above this (sweep: the SLO)")
-    p.add_argument("--max-error-rate", type=float, help="exit non-zero if the failed share is above this")
+    p.add_argument(
+        "--slo-p99-ms", type=float, help="exit 3 (unmet) if client p99 is above this (sweep: the SLO; no knee: 3)"
+    )
+    p.add_argument(
+        "--max-error-rate",
+        type=float,
+        help="exit 3 (unmet) if the failed share is above this (without it, any failure exits 1)",
+    )
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[line for line in settings.HEADERS.get().splitlines() if line.strip()],
+        metavar="'NAME: VALUE'",
+        help=settings.HEADERS.help("extra request header, repeatable (e.g. 'X-Tenant: a')"),
+    )
+    p.add_argument(
+        "--api-key",
+        default=settings.API_KEY.get() or None,
+        metavar="KEY",
+        help=settings.API_KEY.help("sent as 'Authorization: Bearer KEY' (a token-protected server)"),
+    )
+    p.add_argument(
+        "--payload",
+        type=Path,
+        default=Path(settings.PAYLOAD.get()) if settings.PAYLOAD.get() else None,
+        metavar="FILE",
+        help=settings.PAYLOAD.help("your inputs: .txt one per line, or .jsonl with a text field (default: corpus)"),
+    )
+    p.add_argument(
+        "--no-server-metrics",
+        action="store_true",
+        help="do not read the server's optiserve /metrics (TEI, Infinity, any other server): client-side report",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", type=Path, default=Path("runs/loadtest"))
-    p.add_argument("--label", default="loadtest")
+    p.add_argument("--label", help="file name prefix of the results (default: loadtest-YYYYMMDD-HHMMSS)")
     p.set_defaults(run=_cmd_loadtest)
 
     p = sub.add_parser("bench", help="baseline vs optimized package under identical load, with ratios")
@@ -286,23 +447,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--duration", type=int, default=20, help="seconds of load per variant")
     p.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON on stdout (summary: stderr)")
     p.set_defaults(run=_cmd_demo)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
+        for action in command._actions:  # an option without help text still shows its default
+            if action.help is None and action.option_strings and action.default not in (None, False):
+                action.help = "(default: %(default)s)"
+        _add_verbosity(command, None)
     return parser
 
 
+def _fail(exc: BaseException, verbose: bool, code: int) -> int:
+    """One ``optiserve: error: …`` line on stderr (after the traceback, with ``-v``); returns ``code``."""
+    if verbose:
+        traceback.print_exception(exc)
+    cause = getattr(exc, "cause", None)  # a RayTaskError wraps what the remote task raised
+    shown = cause if isinstance(cause, BaseException) else exc
+    if isinstance(shown, urllib.error.URLError):  # "<urlopen error …>" otherwise
+        message = f"cannot reach the server: {shown.reason}"
+    elif isinstance(shown, OptiserveError | OSError):
+        message = str(shown)
+    else:
+        message = f"{type(shown).__name__}: {shown}"
+    if not isinstance(shown, OptiserveError):  # ours may list problems on indented lines; others: the first line
+        lines = message.strip().splitlines() or [type(shown).__name__]
+        more = " …" if len(lines) > 1 else ""
+        message = lines[0] + more + ("" if verbose or isinstance(shown, OSError) else " (-v shows the traceback)")
+    print(f"optiserve: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (:mod:`optiserve.exit_codes`)."""
     try:
         parser = build_parser()  # flag defaults come from OPTISERVE_* variables: a bad one is a one-line error
     except OptiserveError as exc:
-        print(f"optiserve: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, False, exit_codes.USAGE)
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    verbose = args.verbosity == "verbose"
+    quiet.apply(args.verbosity)
     try:
         return int(args.run(args))
-    except OptiserveError as exc:
-        print(f"optiserve: error: {exc}", file=sys.stderr)
-        return 2
+    except TargetMissedError as exc:
+        return _fail(exc, verbose, exit_codes.UNMET)
+    except UsageError as exc:
+        return _fail(exc, verbose, exit_codes.USAGE)
+    except KeyboardInterrupt:
+        print("optiserve: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- every failure is one line and an exit code
+        return _fail(exc, verbose, exit_codes.ERROR)
 
 
 if __name__ == "__main__":

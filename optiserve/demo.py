@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.runner import LoadTestConfig, LoadTestSummary, goodput_rps, run_loadtest
+from loadtests.runner import LoadTestConfig, LoadTestSummary, goodput_rps, inputs_phrase, run_loadtest
 from optimizers.chain import optimize
 from optimizers.source import bundled_model_dir
 from serving.launcher import DEFAULT_HOST, start
@@ -22,9 +22,49 @@ log = logging.getLogger("optiserve")
 WARMUP_S = 3
 # The baseline is served as an unoptimized server would be: one input per model call, no dynamic batching.
 NO_BATCHING = {"max_batch_size": 1, "max_call_items": 1}
+BATCHING_KEYS = ("max_batch_size", "max_call_items", "batch_wait_timeout_s", "adaptive_wait", "max_batch_tokens")
+REPLICAS = 1  # run_demo deploys one replica of each variant
 
 
-def _row(label: str, package: ModelPackage, load: LoadTestSummary, slo_p99_ms: float | None) -> dict[str, Any]:
+def serving_config(package: ModelPackage, overrides: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """How a variant is served: runtime, precision, replicas, threads per replica and its batching settings (the
+    package's serving defaults with this run's overrides)."""
+    m = package.manifest
+    merged = {**m.serving.model_dump(), **overrides}
+    batching = {key: merged[key] for key in BATCHING_KEYS}
+    return {
+        "runtime": m.runtime,
+        "precision": m.precision,
+        "replicas": REPLICAS,
+        "threads_per_replica": threads or 1,
+        "dynamic_batching": merged["max_batch_size"] > 1,
+        **batching,
+    }
+
+
+def _config_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A table of each variant's serving configuration, and a sentence on the baseline's batching."""
+    keys = ["runtime", "precision", "replicas", "threads_per_replica", "dynamic_batching", *BATCHING_KEYS]
+    lines = ["| setting | " + " | ".join(r["variant"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    lines += [f"| {key} | " + " | ".join(str(r["serving"][key]) for r in rows) + " |" for key in keys]
+    base = rows[0]["serving"]
+    state = "on" if base["dynamic_batching"] else "off"
+    lines += [
+        "",
+        f"The baseline runs with dynamic batching **{state}** (max_batch_size={base['max_batch_size']}, "
+        f"max_call_items={base['max_call_items']}): "
+        + (
+            "one input per model call, as an unoptimized server would run it."
+            if state == "off"
+            else "the same batching as its package's defaults."
+        ),
+    ]
+    return lines
+
+
+def _row(
+    label: str, package: ModelPackage, load: LoadTestSummary, slo_p99_ms: float | None, serving: dict[str, Any]
+) -> dict[str, Any]:
     m = package.manifest
     size = sum(f.size for f in m.files if f.path.startswith(m.model_path))
     return {
@@ -43,24 +83,21 @@ def _row(label: str, package: ModelPackage, load: LoadTestSummary, slo_p99_ms: f
         "server_p50_ms": load.server["request_p50_ms"],
         "mean_batch_size": load.server["batch_size_mean"],
         "goodput_rps": goodput_rps(load.client, slo_p99_ms) if slo_p99_ms is not None else None,
+        "serving": serving,
     }
 
 
 def render(rows: list[dict[str, Any]], ratios: dict[str, float], context: dict[str, Any]) -> str:
     header = (
-        "| variant | runtime | precision | size MB | cos mean | cos min | req/s | p50 ms | p99 ms | server p50 ms "
-        "| mean batch | failures |"
+        "| variant | runtime | precision | size MB | cos mean | cos min | req/s | p50 ms per request "
+        "| p99 ms per request | server p50 ms per request | mean items per batch | failures |"
     )
     lines = [
         "# optiserve demo: baseline vs optimized",
         "",
         f"Same Locust load for each ({context['users']} users, {context['duration_s']} s, "
-        + (
-            "one held-out sentence"
-            if context.get("max_inputs", 1) == 1
-            else f"1..{context['max_inputs']} held-out sentences"
-        )
-        + " per request), served one after the other by Ray Serve "
+        + inputs_phrase(context.get("max_inputs", 1), "held-out sentence")
+        + "), served one after the other by Ray Serve "
         f"on {context['machine']}. Locust runs on the same cores as the server, so absolute numbers understate "
         "both; the ratios are the comparison.",
         "",
@@ -73,6 +110,18 @@ def render(rows: list[dict[str, Any]], ratios: dict[str, float], context: dict[s
             f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
             f"{r['p99_ms']:.0f} | {r['server_p50_ms']:.1f} | {r['mean_batch_size']:.2f} | {r['failures']} |"
         )
+    lines += [
+        "",
+        "- **size MB**: model files in the package (10^6 bytes); **cos mean / cos min**: mean and lowest cosine "
+        "similarity of held-out embeddings to the source model's (1 = identical)",
+        "- **req/s**, **p50 / p99 ms per request**: Locust's final client-side numbers (one request: "
+        f"{inputs_phrase(context.get('max_inputs', 1), 'sentence')}); **server p50**: the server's own request "
+        "histogram; **mean items per batch**: inputs per dynamic batch the server ran",
+        "",
+        "## Serving configuration",
+        "",
+        *_config_lines(rows),
+    ]
     lines += [
         "",
         f"**Optimized vs baseline:** throughput x{ratios['throughput']:.2f}, p50 latency x{ratios['p50_speedup']:.2f} "
@@ -137,7 +186,7 @@ def run_demo(
                     label=label,
                 )
             )
-            rows.append(_row(label, package, load, slo_p99_ms))
+            rows.append(_row(label, package, load, slo_p99_ms, serving_config(package, overrides, server.threads)))
     finally:
         server.stop()
     base, opt = rows

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.responses import JSONResponse
 
-from loadtests.runner import LoadTestConfig, run_loadtest
+from loadtests.runner import LoadTestConfig, final_stats, run_loadtest
 from loadtests.scrape import HistogramDelta, histogram_delta
+from optiserve import exit_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +31,8 @@ def test_short_locust_run_has_no_failures_and_reports_server_batches(server, tmp
     # Nothing lost: every request Locust counted reached the server and got a 200 (the server may count a few more:
     # requests in flight when Locust stops are answered but not recorded by Locust).
     assert set(summary.server["requests_by_code"]) == {"200"}
-    assert summary.server["requests_by_code"]["200"] >= summary.client["requests"]
+    # Locust's final numbers (--json-file, written at exit): the server counts at most one more per user.
+    assert 0 <= summary.server["requests_by_code"]["200"] - summary.client["requests"] <= 6
     assert summary.server["items"] >= summary.client["requests"]  # 1..4 inputs per request
     assert summary.server["batches"] > 0
     written = json.loads((tmp_path / "smoke.json").read_text())
@@ -85,7 +91,7 @@ def test_unreachable_slo_exits_non_zero(server, tmp_path: Path) -> None:
         "loadtest", "--host", server.url, "--users", "2", "--duration", "3", "--slo-p99-ms", "0.001", "--no-plots",
         "--out", str(tmp_path), "--label", "slo",
     )  # fmt: skip
-    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.returncode == exit_codes.UNMET, run.stdout + run.stderr
     assert "SLO broken" in run.stdout
     summary = json.loads((tmp_path / "slo.json").read_text())
     assert summary["slo"]["violations"] and summary["client"]["failures"] == 0
@@ -190,3 +196,126 @@ def test_knee_is_the_best_throughput_within_the_slo_or_the_power_point() -> None
     assert goodput_rps(client, 25.0) == pytest.approx(90.0)
     assert goodput_rps(client, 5.0) == 0.0
     assert goodput_rps({**client, "failures": 1}, 100.0) == 0.0
+
+
+TOKEN = "loadtest-token"
+TENANT = "X-Tenant: acme"
+
+
+def _plain_app() -> Any:  # a Ray Serve Application
+    """A plain Ray Serve app (not optiserve: no /metrics) answering the OpenAI embeddings shape on a Starlette
+    request; it requires the ``X-Tenant`` header, so a run without it fails."""
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class PlainEmbeddings:
+        async def __call__(self, request: Any) -> JSONResponse:  # a starlette.requests.Request
+            if request.method != "POST" or not request.url.path.endswith("/v1/embeddings"):
+                return JSONResponse({"error": "not found"}, status_code=404)
+            if request.headers.get("x-tenant") != "acme":
+                return JSONResponse({"error": "tenant"}, status_code=403)
+            body = await request.json()
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = [{"object": "embedding", "index": i, "embedding": [float(len(t))]} for i, t in enumerate(texts)]
+            return JSONResponse({"object": "list", "data": data, "model": "plain"})
+
+    return PlainEmbeddings.bind()  # type: ignore[attr-defined]  # a Ray Serve Deployment (untyped decorator)
+
+
+@pytest.fixture(scope="module")
+def plain_ray_serve(server) -> Iterator[str]:
+    """The plain app beside optiserve on the shared Ray Serve instance, under /plain; removed afterwards."""
+    from ray import serve
+
+    serve.run(_plain_app(), name="plain-embeddings", route_prefix="/plain")
+    try:
+        yield f"{server.url}/plain"
+    finally:
+        serve.delete("plain-embeddings")
+
+
+@pytest.mark.serve
+def test_no_server_metrics_loadtest_of_a_plain_ray_serve_app_with_headers(plain_ray_serve: str, tmp_path) -> None:
+    payload = tmp_path / "mine.jsonl"
+    payload.write_text("".join(json.dumps({"text": f"my input number {i}"}) + "\n" for i in range(20)))
+    run = _run_cli(
+        "loadtest", "--host", plain_ray_serve, "--no-server-metrics", "--header", TENANT, "--payload", str(payload),
+        "--users", "2", "--duration", "3", "--inputs", "3", "--out", str(tmp_path), "--label", "plain",
+    )  # fmt: skip
+    assert run.returncode == exit_codes.OK, run.stdout + run.stderr
+    summary = json.loads((tmp_path / "plain.json").read_text())
+    assert summary["client"]["requests"] > 5 and summary["client"]["failures"] == 0
+    assert summary["server"] == {} and summary["server_metrics"] is False
+    assert summary["header_names"] == ["X-Tenant"] and summary["payload"] == str(payload)
+    report = (tmp_path / "plain.md").read_text()
+    assert "Server-side numbers omitted" in report and "server (ingress histogram)" not in report
+    assert "1..3 inputs per request" in report and "![plain_timeseries.png](plain_timeseries.png)" in report
+    assert (tmp_path / "plain_timeseries.png").stat().st_size > 1000
+    refused = _run_cli(  # the same run without the header: every request is a 403, so the run fails (exit 1)
+        "loadtest", "--host", plain_ray_serve, "--no-server-metrics", "--users", "1", "--duration", "2",
+        "--no-plots", "--out", str(tmp_path), "--label", "refused",
+    )  # fmt: skip
+    assert refused.returncode == exit_codes.ERROR, refused.stdout + refused.stderr
+    assert json.loads((tmp_path / "refused.json").read_text())["client"]["error_rate"] == 1.0
+    assert "Most frequent failures: " in refused.stdout and 'HTTP 403: {"error":"tenant"}' in refused.stdout
+
+
+@pytest.fixture(scope="module")
+def token_server(server, minilm_packages) -> Iterator:
+    """The shared server redeployed with an API token (forwarded to replicas); restored afterwards."""
+    try:
+        server.deploy(minilm_packages.package.root, env={"OPTISERVE_API_TOKEN": TOKEN})
+        yield server
+    finally:
+        server.deploy(minilm_packages.package.root)
+
+
+@pytest.mark.serve
+def test_loadtest_with_api_key_against_a_token_protected_server(token_server, tmp_path: Path) -> None:
+    run = _run_cli(
+        "loadtest", "--host", token_server.url, "--api-key", TOKEN, "--header", TENANT, "--users", "2",
+        "--duration", "3", "--inputs", "2", "--max-error-rate", "0", "--out", str(tmp_path), "--label", "auth",
+    )  # fmt: skip
+    assert run.returncode == exit_codes.OK, run.stdout + run.stderr
+    assert TOKEN not in run.stdout and TOKEN not in (tmp_path / "auth.json").read_text()  # never in a report
+    summary = json.loads((tmp_path / "auth.json").read_text())
+    assert summary["client"]["failures"] == 0 and summary["header_names"] == ["X-Tenant", "Authorization"]
+    by_code = summary["server"]["requests_by_code"]
+    assert set(by_code) == {"200"} and 0 <= by_code["200"] - summary["client"]["requests"] <= 2
+    report = (tmp_path / "auth.md").read_text()
+    assert "| server (ingress histogram) |" in report and "- **queue wait**:" in report
+    unauthorized = _run_cli(  # without the key: 401s, over the error-rate limit, so the target is unmet (exit 3)
+        "loadtest", "--host", token_server.url, "--users", "1", "--duration", "2", "--max-error-rate", "0.5",
+        "--no-plots", "--out", str(tmp_path), "--label", "noauth",
+    )  # fmt: skip
+    assert unauthorized.returncode == exit_codes.UNMET, unauthorized.stdout + unauthorized.stderr
+    refused = json.loads((tmp_path / "noauth.json").read_text())
+    assert refused["client"]["error_rate"] == 1.0 and refused["failure_reasons"][0]["error"].startswith("HTTP 401")
+
+
+@pytest.mark.serve
+def test_locust_native_options_reach_a_token_protected_server(token_server, tmp_path: Path) -> None:
+    """The Locust files' own options (no OPTISERVE_* variables): plain ``locust`` with --api-key and --inputs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTISERVE_")}
+    final = tmp_path / "native"
+    run = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "loadtests/embeddings.py", "--headless", "--host", token_server.url,
+         "-u", "2", "-r", "2", "-t", "3s", "--api-key", TOKEN, "--inputs", "2", "--header", TENANT,
+         "--json-file", str(final), "--loglevel", "WARNING"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    stats = final_stats(Path(f"{final}.json"))
+    assert stats["requests"] > 5 and stats["failures"] == 0
+
+
+def test_locust_options_are_in_the_web_ui_and_the_key_is_masked() -> None:
+    code = (
+        "import json, loadtests.options; from locust.argument_parser import ui_extra_args_dict; "
+        "print(json.dumps(ui_extra_args_dict([])))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    options = json.loads(run.stdout)
+    assert {"inputs", "model", "payload", "header", "api_key", "rate"} <= set(options)
+    assert options["api_key"]["is_secret"] and "[env: OPTISERVE_API_KEY]" in options["api_key"]["help_text"]
