@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from optimizers.cache import content_hash
-from optimizers.fidelity import output_fidelity
+from optimizers.fidelity import output_fidelity, retrieval_queries
 from optimizers.passes.base import Artifact
 from optimizers.profile import PeakMemory, best_row, profile_pipeline, serving_defaults
 from optimizers.recipe import PlannedCandidate, Recipe
@@ -60,6 +60,7 @@ class OutputsEvaluator:
         self.default_items = budget_items
         self.labels = labels  # true labels of the held-out split, if the data has them
         self._reference: dict[int, tuple[list[Any], np.ndarray]] = {}
+        self._queries: dict[int, tuple[list[Any], list[str]]] = {}
 
     def pipeline(self, artifact: Artifact) -> Pipeline:
         if self.encoder is None:
@@ -98,12 +99,45 @@ class OutputsEvaluator:
             self._reference[key] = (items, self.outputs(source_artifact(self.source), items))
         return self._reference[key][1]
 
-    def fidelity(self, outputs: np.ndarray, items: list[Any], labels: np.ndarray | None = None) -> Fidelity:
-        return output_fidelity(self.reference(items), outputs, task=self.source.task, labels=labels)
+    def queries(self, items: list[Any]) -> list[str] | None:
+        """The retrieval check's queries for ``items`` (``optimizers.fidelity.retrieval_queries``; the same list
+        object per input list, so the source's outputs for it are computed once); None unless text embeddings."""
+        if self.encoder is None or self.source.task != "embedding":
+            return None
+        key = id(items)
+        if key not in self._queries:
+            self._queries[key] = (items, retrieval_queries(items))
+        return self._queries[key][1]
+
+    def query_outputs(self, pipeline: Pipeline, items: list[Any], settings: ServingDefaults) -> np.ndarray | None:
+        """``pipeline``'s outputs for the retrieval queries of ``items`` (None where there is no such check)."""
+        queries = self.queries(items)
+        if queries is None or not isinstance(pipeline, TextPipeline):
+            return None
+        return pipeline.run_as_served(queries, settings)
+
+    def fidelity(
+        self,
+        outputs: np.ndarray,
+        items: list[Any],
+        labels: np.ndarray | None = None,
+        query_outputs: np.ndarray | None = None,
+    ) -> Fidelity:
+        """``outputs`` (for ``items``) against the source's; with ``query_outputs``, the retrieval check too."""
+        queries = self.queries(items) if query_outputs is not None else None
+        pairs = (self.reference(queries), query_outputs) if queries is not None and query_outputs is not None else None
+        return output_fidelity(self.reference(items), outputs, task=self.source.task, labels=labels, queries=pairs)
 
     def __call__(self, artifact: Artifact, items: list[Any] | None = None) -> Fidelity:
-        items = items if items is not None else self.default_items
-        return self.fidelity(self.outputs(artifact, items), items)
+        """Fidelity on ``items``; by default on the validation split with the retrieval check (a pass's own
+        sample, such as a sensitivity probe's, is measured without it)."""
+        settings = ServingDefaults()
+        pipeline = self.pipeline(artifact)
+        if items is not None:
+            return self.fidelity(pipeline.run_as_served(items, settings), items)
+        items = self.default_items
+        outputs = pipeline.run_as_served(items, settings)
+        return self.fidelity(outputs, items, query_outputs=self.query_outputs(pipeline, items, settings))
 
 
 def quick_measure(
@@ -165,12 +199,16 @@ def evaluate(
         candidate.profile = profile_pipeline(
             pipeline, heldout, spec.max_batch, spec.items, threads, spec.min_gain, memory=memory
         )
-        outputs = pipeline.run_as_served(heldout, serving_defaults(candidate.profile, length_p99))
-        candidate.fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels)
+        settings = serving_defaults(candidate.profile, length_p99)
+        outputs = pipeline.run_as_served(heldout, settings)
+        query_outputs = evaluator.query_outputs(pipeline, heldout, settings)
+        candidate.fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels, query_outputs)
+        recall = candidate.fidelity.recall_at_10
         log.info(
-            "%-28s cosine mean %.4f min %.4f  %.0f items/s",
+            "%-28s cosine mean %.4f min %.4f%s  %.0f items/s",
             candidate.name,
             candidate.fidelity.cosine_mean,
             candidate.fidelity.cosine_min,
+            f"  recall@10 {recall:.3f}" if recall is not None else "",
             candidate.items_per_s,
         )

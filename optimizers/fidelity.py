@@ -1,5 +1,13 @@
 """Fidelity of a candidate's outputs against the source model's, on the same held-out inputs, per task, and the
-one number that ranks candidates by it (:func:`fidelity_score`, ``Fidelity.score`` for every caller)."""
+one number that ranks candidates by it (:func:`fidelity_score`, ``Fidelity.score`` for every caller).
+
+For text embedding models there is also a task-level check, retrieval: each held-out text is a passage, and
+its query is the first half of its words (:func:`retrieval_queries`); recall@10 is the share of queries whose
+own passage is among the 10 passages nearest to it by cosine, among all held-out texts (:func:`recall_at_k`).
+It is measured for the source and for the candidate on the same pairs, so a drop is the candidate's doing. The
+pairs need nothing but the held-out split (any user's ``--data`` too): a query shares words with its passage,
+as real queries mostly do, and must find it among texts on the same subjects.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,31 @@ from serving.package import Fidelity
 
 Task = Literal["embedding", "classification", "tensor"]
 NEIGHBOURS = 10
+RECALL_K = 10
+
+
+def retrieval_queries(passages: list[str]) -> list[str]:
+    """The retrieval check's query for each passage: the first half of its words (at least one word)."""
+    queries = []
+    for passage in passages:
+        words = passage.split()
+        queries.append(" ".join(words[: max(1, len(words) // 2)]) or passage)
+    return queries
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def recall_at_k(queries: np.ndarray, passages: np.ndarray, k: int = RECALL_K) -> float:
+    """Share of queries (row ``i`` of ``queries``) whose own passage (row ``i`` of ``passages``) is among the
+    ``k`` passages most cosine-similar to it (ties counted in its favour)."""
+    if queries.shape != passages.shape or queries.ndim != 2:
+        raise ValueError(f"queries {queries.shape} and passages {passages.shape} must be the same (n, dim)")
+    similarity = _unit(queries) @ _unit(passages).T
+    own = np.diagonal(similarity)
+    ahead = (similarity > own[:, None]).sum(axis=1)
+    return float((ahead < k).mean())
 
 
 def fidelity_score(fidelity: Fidelity | Mapping[str, Any] | None) -> float:
@@ -46,10 +79,12 @@ def output_fidelity(
     top1: bool = False,
     task: Task | None = None,
     labels: np.ndarray | None = None,
+    queries: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Fidelity:
     """Row-wise cosine between two (n, dim) output matrices (mean, 1st percentile, minimum) and max absolute /
     relative error; for classifiers (``task="classification"`` or ``top1``) top-1 agreement and, given true
-    ``labels``, accuracy; for embeddings, nearest-neighbour agreement@10."""
+    ``labels``, accuracy; for embeddings, nearest-neighbour agreement@10 and, given ``queries`` (the source's
+    and the candidate's outputs for :func:`retrieval_queries` of the same inputs), recall@10 of each."""
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     classifier = top1 or task == "classification"
@@ -68,4 +103,6 @@ def output_fidelity(
         labelled_accuracy=float((candidate.argmax(1) == labels).mean()) if labels is not None else None,
         max_abs_error=float(error.max()),
         max_rel_error=float(error.max() / scale) if scale > 0 else 0.0,
+        recall_at_10=recall_at_k(queries[1], candidate) if queries is not None else None,
+        source_recall_at_10=recall_at_k(queries[0], reference) if queries is not None else None,
     )

@@ -1,20 +1,41 @@
-"""The source model: a Hugging Face encoder directory, either a sentence embedding model (with its
-sentence-transformers configuration) or a sequence classifier (``*ForSequenceClassification``); or a user's ONNX
-file (text in as ``input_ids``/``attention_mask``/``token_type_ids``, one ``[batch, dim]`` output) with a
-``tokenizer.json`` beside it, in which case export is skipped and the ONNX model is the fidelity reference."""
+"""The source model: a Hugging Face encoder directory (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, MPNet, …), either
+a sentence embedding model (with its sentence-transformers configuration: pooling, normalization, prompts) or a
+sequence classifier (``*ForSequenceClassification``); or a user's ONNX file (text in as ``input_ids``/
+``attention_mask``, optionally ``token_type_ids``, one ``[batch, dim]`` output) with a ``tokenizer.json`` beside
+it, in which case export is skipped and the ONNX model is the fidelity reference.
+
+A name that is not an existing path is taken as a Hugging Face model id (``org/name``, optionally
+``@revision``) and resolved to its snapshot in the local Hugging Face cache (:func:`resolve_model_id`); nothing
+is downloaded."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from serving.errors import OptiserveError
 from serving.hashing import sha256_file, sha256_tree
 from serving.package import PoolingSpec, TensorSpec, TokenizerSpec
+from serving.tokenizer import TEXT_INPUTS, model_input_names
 
 DEFAULT_MAX_LENGTH = 256
+# sentence-transformers' Pooling config: the legacy boolean keys, and the modes of its ``pooling_mode`` key
+POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+SUPPORTED_POOLING = ("cls", "max", "mean", "lasttoken")
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*(?:@[\w.-]+)?")
 
 
 def bundled_model_dir() -> Path:
@@ -37,6 +58,9 @@ class SourceModel:
     format: Literal["hf", "onnx", "module"] = "hf"
     model_file: str = "model.safetensors"  # relative to ``path``
     input: TensorSpec | None = None  # tensor models: name and shape ["batch", ...] of the one input
+    text_inputs: tuple[str, ...] = TEXT_INPUTS  # text models: the inputs the model takes, in this order
+    prompts: Mapping[str, str] = field(default_factory=dict)  # sentence-transformers prompts, by name
+    default_prompt_name: str | None = None
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -49,8 +73,14 @@ class SourceModel:
         return self.path / self.model_file if self.format == "onnx" else self.path
 
     @classmethod
-    def load(cls, path: Path, name: str | None = None) -> SourceModel:
-        """A Hugging Face directory, an ONNX file, or a directory holding one ``*.onnx`` file and no config.json."""
+    def load(cls, path: Path | str, name: str | None = None) -> SourceModel:
+        """A Hugging Face directory, an ONNX file, or a directory holding one ``*.onnx`` file and no config.json;
+        a ``path`` that does not exist is a Hugging Face model id, resolved in the local cache."""
+        path = Path(path).expanduser()
+        if not path.exists():
+            model_id = str(path)
+            path = resolve_model_id(model_id)
+            name = name or model_id.partition("@")[0].rsplit("/", 1)[-1]
         path = path.resolve()
         if path.is_file() and path.suffix == ".onnx":
             return cls.from_onnx(path, name)
@@ -101,6 +131,7 @@ class SourceModel:
         output = graph.output[0]
         width = _output_width(model_file, graph)
         classifier = output.name == "logits"
+        takes = tuple(n for n in TEXT_INPUTS if n in inputs)
         labels = tuple(f"LABEL_{i}" for i in range(width)) if classifier else ()
         return cls(
             path=root,
@@ -113,6 +144,7 @@ class SourceModel:
             labels=labels,
             format="onnx",
             model_file=model_file.name,
+            text_inputs=takes,
         )
 
     @classmethod
@@ -149,7 +181,11 @@ class SourceModel:
 
     @classmethod
     def from_dir(cls, path: Path, name: str | None = None) -> SourceModel:
-        path = path.resolve()
+        """A Hugging Face model directory; for a sentence-transformers model, its root (the transformer may sit
+        in a subdirectory that ``modules.json`` names, as in older models' ``0_Transformer/``)."""
+        root = path.resolve()
+        modules = _modules(root)
+        path = _transformer_dir(root, modules)
         config_file = path / "config.json"
         if not config_file.is_file():
             raise OptiserveError(f"{path} is not a Hugging Face model directory: config.json not found")
@@ -159,18 +195,69 @@ class SourceModel:
             raise OptiserveError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
         config = json.loads(config_file.read_text())
         labels = _labels(config)
+        prompts, default_prompt = _prompts(root)
         return cls(
             path=path,
-            name=name or _model_name(path),
-            sha256=sha256_tree(path),
-            pooling=_pooling(path),
+            name=name or _model_name(root),
+            sha256=sha256_tree(root),
+            pooling=_pooling(root, modules, bool(prompts)),
             tokenizer=TokenizerSpec(
-                path="tokenizer.json", max_length=_max_length(path, config), pad_token_id=config.get("pad_token_id", 0)
+                path="tokenizer.json", max_length=_max_length(path, config), pad_token_id=_pad_token_id(path, config)
             ),
             task="classification" if labels else "embedding",
-            output_dim=len(labels) if labels else int(config["hidden_size"]),
+            output_dim=len(labels) if labels else _hidden_size(config_file, config),
             labels=labels,
+            text_inputs=model_input_names(config),
+            prompts=prompts,
+            default_prompt_name=default_prompt,
         )
+
+
+def hub_cache_dir() -> Path:
+    """Where ``huggingface_hub`` keeps downloaded models: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub`` (under ``XDG_CACHE_HOME`` where that is set), read at call time."""
+    if cache := os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _snapshot(entry: Path, revision: str) -> Path | None:
+    """The snapshot directory of ``revision`` (a branch or tag recorded under ``refs/``, or a commit hash) in one
+    cache entry; for ``main`` without a recorded ref, the newest snapshot."""
+    snapshots = entry / "snapshots"
+    ref = entry / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    if (snapshots / commit).is_dir():
+        return snapshots / commit
+    if revision == "main" and not ref.is_file() and snapshots.is_dir():
+        found = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else None
+    return None
+
+
+def resolve_model_id(model_id: str) -> Path:
+    """The local snapshot of a Hugging Face model id (``org/name``, or ``org/name@revision``) in the Hugging Face
+    cache (:func:`hub_cache_dir`). Nothing is downloaded: without a snapshot this raises an error saying what to
+    download and where."""
+    if not HUB_ID.fullmatch(model_id) or ".." in model_id:
+        raise OptiserveError(f"{model_id}: no such file or directory (and not a Hugging Face model id org/name)")
+    repo, _, revision = model_id.partition("@")
+    cache = hub_cache_dir()
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = _snapshot(entry, revision or "main")
+    if snapshot is not None:
+        return snapshot
+    at = f" at revision {revision}" if revision else ""
+    flag = f" --revision {revision}" if revision else ""
+    raise OptiserveError(
+        f"{model_id!r} is not a local path, and the Hugging Face cache {cache} holds no snapshot of {repo}{at} "
+        "(optiserve downloads nothing). Download its JSON files and safetensors weights into that cache with\n"
+        f'    hf download {repo}{flag} --include "*.json" --include "*.safetensors"\n'
+        f'(older huggingface_hub: huggingface-cli download {repo}{flag} --include "*.json" "*.safetensors"; '
+        "HF_HUB_CACHE or HF_HOME choose another cache), or add --local-dir "
+        f"models/{repo.rsplit('/', 1)[-1]} to download it to a directory and pass that path instead."
+    )
 
 
 def _labels(config: dict) -> tuple[str, ...]:
@@ -186,22 +273,97 @@ def _model_name(path: Path) -> str:
     return "all-MiniLM-L6-v2" if path == bundled_model_dir().resolve() else path.name
 
 
-def _pooling(path: Path) -> PoolingSpec:
-    """Pooling and normalization as the sentence-transformers ``modules.json`` declares (mean + L2 if absent)."""
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return PoolingSpec()
-    modules = json.loads(modules_file.read_text())
-    normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
-    mode = "mean"
+def _hidden_size(config_file: Path, config: Mapping[str, Any]) -> int:
+    """The encoder's width: ``hidden_size`` (``dim`` in DistilBERT's config)."""
+    width = config.get("hidden_size") or config.get("dim")
+    if not isinstance(width, int):
+        raise OptiserveError(f"{config_file}: no hidden_size (or dim) to take the embedding width from")
+    return width
+
+
+def _modules(root: Path) -> list[dict[str, Any]]:
+    """sentence-transformers' ``modules.json`` (empty where there is none)."""
+    modules_file = root / "modules.json"
+    return json.loads(modules_file.read_text()) if modules_file.is_file() else []
+
+
+def _kind(module: Mapping[str, Any]) -> str:
+    """A module's class name (``sentence_transformers.models.Pooling`` → ``Pooling``)."""
+    return str(module.get("type", "")).rsplit(".", 1)[-1]
+
+
+def _transformer_dir(root: Path, modules: list[dict[str, Any]]) -> Path:
+    """Where the transformer's config, weights and tokenizer are: the Transformer module's path (``""`` or
+    absent: the root itself)."""
     for module in modules:
-        if module.get("type", "").endswith(".Pooling"):
-            pooling = json.loads((path / module["path"] / "config.json").read_text())
-            if pooling.get("pooling_mode_cls_token"):
-                mode = "cls"
-            elif pooling.get("pooling_mode_max_tokens"):
-                mode = "max"
+        if _kind(module) == "Transformer" and module.get("path"):
+            return (root / module["path"]).resolve()
+    return root
+
+
+def _pooling_modes(config: Mapping[str, Any]) -> list[str]:
+    """The modes a Pooling config turns on: the ``pooling_mode`` key (sentence-transformers 6: a mode or a list),
+    else the legacy ``pooling_mode_*`` booleans; mean if none."""
+    mode = config.get("pooling_mode")
+    if mode is not None:
+        return [mode] if isinstance(mode, str) else [str(m) for m in mode]
+    return [name for key, name in POOLING_FLAGS.items() if config.get(key)] or ["mean"]
+
+
+def _pooling(root: Path, modules: list[dict[str, Any]] | None = None, prompts: bool = False) -> PoolingSpec:
+    """Pooling and normalization as the sentence-transformers ``modules.json`` declares (mean + L2 if absent).
+    Raises for what the exported graph would not reproduce: other modules (Dense, …), combined or unsupported
+    pooling modes, prompts excluded from pooling."""
+    modules = _modules(root) if modules is None else modules
+    if not modules:
+        return PoolingSpec()
+    unsupported = [_kind(m) for m in modules if _kind(m) not in SUPPORTED_MODULES]
+    if unsupported:
+        raise OptiserveError(
+            f"{root}/modules.json: modules {unsupported} are not supported; optiserve serves "
+            "Transformer → Pooling → (Normalize)"
+        )
+    mode = "mean"
+    for module in (m for m in modules if _kind(m) == "Pooling"):
+        config_file = root / module.get("path", "") / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        modes = _pooling_modes(config)
+        if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
+            raise OptiserveError(
+                f"{config_file}: pooling {modes} is not supported; one of {', '.join(SUPPORTED_POOLING)} is"
+            )
+        if prompts and config.get("include_prompt") is False:
+            raise OptiserveError(
+                f"{config_file}: include_prompt false (prompt tokens left out of pooling) is not supported"
+            )
+        mode = modes[0]
+    normalize = any(_kind(m) == "Normalize" for m in modules)
     return PoolingSpec.model_validate({"mode": mode, "normalize": normalize})
+
+
+def _prompts(root: Path) -> tuple[dict[str, str], str | None]:
+    """The named prompts and the default prompt's name from ``config_sentence_transformers.json``."""
+    config_file = root / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    prompts = {str(k): str(v or "") for k, v in (config.get("prompts") or {}).items()}
+    default = config.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise OptiserveError(f"{config_file}: default_prompt_name {default!r} is not one of its prompts")
+    return prompts, default
+
+
+def _pad_token_id(path: Path, config: Mapping[str, Any]) -> int:
+    """The padding id: the model config's ``pad_token_id`` (RoBERTa-style models derive position ids from it),
+    else the tokenizer's padding or pad token (``[PAD]``, ``<pad>``), else 0."""
+    if isinstance(config.get("pad_token_id"), int):
+        return int(config["pad_token_id"])
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    if tokenizer.padding is not None:
+        return int(tokenizer.padding["pad_id"])
+    found = (tokenizer.token_to_id(token) for token in ("[PAD]", "<pad>"))
+    return next((i for i in found if i is not None), 0)
 
 
 def _max_length(path: Path, config: dict[str, object]) -> int:

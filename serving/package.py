@@ -163,6 +163,9 @@ class ProfileRow(_Strict):
     peak_memory_mb: float | None = Field(default=None, description="process RSS growth while loading and running")
 
 
+ReplicaLayout = Literal["replicas", "threads"]
+
+
 class ServingDefaults(_Strict):
     """What the server uses unless the operator overrides it."""
 
@@ -186,6 +189,12 @@ class ServingDefaults(_Strict):
     )
     queue_timeout_s: float = Field(
         default=10.0, gt=0, description="a request none of which started within this long is dropped (504)"
+    )
+    replica_layout: ReplicaLayout | None = Field(
+        default=None,
+        description="how `optiserve serve` uses a node's cores when neither --replicas nor --threads is given: "
+        "replicas (one single-thread replica per core) or threads (one replica, a thread per core); measured by "
+        "the chain; unset: one single-thread replica. Not retunable live",
     )
     cache_mb: float | None = Field(
         default=None,

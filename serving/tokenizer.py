@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +10,16 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from serving.package import TokenizerSpec
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_input_names(config: Mapping[str, object]) -> tuple[str, ...]:
+    """The text inputs a Hugging Face encoder takes, from its ``config.json``: ``token_type_ids`` only where the
+    model has more than one token type (BERT, ELECTRA, ALBERT); RoBERTa, XLM-RoBERTa (one type), DistilBERT and
+    MPNet (none) take ids and mask alone, as their tokenizers' ``model_input_names`` say."""
+    types = config.get("type_vocab_size") or 0
+    return TEXT_INPUTS if isinstance(types, int) and types > 1 else TEXT_INPUTS[:2]
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ class PassContext:
 
 
 def model_feeds(source: SourceModel, items: list[Any]) -> dict[str, np.ndarray]:
-    """The model's inputs for ``items``, by input name: tokenized and padded texts, or stacked tensors."""
+    """The model's inputs for ``items``, by input name: tokenized and padded texts (only the inputs the model
+    takes: no ``token_type_ids`` for RoBERTa, DistilBERT, …), or stacked tensors."""
     if source.tokenizer is None:
         assert source.input is not None
         return {source.input.name: np.stack(items).astype(np.float32)}
@@ -103,7 +104,7 @@ def model_feeds(source: SourceModel, items: list[Any]) -> dict[str, np.ndarray]:
 
     encoder = TextEncoder.from_spec(source.path, source.tokenizer)
     batch = encoder.pad(encoder.encode(items))
-    return {name: getattr(batch, name) for name in TEXT_INPUTS}
+    return {name: getattr(batch, name) for name in TEXT_INPUTS if name in source.text_inputs}
 
 
 def torch_inputs(source: SourceModel, items: list[Any]) -> tuple[Any, ...]:

@@ -129,12 +129,14 @@ def layer_dropped_student(teacher_dir: Path, task: str, keep: int | tuple[int, .
     """Write a student made of ``keep`` of the teacher's layers (a count, evenly spaced; or the indices) to
     ``target`` (safetensors)."""
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
+
+    from serving.runtimes.torch import load_encoder
 
     if task == "classification":
         model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
     else:
-        model = AutoModel.from_pretrained(teacher_dir, use_safetensors=True, add_pooling_layer=False)
+        model = load_encoder(teacher_dir)  # without a pooler head, where the family has one
     holder, attr = _layer_list(model)
     layers = getattr(holder, attr)
     indices = kept_layers(len(layers), keep) if isinstance(keep, int) else sorted(set(keep))

@@ -50,17 +50,21 @@ class TensorRTConfig(PassConfig):
     max_sequence: int = Field(default=256, gt=0)
 
 
-def _shapes(batch: int, sequence: int) -> str:
-    return ",".join(f"{n}:{batch}x{sequence}" for n in ("input_ids", "attention_mask", "token_type_ids"))
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def tensorrt_options(config: TensorRTConfig) -> TensorRTOptions:
-    """What the package records for the replica: the pass's precision and shape profile, and the engine cache."""
+def _shapes(batch: int, sequence: int, names: tuple[str, ...]) -> str:
+    return ",".join(f"{n}:{batch}x{sequence}" for n in names)
+
+
+def tensorrt_options(config: TensorRTConfig, names: tuple[str, ...] = TEXT_INPUTS) -> TensorRTOptions:
+    """What the package records for the replica: the pass's precision and shape profile (for the model's text
+    inputs ``names``: no token types for RoBERTa, DistilBERT, …), and the engine cache."""
     return TensorRTOptions(
         fp16=config.fp16,
-        min_shapes=_shapes(config.min_batch, config.min_sequence),
-        opt_shapes=_shapes(config.opt_batch, config.opt_sequence),
-        max_shapes=_shapes(config.max_batch, config.max_sequence),
+        min_shapes=_shapes(config.min_batch, config.min_sequence, names),
+        opt_shapes=_shapes(config.opt_batch, config.opt_sequence, names),
+        max_shapes=_shapes(config.max_batch, config.max_sequence, names),
         engine_cache=ENGINE_CACHE,
     )
 
@@ -77,12 +81,13 @@ def tensorrt(artifact: Artifact, config: TensorRTConfig, context: PassContext) -
     model = target_dir / "model.onnx"
     shutil.copy2(artifact.path, model)
     cache = target_dir / ENGINE_CACHE
-    recorded = tensorrt_options(config)
+    recorded = tensorrt_options(config, context.source.text_inputs)
     options = tensorrt_provider_options(recorded, cache)
     session = ort.InferenceSession(str(model), providers=[("TensorrtExecutionProvider", options)])
     for batch, sequence in ((config.opt_batch, config.opt_sequence), (config.max_batch, config.max_sequence)):
-        feed = {n: np.ones((batch, sequence), dtype=np.int64) for n in ("input_ids", "attention_mask")}
-        feed["token_type_ids"] = np.zeros((batch, sequence), dtype=np.int64)
+        feed = {n: np.ones((batch, sequence), dtype=np.int64) for n in context.source.text_inputs}
+        if "token_type_ids" in feed:
+            feed["token_type_ids"] = np.zeros((batch, sequence), dtype=np.int64)
         session.run(None, feed)  # builds and caches the engine
     engines = sorted(p.name for p in cache.glob("*"))
     if not any(name.endswith(".engine") for name in engines):

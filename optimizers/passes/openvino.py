@@ -103,7 +103,25 @@ def _dataset(context: PassContext, items: list[Any]) -> list[dict[str, np.ndarra
     ]
 
 
-def _quantize_args(config: NNCFQuantizeConfig, calibration: list[dict[str, np.ndarray]]) -> tuple[dict[str, Any], Any]:
+def _one_row_lookups(model: Any) -> list[str]:
+    """Gathers from a one-row embedding table (RoBERTa's and XLM-R's token types, a constant when the model takes
+    no ``token_type_ids``): quantized, OpenVINO fails to compile them, and there is nothing to gain."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Gather":
+            continue
+        table = op.input_value(0).get_node()
+        while table.get_type_name() == "Convert":
+            table = table.input_value(0).get_node()
+        shape = table.get_output_partial_shape(0)
+        if table.get_type_name() == "Constant" and shape.rank.get_length() == 2 and shape[0].get_length() == 1:
+            names.append(op.get_friendly_name())
+    return names
+
+
+def _quantize_args(
+    config: NNCFQuantizeConfig, calibration: list[dict[str, np.ndarray]], model: Any
+) -> tuple[dict[str, Any], Any]:
     """Keyword arguments both NNCF entry points take, and the advanced parameters (named differently in each)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
@@ -117,7 +135,9 @@ def _quantize_args(config: NNCFQuantizeConfig, calibration: list[dict[str, np.nd
         "target_device": nncf.TargetDevice.CPU,
         "subset_size": len(calibration),
         "fast_bias_correction": config.fast_bias_correction,
-        "ignored_scope": nncf.IgnoredScope(types=list(config.ignored_types)) if config.ignored_types else None,
+        "ignored_scope": nncf.IgnoredScope(names=names, types=list(config.ignored_types))
+        if (names := _one_row_lookups(model)) or config.ignored_types
+        else None,
     }, advanced
 
 
@@ -166,7 +186,7 @@ def nncf_quantize(artifact: Artifact, config: NNCFQuantizeConfig, context: PassC
     ov = _openvino()
     source = ov.Core().read_model(str(artifact.model_file))
     calibration = _dataset(context, context.calibration[: config.subset_size])
-    args, advanced = _quantize_args(config, calibration)
+    args, advanced = _quantize_args(config, calibration, source)
     options = {"inference_precision": config.inference_precision}
 
     def judged(model: Any, how: str) -> tuple[Artifact, dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from serving.runtimes.buckets import ShapeBuckets, pad_to
-from serving.tokenizer import EncodedBatch
+from serving.tokenizer import TEXT_INPUTS, EncodedBatch
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 3
@@ -19,7 +19,14 @@ WARMUP_RUNS = 3
 class CudaGraphs:
     """Captured graphs of ``model`` for every bucket shape, on ``device`` (CUDA only)."""
 
-    def __init__(self, model: Any, buckets: ShapeBuckets, device: str, pad_token_id: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        buckets: ShapeBuckets,
+        device: str,
+        pad_token_id: int,
+        input_names: tuple[str, ...] = TEXT_INPUTS,
+    ) -> None:
         import torch
 
         if not device.startswith("cuda") or not torch.cuda.is_available():
@@ -28,6 +35,7 @@ class CudaGraphs:
         self.buckets = buckets
         self.device = device
         self.pad_token_id = pad_token_id
+        self.input_names = input_names  # the model's positional inputs (no token types for RoBERTa, DistilBERT, …)
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: dict[tuple[int, int], tuple[Any, tuple[Any, ...], Any]] = {}
         for rows, width in sorted(buckets.shapes, key=lambda shape: -shape[0] * shape[1]):  # largest first
@@ -37,7 +45,7 @@ class CudaGraphs:
     def _capture(self, rows: int, width: int) -> None:
         import torch
 
-        static = tuple(torch.zeros((rows, width), dtype=torch.long, device=self.device) for _ in range(3))
+        static = tuple(torch.zeros((rows, width), dtype=torch.long, device=self.device) for _ in self.input_names)
         static[1].fill_(1)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -60,9 +68,8 @@ class CudaGraphs:
             return None
         padded = pad_to(batch, *bucket, pad_token_id=self.pad_token_id)
         graph, static, output = self.graphs[bucket]
-        for target, source in zip(
-            static, (padded.input_ids, padded.attention_mask, padded.token_type_ids), strict=True
-        ):
-            target.copy_(torch.from_numpy(source))
+        feeds = padded.feeds(self.input_names)
+        for target, name in zip(static, self.input_names, strict=True):
+            target.copy_(torch.from_numpy(feeds[name]))
         graph.replay()
         return output[:rows].float().cpu().numpy()
