@@ -44,6 +44,7 @@ from locust import FastHttpUser, constant, task
 
 TEXTS = json.loads(open(os.environ["RP_TEXTS"]).read())
 S = float(os.environ.get("RP_ZIPF", "0"))
+MAX_INPUTS = int(os.environ.get("RP_MAX_INPUTS", "1"))
 CUM = list(accumulate(1 / (rank + 1) ** S for rank in range(len(TEXTS)))) if S else None
 
 
@@ -52,8 +53,9 @@ class Client(FastHttpUser):
 
     @task
     def embed(self):
-        text = random.choices(TEXTS, cum_weights=CUM)[0] if CUM else random.choice(TEXTS)
-        self.client.post("/v1/embeddings", json={"input": text})
+        count = random.randint(1, MAX_INPUTS)
+        texts = random.choices(TEXTS, cum_weights=CUM, k=count) if CUM else random.sample(TEXTS, count)
+        self.client.post("/v1/embeddings", json={"input": texts[0] if MAX_INPUTS == 1 else texts})
 """
 
 # Which component a Python frame belongs to, by its file (first match wins).
@@ -122,24 +124,35 @@ def tiny_package(out: Path) -> Path:
     return package_dir
 
 
-def locust(url: str, texts_file: Path, users: int, duration_s: int, zipf: float = 0.0) -> dict[str, float]:
-    """One headless Locust load; Locust's own final numbers (``--json``)."""
+def locust(
+    url: str, texts_file: Path, users: int, duration_s: int, zipf: float = 0.0, max_inputs: int = 1
+) -> dict[str, float]:
+    """One headless closed-loop Locust load (each request 1..``max_inputs`` texts, drawn uniformly or, with
+    ``zipf`` = s, by a Zipf law over the texts' ranks); Locust's own final numbers (``--json``)."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
         handle.write(LOCUSTFILE)
-    env = {**os.environ, "RP_TEXTS": str(texts_file), "RP_ZIPF": str(zipf)}
+    env = {**os.environ, "RP_TEXTS": str(texts_file), "RP_ZIPF": str(zipf), "RP_MAX_INPUTS": str(max_inputs)}
+    csv = Path(tempfile.mkdtemp(prefix="request-path-")) / "load"
     command = [sys.executable, "-m", "locust", "-f", handle.name, "--headless", "--host", url, "--json"]
     command += ["-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--only-summary", "--loglevel", "ERROR"]
+    command += ["--csv", str(csv)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 60)
     os.unlink(handle.name)
+    failures_csv = csv.with_name("load_failures.csv")
+    errors = failures_csv.read_text().splitlines()[1:4] if failures_csv.exists() else []
+    shutil.rmtree(csv.parent, ignore_errors=True)
     stats = next(s for s in json.loads(done.stdout) if s["name"] == "/v1/embeddings")
     elapsed = stats["last_request_timestamp"] - stats["start_time"]
     times = {int(k): v for k, v in stats["response_times"].items()}
+    rps = stats["num_requests"] / elapsed if elapsed > 0 else 0.0
     return {
         "requests": stats["num_requests"],
         "failures": stats["num_failures"],
-        "rps": stats["num_requests"] / elapsed if elapsed > 0 else 0.0,
+        "rps": rps,
+        "items_per_s": rps * (1 + max_inputs) / 2,  # inputs per request are uniform in 1..max_inputs
         "p50_ms": _percentile(times, 0.50),
         "p99_ms": _percentile(times, 0.99),
+        "errors": errors,  # Locust's most frequent failures (method, name, error, occurrences)
     }
 
 
@@ -302,7 +315,7 @@ def render(result: dict[str, Any]) -> str:
     )
 
 
-def _cpu() -> str:
+def cpu_description() -> str:
     model, flags = platform.processor() or "unknown CPU", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -341,8 +354,8 @@ def main() -> int:
             ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=code_root
         ).stdout.strip(),
         when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        machine=f"{_cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}, ray {version('ray')}, "
-        f"onnxruntime {version('onnxruntime')}",
+        machine=f"{cpu_description()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"ray {version('ray')}, onnxruntime {version('onnxruntime')}",
     )
     (args.out / f"{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = render(result)

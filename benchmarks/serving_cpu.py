@@ -1,15 +1,20 @@
 """Serving benchmark on CPU: what a user would build with Ray Serve versus optiserve, under the same Locust load.
 
-    .venv/bin/python benchmarks/serving_cpu.py                    # ~8 min on 2 cores
-    .venv/bin/python benchmarks/serving_cpu.py --users 8 --duration 20 --out runs/bench-serving
+    .venv/bin/python benchmarks/serving_cpu.py                    # ~10 min on 2 cores
+    .venv/bin/python benchmarks/serving_cpu.py --users 16 --duration 20 --out runs/bench-serving
 
-In one run, one deployment after the other on the same Ray instance, each replica given one CPU:
+In one run, one deployment after the other on the same Ray instance and the same ingress (HAProxy), each
+replica given one CPU, each load closed-loop Locust (``benchmarks/request_path.py``'s client):
+  noop: a Ray Serve deployment that reads the JSON body and answers a constant: the floor of the request path;
+  tiny: optiserve serving a 2-layer, 32-wide BERT (model cost about 0): optiserve's own per-request work;
   (a) sentence-transformers (torch fp32) in Ray Serve, one ``encode`` call per request;
   (b) the same behind ``@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)`` over requests;
   (c) the optimized optiserve package with optiserve's batching (items, length-sorted calls, token budget).
-Each takes two Locust loads: single-sentence requests and 1..16 sentences per request. Also measured: the
-package's model-only throughput (its pipeline called directly, batches as served, 1 thread) and the serving
-overhead at p50 (one user, one sentence: client latency minus the model's batch-1 latency).
+(a), (b) and (c) take two loads, single-sentence requests and 1..16 sentences per request; (c) runs with its
+response cache off (the held-out set repeats within a load), and also takes a Zipf-distributed workload (s = 1.1
+over the held-out set, one sentence per request) with the cache off and then on (the package's default, 64 MiB).
+Also measured: the package's model-only throughput (its pipeline called directly, batches as served, 1 thread)
+and the serving overhead at p50 (one user, one sentence: client latency minus the model's batch-1 latency).
 
 Writes ``<out>/serving_cpu.json`` and ``.md`` and copies the Markdown to
 ``benchmarks/results/serving_cpu.md``. Locust runs on the same cores as the server: on 2 cores it competes with
@@ -36,13 +41,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.request_path import cpu_description, locust, noop_app, tiny_package  # noqa: E402
 from corpus import load_split  # noqa: E402
-from loadtests.runner import LoadTestConfig, client_stats, run_loadtest, start_locust, wait_locust  # noqa: E402
+from loadtests.runner import LoadTestConfig, run_loadtest  # noqa: E402
 from optimizers.source import bundled_model_dir  # noqa: E402
 from serving.package import load_package  # noqa: E402
 from serving.pipeline import TextPipeline  # noqa: E402
 
 PROFILES = {"single": 1, "mixed": 16}
+ZIPF_S = 1.1
 RESULT_FILE = ROOT / "benchmarks" / "results" / "serving_cpu.md"
 
 
@@ -104,14 +111,6 @@ def wait_serving(url: str, timeout_s: float = 180) -> None:
     raise TimeoutError(f"{url} did not serve within {timeout_s} s")
 
 
-def locust_client(url: str, out: Path, label: str, users: int, duration: int, max_inputs: int) -> dict[str, float]:
-    cfg = LoadTestConfig(host=url, out_dir=out, users=users, duration_s=duration, max_inputs=max_inputs, label=label)
-    wait_locust(start_locust(cfg), cfg)
-    stats = client_stats(out / f"{label}_locust_stats.csv")
-    stats["items_per_s"] = stats["rps"] * (1 + max_inputs) / 2  # inputs per request are uniform in 1..max_inputs
-    return stats
-
-
 def model_only(package_dir: Path) -> dict[str, float]:
     """The package's pipeline called directly (1 thread), batches of max_batch_size cut as a replica cuts them."""
     package = load_package(package_dir)
@@ -146,23 +145,43 @@ def run(users: int, duration: int, out: Path) -> dict[str, Any]:
     from serving.ports import free_port
 
     package_dir = ensure_package(out)
+    tiny = tiny_package(out)
+    texts_file = out / "heldout.json"
+    texts_file.write_text(json.dumps(load_split("heldout")))
     result: dict[str, Any] = {"model_only": model_only(package_dir), "served": {}}
     server = start("127.0.0.1", free_port(), num_cpus=2, threads=1)
+
+    def load(label: str, max_inputs: int = 1, zipf: float = 0.0) -> None:
+        result["served"][label] = locust(server.url, texts_file, users, duration, zipf=zipf, max_inputs=max_inputs)
+        print(label, json.dumps(result["served"][label]), flush=True)
+
     try:
         variants = {
-            "a_st_per_request": lambda: serve.run(sentence_transformers_app(False), name="bench", route_prefix="/"),
-            "b_st_serve_batch": lambda: serve.run(sentence_transformers_app(True), name="bench", route_prefix="/"),
-            "c_optiserve": lambda: server.deploy(package_dir),
+            "noop": (lambda: serve.run(noop_app(), name="bench", route_prefix="/"), {"single": 1}),
+            "tiny": (lambda: server.deploy(tiny), {"single": 1}),
+            "a_st_per_request": (
+                lambda: serve.run(sentence_transformers_app(False), name="bench", route_prefix="/"),
+                PROFILES,
+            ),
+            "b_st_serve_batch": (
+                lambda: serve.run(sentence_transformers_app(True), name="bench", route_prefix="/"),
+                PROFILES,
+            ),
+            # The model path, not the cache: the held-out set repeats within a load.
+            "c_optiserve": (lambda: server.deploy(package_dir, {"cache_mb": 0}), PROFILES),
         }
-        for name, deploy in variants.items():
+        for name, (deploy, profiles) in variants.items():
             for app in serve.status().applications:
                 serve.delete(app)
             deploy()
             wait_serving(server.url)
-            for profile, max_inputs in PROFILES.items():
-                label = f"{name}-{profile}"
-                result["served"][label] = locust_client(server.url, out, label, users, duration, max_inputs)
-                print(label, json.dumps(result["served"][label]), flush=True)
+            for profile, max_inputs in profiles.items():
+                load(f"{name}-{profile}", max_inputs)
+        load("c_optiserve-zipf-nocache", zipf=ZIPF_S)
+        server.deploy(package_dir)  # the package's default: its response cache on (64 MiB)
+        wait_serving(server.url)
+        load("c_optiserve-zipf-cache", zipf=ZIPF_S)
+        server.deploy(package_dir, {"cache_mb": 0})
         wait_ready(server.url)
         quiet = run_loadtest(
             LoadTestConfig(host=server.url, out_dir=out, users=1, duration_s=10, max_inputs=1, label="c-one-user")
@@ -177,12 +196,14 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     s = result["served"]
     one = result["one_user"]
     return {
+        "tiny_over_noop_rps": s["tiny-single"]["rps"] / s["noop-single"]["rps"],
         "c_over_b_single_rps": s["c_optiserve-single"]["rps"] / s["b_st_serve_batch-single"]["rps"],
         "c_over_b_mixed_rps": s["c_optiserve-mixed"]["rps"] / s["b_st_serve_batch-mixed"]["rps"],
         "c_over_a_single_rps": s["c_optiserve-single"]["rps"] / s["a_st_per_request-single"]["rps"],
         "c_over_a_mixed_rps": s["c_optiserve-mixed"]["rps"] / s["a_st_per_request-mixed"]["rps"],
         "served_over_model_only_mixed": s["c_optiserve-mixed"]["items_per_s"] / result["model_only"]["items_per_s"],
         "served_over_model_only_single": s["c_optiserve-single"]["items_per_s"] / result["model_only"]["items_per_s"],
+        "zipf_cache_over_nocache_rps": s["c_optiserve-zipf-cache"]["rps"] / s["c_optiserve-zipf-nocache"]["rps"],
         "overhead_p50_ms_client": one["client"]["p50_ms"] - result["model_only"]["batch1_p50_ms"],
         "overhead_p50_ms_server": one["server"]["request_p50_ms"] - one["server"]["inference_p50_ms"],
     }
@@ -202,8 +223,8 @@ def render(result: dict[str, Any], command: str) -> str:
             "",
             f"Command: `{command}`  ",
             f"Commit: {result['commit']}, {result['when']}  ",
-            f"Machine: {result['machine']}; Locust ({result['users']} users, {result['duration_s']} s per load) "
-            "runs on the same cores as the server.",
+            f"Machine: {result['machine']}; Locust ({result['users']} users, closed loop, {result['duration_s']} s "
+            "per load) runs on the same cores as the server; HAProxy ingress.",
             "",
             "| deployment-load | req/s | items/s | p50 ms | p99 ms | failures |",
             "|---|---|---|---|---|---|",
@@ -225,7 +246,7 @@ def render(result: dict[str, Any], command: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--duration", type=int, default=20, help="seconds per load")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-serving"))
     args = parser.parse_args()
@@ -239,7 +260,7 @@ def main() -> int:
             ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT
         ).stdout.strip(),
         when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        machine=f"{cpu_description()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"ray {version('ray')}, onnxruntime {version('onnxruntime')}, torch {version('torch')}, "
         f"sentence-transformers {version('sentence-transformers')}",
     )

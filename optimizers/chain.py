@@ -10,6 +10,7 @@ This module only orchestrates; it re-exports the names callers import from ``opt
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from optimizers.evaluate import OutputsEvaluator, evaluate, quick_measure, runti
 from optimizers.fidelity import fidelity_score
 from optimizers.packaging import relied_on_features, write_candidate_package
 from optimizers.passes.base import PassContext
-from optimizers.profile import serving_defaults
+from optimizers.profile import replica_layout, serving_defaults
 from optimizers.recipe import PlannedCandidate, Recipe, load_recipe, plan
 from optimizers.report import write_report
 from optimizers.runner import StepRunner, build_candidate, source_artifact, tuned_groups
@@ -39,7 +40,7 @@ from optimizers.source import SourceModel
 from optimizers.tuning import Trial, tune
 from serving.errors import OptiserveError
 from serving.hardware import HardwareProfile, detect
-from serving.package import FidelityBudget, ModelPackage
+from serving.package import FidelityBudget, ModelPackage, ServingDefaults
 from serving.runtimes.base import default_threads
 
 __all__ = [
@@ -130,6 +131,32 @@ def _build_candidates(
     return candidates, tuning
 
 
+def _measure_layout(
+    source: SourceModel, selected: Candidate, serving: ServingDefaults, data: Any
+) -> tuple[ServingDefaults, dict[str, Any] | None]:
+    """The selected candidate's best use of this machine's cores (``optimizers.profile.replica_layout``),
+    recorded in its serving defaults; unchanged on a single core."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or selected.artifact is None:
+        return serving, None
+    artifact = selected.artifact
+    log.info("measuring %d single-thread replicas against one with %d threads", cores, cores)
+
+    def make(threads: int) -> Any:
+        return OutputsEvaluator(source, threads, data.validation).pipeline(artifact)
+
+    layout, measured = replica_layout(make, data.heldout, serving.max_call_items, cores)
+    log.info(
+        "replica layout: %s (%d single-thread: %.0f items/s; one with %d threads: %.0f items/s)",
+        layout,
+        cores,
+        measured["replicas_items_per_s"],
+        cores,
+        measured["threads_items_per_s"],
+    )
+    return serving.model_copy(update={"replica_layout": layout}), {"cores": cores, "chosen": layout, **measured}
+
+
 def optimize(
     source_dir: Path,
     out_dir: Path,
@@ -179,10 +206,14 @@ def optimize(
     mark_pareto(candidates)
     selected = select(candidates, budget)
     serving = serving_defaults(selected.profile, token_p99(source, data.heldout)) if selected else None
+    layout: dict[str, Any] | None = None
+    if selected is not None and serving is not None and selected.artifact is not None and device == "cpu":
+        serving, layout = _measure_layout(source, selected, serving, data)
 
     _stage(4, "select and write the report")
     report = build_report(source, recipe, budget, candidates, selected, data.describe(), serving, hardware)
     report["tuning"] = tuning
+    report["replica_layout"] = layout
     report_dir = out_dir.with_name(out_dir.name + ".report")
     write_report(report_dir, report)
     write_plots(report_dir, report)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from serving.package import ProfileRow, ServingDefaults
+from serving.package import ProfileRow, ReplicaLayout, ServingDefaults
 from serving.pipeline import TensorPipeline, TextPipeline
 
 MIN_BATCHES = 8  # dynamic batches per call size, so that p99 is not just the single slowest one
@@ -125,6 +125,44 @@ def profile_pipeline(
 
 def best_row(profile: Sequence[ProfileRow]) -> ProfileRow:
     return max(profile, key=lambda row: row.items_per_s)
+
+
+LAYOUT_ITEMS = 256  # held-out inputs each way of using the cores computes, to compare them
+
+
+def replica_layout(
+    make_pipeline: Callable[[int], TextPipeline | TensorPipeline], texts: Sequence[Any], call_items: int, cores: int
+) -> tuple[ReplicaLayout, dict[str, float]]:
+    """How to use ``cores`` cores for this model: one replica computing with ``cores`` threads, or one
+    single-thread replica per core. Measured, not guessed: the same held-out inputs (in dynamic batches of
+    ``DYNAMIC_BATCH``, model calls of ``call_items``) through one pipeline with ``cores`` threads, and through
+    ``cores`` single-thread pipelines at once (one per Python thread: the runtimes release the GIL, so this is
+    what separate replicas get, minus their separate event loops). Returns the faster and both items/s."""
+    stream = [texts[i % len(texts)] for i in range(LAYOUT_ITEMS)]
+    batches = [stream[i : i + DYNAMIC_BATCH] for i in range(0, len(stream), DYNAMIC_BATCH)]
+
+    def drain(pipeline: TextPipeline | TensorPipeline, work: list[list[Any]]) -> None:
+        for batch in work:
+            pipeline.run(batch, max_items=call_items)
+
+    threaded = make_pipeline(cores)
+    drain(threaded, batches[:2])  # warm-up
+    started = time.perf_counter()
+    drain(threaded, batches)
+    threads_items_per_s = len(stream) / (time.perf_counter() - started)
+    singles = [make_pipeline(1) for _ in range(cores)]
+    for single in singles:
+        drain(single, batches[:2])
+    shares = [batches[i::cores] for i in range(cores)]
+    workers = [threading.Thread(target=drain, args=(p, share)) for p, share in zip(singles, shares, strict=True)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    replicas_items_per_s = len(stream) / (time.perf_counter() - started)
+    measured = {"threads_items_per_s": threads_items_per_s, "replicas_items_per_s": replicas_items_per_s}
+    return ("replicas" if replicas_items_per_s >= threads_items_per_s else "threads"), measured
 
 
 QUEUE_SECONDS = 1.0

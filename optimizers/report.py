@@ -54,6 +54,7 @@ def candidate_header(classifier: bool) -> list[str]:
         "cos p1",
         "cos min",
         "labelled acc" if classifier else "NN@10",
+        *([] if classifier else ["recall@10"]),
         "Pareto",
         "RSS growth MB",
         "budget",
@@ -77,6 +78,8 @@ def candidate_legend(classifier: bool) -> dict[str, str]:
             "cos min": "the lowest such cosine over the held-out texts (the worst single text)",
             "NN@10": "overlap of each text's 10 nearest neighbours among the held-out texts, candidate vs source "
             "(0..1; 1 = the same neighbours)",
+            "recall@10": "retrieval: share of queries (the first half of each held-out sentence's words) whose own "
+            "sentence is among their 10 nearest held-out sentences, candidate (source in brackets)",
         }
     )
     return {
@@ -88,6 +91,13 @@ def candidate_legend(classifier: bool) -> dict[str, str]:
         "RSS growth MB": "resident-memory growth while loading and profiling the candidate (MB; a growth, not a peak)",
         "budget": "whether the candidate meets the recipe's fidelity budget, or which limit it misses",
     }
+
+
+def _recall(fidelity: dict[str, Any]) -> str:
+    if fidelity.get("recall_at_10") is None:
+        return "-"
+    source = fidelity.get("source_recall_at_10")
+    return _num(fidelity["recall_at_10"]) + (f" ({_num(source)})" if source is not None else "")
 
 
 def _legend(entries: dict[str, str]) -> list[str]:
@@ -116,6 +126,7 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
                 _num(fid.get("cosine_p1")),
                 _num(fid.get("cosine_min")),
                 _num(fid.get("labelled_accuracy") if classifier else fid.get("nn_agreement_at10")),
+                *([] if classifier else [_recall(fid)]),
                 "yes" if c["pareto"] else "",
                 f"{best['peak_memory_mb']:.0f}" if best and best.get("peak_memory_mb") is not None else "-",
                 status,

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 import traceback
@@ -147,8 +148,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         options["autoscaling_config"] = {"min_replicas": int(low), "max_replicas": int(high)}
     elif args.replicas:
         options["num_replicas"] = args.replicas
+    if args.served_model_name:
+        if len(args.served_model_name) > len(args.package_dir):
+            raise UsageError("--served-model-name is given more often than there are packages")
+        options["served_names"] = list(args.served_model_name)
+    threads = args.threads
     if args.address is None:  # on a cluster, the host is bound on its nodes, not here
         _check_bind(args.host, args.port)
+        if not (args.autoscale or args.replicas or threads or args.num_gpus):
+            threads, replicas = _measured_layout(args.package_dir, args.num_cpus or os.cpu_count() or 1)
+            if replicas > 1:
+                options["num_replicas"] = replicas
     run_until_signalled(
         args.package_dir,
         args.host,
@@ -156,11 +166,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         overrides,
         address=args.address,
         num_cpus=args.num_cpus,
-        threads=args.threads,
+        threads=threads,
         ingress=args.ingress,
         **options,
     )
     return exit_codes.OK
+
+
+def _measured_layout(package_dirs: list[Path], cores: int) -> tuple[int | None, int]:
+    """(threads per replica, replicas) for a local server with no --replicas/--threads: what the first package's
+    chain measured on its machine (``serving.replica_layout``), applied to this one's cores; else (None, 1)."""
+    from serving.package import load_package
+
+    try:
+        layout = load_package(package_dirs[0]).manifest.serving.replica_layout
+    except OptiserveError:
+        return None, 1  # the launcher names the problem before anything starts
+    if layout == "replicas" and cores > 1:
+        log.info("layout: %d single-thread replicas (measured by the chain; --replicas or --threads override)", cores)
+        return 1, cores
+    if layout == "threads" and cores > 1:
+        log.info("layout: one replica with %d threads (measured by the chain; --replicas or --threads override)", cores)
+        return cores, 1
+    return None, 1
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -196,7 +224,7 @@ def _levels(text: str) -> list[int]:
     except ValueError:
         levels = []
     if not levels or min(levels) < 1:
-        raise OptiserveError(f"--sweep takes user counts like 1,2,4,8; got {text!r}")
+        raise UsageError(f"--sweep takes user counts like 1,2,4,8; got {text!r}")
     return levels
 
 
@@ -242,7 +270,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from optiserve.demo import run_demo
 
     if (args.baseline is None) != (args.optimized is None):
-        raise OptiserveError("give both --baseline and --optimized, or neither (the bundled model is optimized)")
+        raise UsageError("give both --baseline and --optimized, or neither (the bundled model is optimized)")
     comparison = run_demo(
         args.out,
         users=args.users,
@@ -274,7 +302,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         comparison = run_demo(args.out, users=args.users, duration_s=args.duration, port=args.port)
     if args.json:
         print(json.dumps({**comparison, "comparison": str(args.out / "comparison.md")}))
-    return 0 if comparison["ok"] else 1
+    return exit_codes.OK if comparison["ok"] else exit_codes.ERROR  # failed requests under load
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, default: str | None) -> None:
@@ -306,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model_dir",
         nargs="?",
         type=Path,
-        help="Hugging Face encoder or classifier directory, or an ONNX file with tokenizer.json beside it "
-        "(default: bundled MiniLM)",
+        help="Hugging Face encoder or classifier directory, an ONNX file with tokenizer.json beside it, or a hub id "
+        "(org/name) found in the local Hugging Face cache (default: bundled MiniLM)",
     )
     p.add_argument("--out", type=Path, required=True, help="package directory to write")
     p.add_argument("--baseline-out", type=Path, help="also write the unoptimized source as a package here")
@@ -347,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, help="items per dynamic batch (default: from the package)")
     p.add_argument("--batch-wait-s", type=float, help="max wait to fill a batch (default: from the package)")
     p.add_argument("--num-gpus", type=float, help="GPUs per replica, fractions allowed (default: 0, CPU)")
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        metavar="NAME",
+        help="the name clients use for the package in the same position (repeat for several; default: the "
+        "package's own)",
+    )
     p.add_argument("--replicas", type=int, help="fixed number of replicas (default: 1)")
     p.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
     p.add_argument(

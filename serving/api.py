@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
@@ -29,6 +29,11 @@ class TextRequest(BaseModel):
         f"and at most {LIMITS.max_input_chars} characters"
     )
     model: StrictStr | None = Field(default=None, description="which model; optional when only one fits the route")
+    truncate: StrictBool | None = Field(
+        default=None,
+        description="an input longer than the model's token limit: true cuts it (its item says truncated), false "
+        "answers 422 input_too_long; unset: the server's policy (OPTISERVE_ON_OVERFLOW)",
+    )
     user: StrictStr | None = None
 
     @field_validator("input", mode="before")
@@ -98,6 +103,12 @@ class EmbeddingsRequest(TextRequest):
 
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(default=None, gt=0)
+    prompt_name: StrictStr | None = Field(
+        default=None,
+        max_length=256,
+        description="a prompt the package declares (e.g. query, passage), prepended to every input; unset: the "
+        "package's default prompt, if it has one",
+    )
 
 
 class ClassifyRequest(TextRequest):

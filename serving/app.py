@@ -43,7 +43,7 @@ from serving.api import (
     shorten,
 )
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
-from serving.package import ServingDefaults, load_package
+from serving.package import ServingDefaults, UnknownPromptError, load_package
 from serving.replica import CacheUse, InferResult, ModelRunner, ServedModels
 from serving.version import __version__
 
@@ -95,8 +95,10 @@ async def docs_page() -> Response:
 class InferenceService(ServedModels):
     """OpenAI embeddings, classification, KServe v2 and Prometheus metrics for one or more packages."""
 
-    def __init__(self, package_dirs: list[str], threads: int | None = None) -> None:
-        super().__init__(package_dirs, threads)
+    def __init__(
+        self, package_dirs: list[str], threads: int | None = None, served_names: list[str | None] | None = None
+    ) -> None:
+        super().__init__(package_dirs, threads, served_names)
 
     def _resolve(self, request: Request, name: str | None, task: str, route: str) -> ModelRunner:
         """The model a text route's request names (or the only one with ``task``); labels its metrics."""
@@ -147,13 +149,16 @@ class InferenceService(ServedModels):
         request.scope[http.MODEL_LABELS_KEY] = runner.labels
         return runner
 
-    async def _infer(self, runner: ModelRunner, texts: list[Any], request: Request) -> InferResult:
+    async def _infer(
+        self, runner: ModelRunner, texts: list[Any], request: Request, truncate: bool | None = None
+    ) -> InferResult:
         encoder = runner.pipeline.encoder
-        if encoder is not None and self.limits.on_overflow == "reject" and (too_long := encoder.too_long(texts)):
+        reject = not truncate if truncate is not None else self.limits.on_overflow == "reject"
+        if encoder is not None and reject and (too_long := encoder.too_long(texts)):
             raise ApiError(
                 422,
                 f"input: item {too_long[0]} is longer than the model's {encoder.max_length} tokens "
-                "(this server rejects instead of truncating)",
+                f"({'the request said truncate: false' if truncate is False else 'this server does not truncate'})",
                 "invalid_request_error",
                 "input_too_long",
             )
@@ -173,7 +178,11 @@ class InferenceService(ServedModels):
                 "invalid_request_error",
                 "invalid_value",
             )
-        result = await self._infer(runner, body.texts(), request)
+        try:
+            texts = runner.manifest.apply_prompt(body.texts(), body.prompt_name)
+        except UnknownPromptError as exc:
+            raise ApiError(400, str(exc), "invalid_request_error", "unknown_prompt") from None
+        result = await self._infer(runner, texts, request, body.truncate)
         return json_response(
             embeddings_body(runner.name, result.outputs, result.tokens, result.truncated, body.encoding_format)
         )
@@ -182,7 +191,7 @@ class InferenceService(ServedModels):
     async def classify(self, request: Request) -> Response:
         body = http.parse_body(ClassifyRequest, await request.body())
         runner = self._resolve(request, body.model, "classification", "/v1/classify")
-        result = await self._infer(runner, body.texts(), request)
+        result = await self._infer(runner, body.texts(), request, body.truncate)
         return json_response(
             classification_body(runner.name, result.outputs, runner.manifest.labels, result.tokens, result.truncated)
         )
@@ -256,6 +265,7 @@ def build_app(
     num_gpus: float | None = None,
     num_replicas: int | None = None,
     autoscaling_config: dict[str, Any] | None = None,
+    served_names: list[str | None] | None = None,
 ) -> serve.Application:
     """Bind the deployment for one or more packages (model names must differ). ``max_ongoing_requests`` is set
     large enough for batches to fill; ``num_gpus`` (fractional allowed) reserves GPUs per replica; with
@@ -276,6 +286,9 @@ def build_app(
         "max_ongoing_requests": ongoing,
         # Last resort if the replica stops taking requests: Ray's router answers 503 past this many waiting.
         "max_queued_requests": MAX_ONGOING_REQUESTS,
+        # Serve's access log formats and writes a line per request in the replica (a few % of its CPU at
+        # thousands of requests/s); optiserve_requests_total counts them all anyway.
+        "logging_config": {"enable_access_log": settings.ACCESS_LOG.get()},
         # A replica that stops answering (stalled, wedged runtime) fails 3 checks in a row within
         # period + 3 x timeout (17 s) and is replaced (Ray's defaults, 10 s / 30 s, take up to 100 s).
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
@@ -292,7 +305,7 @@ def build_app(
     elif num_replicas is not None:
         options["num_replicas"] = num_replicas
     deployment: Any = InferenceService  # a Ray Serve Deployment (its decorator is untyped)
-    return deployment.options(**options).bind(dirs, threads)
+    return deployment.options(**options).bind(dirs, threads, served_names)
 
 
 APP_BUILDER_ARGS = {

@@ -40,7 +40,7 @@ def model_metadata(runner: ModelRunner) -> dict[str, Any]:
         else [{"name": "embedding", "datatype": "FP32", "shape": [-1, m.output_dim]}]
     )
     return {
-        "name": m.name,
+        "name": runner.name,
         "versions": [m.version],
         "platform": platform_name(m.runtime),
         "inputs": [input_metadata(m)],

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -256,7 +257,9 @@ class StopSignal:
         self.event.wait()
 
 
-def warn_about_hardware(package_dirs: list[Path] | list[str]) -> list[Manifest]:
+def warn_about_hardware(
+    package_dirs: Sequence[Path | str], served_names: list[str | None] | None = None
+) -> list[Manifest]:
     """Verify each package before Ray starts (the directory exists, the package loads, model names differ;
     :class:`~serving.errors.PackageError` otherwise), and say once (here, besides each replica's log) when this
     machine lacks a hardware feature a package's profile relied on. Returns the manifests, in order."""
@@ -265,12 +268,16 @@ def warn_about_hardware(package_dirs: list[Path] | list[str]) -> list[Manifest]:
     from serving.package import load_package
 
     manifests: list[Manifest] = []
-    for directory in package_dirs:
+    names: list[str] = []
+    served = list(served_names or [])
+    for index, directory in enumerate(package_dirs):
         if not Path(directory).is_dir():
             raise PackageError(f"{directory}: no such package directory")
         manifest = load_package(directory).manifest
-        if any(m.name == manifest.name for m in manifests):
-            raise PackageError(f"two packages serve the model name {manifest.name!r} ({directory}); names must differ")
+        name = (served[index] if index < len(served) else None) or manifest.name
+        if name in names:
+            raise PackageError(f"two packages serve the model name {name!r} ({directory}); names must differ")
+        names.append(name)
         manifests.append(manifest)
         if warning := serving_mismatch(manifest.requires, manifest.hardware, detect()):
             print(f"warning: {manifest.name} ({directory}): {warning}", flush=True)
@@ -311,7 +318,7 @@ def run_until_signalled(
     """Verify the packages, start, deploy, print where and which routes answer, and serve until SIGINT/SIGTERM;
     then shut Serve and Ray down. ``options`` go to :meth:`Server.deploy`. The docs page (``OPTISERVE_DOCS``) is
     on by default when ``host`` is a loopback address."""
-    manifests = warn_about_hardware(package_dirs)
+    manifests = warn_about_hardware(package_dirs, options.get("served_names"))
     docs = settings.DOCS.get()
     if docs == "auto":
         docs = "1" if _is_loopback(host) else "0"

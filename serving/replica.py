@@ -57,12 +57,12 @@ class ModelRunner:
     """Loads and verifies a package, runs texts through it in fair dynamic batches (serving/scheduler.py), admits
     requests by their estimated work, records batch metrics."""
 
-    def __init__(self, package_dir: str, threads: int | None = None) -> None:
+    def __init__(self, package_dir: str, threads: int | None = None, name: str | None = None) -> None:
         package = load_package(package_dir)
         self.manifest: Manifest = package.manifest
-        self.name = self.manifest.name
+        self.name = name or self.manifest.name  # the name clients use (``--served-model-name``), else the package's
         self.pipeline = load_pipeline(package, threads)
-        self.labels = {"model": self.manifest.name, "version": self.manifest.version}
+        self.labels = {"model": self.name, "version": self.manifest.version}
         self._metrics = metrics()
         self._metrics.model_info.labels(
             **self.labels,
@@ -206,13 +206,8 @@ class ModelRunner:
                 raise OverloadedError(f"about {ahead_s:.2f} s of work is ahead (limit {settings.max_queued_s:g} s)")
             if batcher.pending_items + len(texts) > settings.max_queued_items:
                 raise OverloadedError(f"{batcher.pending_items} items are queued (limit {settings.max_queued_items})")
-        queued = self._metrics.queued_items.labels(**self.labels)
-        queued.inc(len(texts))
         self._wait.arrived(len(texts))
-        try:
-            return await batcher.submit(texts, units)
-        finally:
-            queued.dec(len(texts))
+        return await batcher.submit(texts, units)
 
     def _record_cache(self, hits: int = 0, misses: int = 0, seconds: float | None = None) -> None:
         m, labels = self._metrics, self.labels
@@ -233,11 +228,14 @@ class ModelRunner:
         """Run one dynamic batch on the worker thread; record its metrics and what it cost."""
         started = time.perf_counter()
         m, labels, settings = self._metrics, self.labels, self.settings
+        queued = m.queued_items.labels(**labels)
+        queued.set(self._batcher.pending_items)  # set per batch, not per request: a metric write costs a syscall
         distinct = list(dict.fromkeys(texts)) if self.pipeline.encoder is not None else texts
         outputs, stats = await asyncio.get_running_loop().run_in_executor(
             self._executor, self.pipeline.run, distinct, settings.max_call_items, settings.max_batch_tokens
         )
         elapsed = time.perf_counter() - started
+        queued.set(self._batcher.pending_items - len(texts))  # this batch's items are answered next
         m.inference_duration.labels(**labels).observe(elapsed)
         m.batch_size.labels(**labels).observe(stats.items)
         m.batch_tokens.labels(**labels).observe(stats.real_tokens)
@@ -321,13 +319,16 @@ class ServedModels:
     :meth:`reconfigure` with the deployment's ``user_config``: batching keys at the top level apply to every
     model, and ``models: {name: {...}}`` overrides them per model."""
 
-    def __init__(self, package_dirs: list[str], threads: int | None = None) -> None:
+    def __init__(
+        self, package_dirs: list[str], threads: int | None = None, served_names: list[str | None] | None = None
+    ) -> None:
         from serving.limits import LIMITS
 
         self.limits = LIMITS  # this process's limits (methods of Serve's ingress class must not read globals)
         self.models: dict[str, ModelRunner] = {}
-        for package_dir in package_dirs:
-            runner = ModelRunner(package_dir, threads)
+        names = list(served_names or []) + [None] * (len(package_dirs) - len(served_names or []))
+        for package_dir, name in zip(package_dirs, names, strict=True):
+            runner = ModelRunner(package_dir, threads, name)
             if runner.name in self.models:
                 raise ValueError(f"two packages serve the model name {runner.name!r}; names must be unique")
             self.models[runner.name] = runner

@@ -29,7 +29,13 @@ RunBatch = Callable[[list[Any]], Awaitable[list[Any]]]
 
 
 class WorkMeter:
-    """Seconds of model work per unit (a token for text, an item for tensors), smoothed over recent batches."""
+    """Seconds of model work per unit (a token for text, an item for tensors), smoothed over recent batches.
+
+    One batch moves the estimate at most ``MAX_STEP`` times up or down: the first batch of a new shape can be
+    many times slower (OpenVINO and oneDNN compile kernels per shape), and one such outlier must not make the
+    replica refuse requests as if it had become that slow."""
+
+    MAX_STEP = 4.0
 
     def __init__(self, seconds_per_unit: float, smoothing: float = 0.2) -> None:
         if seconds_per_unit <= 0:
@@ -40,8 +46,9 @@ class WorkMeter:
     def record(self, units: int, seconds: float) -> None:
         """Fold one batch (``units`` of work done in ``seconds``) into the estimate."""
         if units > 0 and seconds > 0:
-            observed = seconds / units
-            self.seconds_per_unit += self.smoothing * (observed - self.seconds_per_unit)
+            current = self.seconds_per_unit
+            observed = min(max(seconds / units, current / self.MAX_STEP), current * self.MAX_STEP)
+            self.seconds_per_unit += self.smoothing * (observed - current)
 
     def seconds(self, units: int) -> float:
         return units * self.seconds_per_unit

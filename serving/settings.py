@@ -115,6 +115,14 @@ MAX_BODY_BYTES = _declare(
     "OPTISERVE_MAX_BODY_BYTES", integer(1), 16 * 1024 * 1024, "request body limit (413 past it)", "server"
 )
 MAX_INPUTS = _declare("OPTISERVE_MAX_INPUTS", integer(1), 2048, "inputs per request (413 past it)", "server")
+ACCESS_LOG = _declare(
+    "OPTISERVE_ACCESS_LOG",
+    flag,
+    False,
+    "1: Ray Serve writes an access-log line per request in each replica's log (off: optiserve_requests_total "
+    "counts every request, and the line costs replica CPU at high request rates)",
+    "server",
+)
 BODY_TIMEOUT_S = _declare(
     "OPTISERVE_BODY_TIMEOUT_S",
     number(above=0),

@@ -283,3 +283,9 @@ def test_optimize_on_the_users_own_text_uses_it_for_every_split(
     assert report["data"]["source"] == str(data.resolve()) and report["data"]["seed"] == 0
     assert report["data"]["splits"] == {"train": 90, "validation": 15, "calibration": 15, "heldout": 30}
     assert report["heldout_samples"] == 30 and "support-tickets.jsonl" in capsys.readouterr().out
+
+
+def test_more_served_model_names_than_packages_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    code = main(["serve", str(tmp_path), "--served-model-name", "a", "--served-model-name", "b"])
+    assert code == exit_codes.USAGE
+    assert "--served-model-name" in capsys.readouterr().err

@@ -396,3 +396,22 @@ def test_a_users_onnx_file_is_optimized_without_export(tiny_source, tiny_onnx, t
     out, _ = TextPipeline.from_package(package, threads=1).run(TEXTS)
     assert out.shape == (len(TEXTS), 32)
     assert load_package(tmp_path / "baseline").manifest.version == "onnx-source"
+
+
+def test_the_chain_measures_the_replica_layout_and_serve_applies_it(classifier_package) -> None:
+    import os
+
+    from optiserve.cli import _measured_layout
+
+    measured = classifier_package.report["replica_layout"]
+    layout = classifier_package.package.manifest.serving.replica_layout
+    if (os.cpu_count() or 1) < 2:
+        assert measured is None and layout is None
+        return
+    assert layout == measured["chosen"] and layout in ("replicas", "threads")
+    assert measured["replicas_items_per_s"] > 0 and measured["threads_items_per_s"] > 0
+    faster = max(("replicas", "threads"), key=lambda name: measured[f"{name}_items_per_s"])
+    assert layout == faster
+    threads, replicas = _measured_layout([classifier_package.package.root], cores=4)
+    assert (threads, replicas) == ((1, 4) if layout == "replicas" else (4, 1))
+    assert _measured_layout([classifier_package.package.root], cores=1) == (None, 1)

@@ -131,6 +131,8 @@ def test_the_work_meter_follows_what_batches_cost() -> None:
     assert meter.seconds(100) == pytest.approx(1.0, rel=1e-3)
     meter.record(units=0, seconds=5.0)  # nothing to learn from
     assert meter.seconds(100) == pytest.approx(1.0, rel=1e-3)
+    meter.record(units=100, seconds=1000.0)  # one batch that compiled its kernels: a bounded step, not 1000x
+    assert meter.seconds(100) == pytest.approx(1.0 + 0.5 * (4.0 - 1.0), rel=1e-3)
     with pytest.raises(ValueError):
         WorkMeter(0.0)
 

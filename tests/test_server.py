@@ -282,6 +282,13 @@ def test_haproxy_wrapper_rebinds_all_interface_listeners(tmp_path) -> None:
     assert binds == ["bind 127.0.0.1:9101", "bind 127.0.0.1:8404", "bind 10.0.0.5:80"]
 
 
+def _items_computed(server) -> float:
+    """Items the model computed so far (``optiserve_batch_size`` is observed once per batch with its size)."""
+    return sum(
+        s.value for s in _metric_samples(server).get("optiserve_batch_size_sum", []) if s.labels["model"] == MODEL
+    )
+
+
 def _counter(server, name: str) -> float:
     return sum(s.value for s in _metric_samples(server).get(f"{name}_total", []) if s.labels.get("model") == MODEL)
 
@@ -306,7 +313,7 @@ def test_the_response_cache_answers_repeats_identically_and_follows_cache_contro
     server = cached
     text = "a sentence the response cache test sends again and again"
     hits, misses = _counter(server, "optiserve_cache_hits"), _counter(server, "optiserve_cache_misses")
-    computed = _metric_samples(server)["optiserve_batch_size_sum"][0].value
+    computed = _items_computed(server)
 
     def vectors(body: object, headers: dict[str, str] | None = None) -> np.ndarray:
         response = _post(server, body, headers=headers)
@@ -318,7 +325,7 @@ def test_the_response_cache_answers_repeats_identically_and_follows_cache_contro
     assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[0])
     assert _counter(server, "optiserve_cache_hits") - hits == 2  # the repeat of the earlier text, twice
     assert _counter(server, "optiserve_cache_misses") - misses == 2  # the first request, and "another sentence"
-    after_hits = _metric_samples(server)["optiserve_batch_size_sum"][0].value
+    after_hits = _items_computed(server)
     assert after_hits - computed == 2  # two distinct texts ever computed
 
     fresh = vectors({"input": text}, {"Cache-Control": "no-cache"})  # computed afresh: agrees within tolerance
@@ -329,7 +336,33 @@ def test_the_response_cache_answers_repeats_identically_and_follows_cache_contro
     assert _cosines(first, direct[:1])[0] > 0.999
     vectors({"input": "never stored"}, NO_STORE)
     vectors({"input": "never stored"}, NO_STORE)
-    assert _metric_samples(server)["optiserve_batch_size_sum"][0].value - after_hits == 3  # no-cache + 2 no-store
+    assert _items_computed(server) - after_hits == 3  # no-cache + 2 no-store
     assert _counter(server, "optiserve_cache_hits") - hits == 2
     entries = [s.value for s in _metric_samples(server)["optiserve_cache_entries"] if s.labels["model"] == MODEL]
     assert sum(entries) >= 2 and tolerance["entries"] >= 2
+
+
+def test_truncate_per_request_overrides_the_server_policy(server) -> None:
+    long_text = " ".join(["token"] * 400)  # past MiniLM's 256 tokens; the session's server truncates by default
+    refused = _post(server, {"input": ["short", long_text], "truncate": False})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "input_too_long"
+    assert "truncate: false" in refused.json()["error"]["message"]
+    cut = _post(server, {"input": long_text, "truncate": True})
+    assert cut.status_code == 200 and cut.json()["data"][0]["truncated"] is True
+    assert _post(server, {"input": "x", "truncate": "yes"}).status_code == 422  # a boolean, not a string
+
+
+def test_a_package_can_be_served_under_another_name(server, minilm_packages) -> None:
+    package = minilm_packages.package.root
+    try:
+        server.deploy(package, served_names=["my-embedder"])
+        listed = [m["id"] for m in httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]]
+        named = _post(server, {"input": "hello", "model": "my-embedder"})
+        old_name = _post(server, {"input": "hello", "model": MODEL})
+        metadata = httpx.get(f"{server.url}/v2/models/my-embedder", timeout=10)
+    finally:
+        server.deploy(package)
+    assert listed == ["my-embedder"]
+    assert named.status_code == 200 and named.json()["model"] == "my-embedder"
+    assert old_name.status_code == 404
+    assert metadata.status_code == 200 and metadata.json()["name"] == "my-embedder"

@@ -1,0 +1,78 @@
+"""Encoder families served over HTTP: RoBERTa-style packages (no token types, their own pad id, CLS and last-token
+pooling, declared prompts) optimized by the chain, deployed next to each other on the session's Ray Serve
+instance, and answering like their packages' own pipelines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from corpus import load_split
+from optimizers.chain import optimize
+from serving.package import ModelPackage
+from serving.pipeline import TextPipeline
+from tests._families import build_family
+
+pytestmark = pytest.mark.serve
+RECIPE = Path(__file__).resolve().parent / "recipes" / "families-ci.yaml"
+TEXTS = load_split("heldout")[:24]
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+SERVED = {"xlm-roberta": "cls", "mpnet": "lasttoken"}  # family -> pooling
+
+
+@pytest.fixture(scope="module")
+def family_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelPackage]:
+    root = tmp_path_factory.mktemp("served-families")
+    packages = {}
+    for family, pooling in SERVED.items():
+        source = build_family(family, root / f"{family}-source", pooling=pooling, prompts=PROMPTS)
+        packages[family] = optimize(source, root / family, profile_items=16, recipe=RECIPE).package
+    return packages
+
+
+@pytest.fixture(scope="module")
+def families(server, minilm_packages, family_packages) -> Iterator:
+    try:
+        server.deploy([p.root for p in family_packages.values()])
+        yield server
+    finally:
+        server.deploy(minilm_packages.package.root)
+
+
+def _vectors(server, body: dict) -> np.ndarray:
+    response = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("family", list(SERVED))
+def test_a_family_package_serves_its_pipeline_s_vectors_with_and_without_a_prompt(
+    families, family_packages, family: str
+) -> None:
+    package = family_packages[family]
+    name = package.manifest.name
+    direct = TextPipeline.from_package(package, threads=1)
+    settings = package.manifest.serving
+    served = _vectors(families, {"input": TEXTS, "model": name})
+    assert _cosines(served, direct.run_as_served(TEXTS, settings)).min() >= 0.999
+    prompted = _vectors(families, {"input": TEXTS[:4], "model": name, "prompt_name": "query"})
+    expected = direct.run_as_served(package.manifest.apply_prompt(TEXTS[:4], "query"), settings)
+    assert _cosines(prompted, expected).min() >= 0.999
+
+
+def test_an_unknown_prompt_is_a_json_400(families, family_packages) -> None:
+    name = family_packages["xlm-roberta"].manifest.name
+    response = httpx.post(
+        f"{families.url}/v1/embeddings", json={"input": "x", "model": name, "prompt_name": "doc"}, timeout=30
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "unknown_prompt" and "passage, query" in error["message"]
