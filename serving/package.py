@@ -180,7 +180,7 @@ class ServingDefaults(_Strict):
         default=512, gt=0, description="items waiting or running in a replica before new requests get 503"
     )
     max_queued_s: float = Field(
-        default=1.0,
+        default=2.0,
         gt=0,
         description="a request that would wait behind more than this many estimated seconds of work gets 503",
     )

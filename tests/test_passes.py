@@ -295,7 +295,7 @@ def test_pareto_front_and_serving_config_from_the_profile() -> None:
     ]
     config = serving_defaults(profile, token_p99=40)
     assert (config.max_call_items, config.max_batch_tokens, config.batch_wait_timeout_s) == (4, 160, 0.003)
-    assert config.max_batch_size == 32 and (config.max_queued_s, config.max_queued_items) == (1.0, 4096)
+    assert config.max_batch_size == 32 and (config.max_queued_s, config.max_queued_items) == (2.0, 4096)
 
 
 def _tiny_recipe(budget: dict | None = None) -> Recipe:
