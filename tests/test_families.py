@@ -250,13 +250,13 @@ def test_recall_at_10_and_its_budget() -> None:
     measured, and a budget's ``min_recall_at_10`` limits it (unset: not judged)."""
     rng = np.random.default_rng(0)
     passages = rng.normal(size=(50, 16))
-    assert recall_at_k(passages + 0.01 * rng.normal(size=passages.shape), passages) == 1.0
+    assert recall_at_k(passages + 0.01 * rng.normal(size=passages.shape), passages) > 0.99  # every query finds its own
     assert recall_at_k(rng.normal(size=(50, 16)), passages) < 0.5
     assert retrieval_queries(["one two three four five", "single"]) == ["one two", "single"]
 
     candidate = passages + 0.05 * rng.normal(size=passages.shape)
     fidelity = output_fidelity(passages, candidate, task="embedding", queries=(passages, rng.normal(size=(50, 16))))
-    assert fidelity.source_recall_at_10 == 1.0 and fidelity.recall_at_10 is not None
+    assert fidelity.source_recall_at_10 > 0.99 and fidelity.recall_at_10 is not None
     assert fidelity.recall_at_10 < 0.5 and fidelity.judged_by == ("cosine_mean", "cosine_min", "recall_at_10")
     assert FidelityBudget(min_cosine_mean=0.9, min_cosine_min=0.9).admits(fidelity)
     strict = FidelityBudget(min_cosine_mean=0.9, min_cosine_min=0.9, min_recall_at_10=0.9)
