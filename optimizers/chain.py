@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from optimizers.cache import StepCache
-from optimizers.datasets import Splits, load_dataset, user_text
+from optimizers.datasets import Splits, load_dataset, rerank_splits, user_text
 from optimizers.evaluate import OutputsEvaluator, evaluate, quick_measure, runtime_options, token_p99
 from optimizers.fidelity import fidelity_score
 from optimizers.packaging import relied_on_features, write_candidate_package
@@ -86,9 +86,9 @@ def _load_recipe(recipe: str | Path | Recipe, profile_items: int | None) -> Reci
 def _load_data(source: SourceModel, recipe: Recipe, data_file: Path | None) -> Splits:
     if data_file is not None and source.tokenizer is None:
         raise OptiserveError(f"--data {data_file}: this model takes tensors, not text; name a dataset in the recipe")
-    if data_file:
-        return user_text(data_file)
-    return load_dataset(recipe.dataset or ("corpus" if source.tokenizer else "digits"))
+    default = recipe.dataset or ("corpus" if source.tokenizer else "digits")
+    data = user_text(data_file) if data_file else load_dataset(default)
+    return rerank_splits(data) if source.task == "rerank" else data
 
 
 def _stage(number: int, text: str) -> None:

@@ -131,6 +131,20 @@ def user_text(path: Path) -> Splits:
     )
 
 
+def rerank_splits(splits: Splits) -> Splits:
+    """``splits`` of texts as a reranker's (query, document) pairs, each split by itself
+    (:func:`optimizers.fidelity.rerank_pairs`)."""
+    from optimizers.fidelity import rerank_pairs
+
+    return Splits(
+        train=rerank_pairs(splits.train),
+        validation=rerank_pairs(splits.validation),
+        calibration=rerank_pairs(splits.calibration),
+        heldout=rerank_pairs(splits.heldout),
+        origin={**splits.origin, "pairs": "rerank_pairs: a query (half of a passage) with 8 passages, its own first"},
+    )
+
+
 def digits() -> Splits:
     """scikit-learn's 8x8 handwritten digits (1,797 images, shipped with scikit-learn), scaled to [0, 1], each
     item shaped (1, 8, 8); shuffled once with a fixed seed, then cut into 997 / 200 / 200 / 400."""

@@ -203,12 +203,6 @@ def evaluate(
         outputs = pipeline.run_as_served(heldout, settings)
         query_outputs = evaluator.query_outputs(pipeline, heldout, settings)
         candidate.fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels, query_outputs)
-        recall = candidate.fidelity.recall_at_10
-        log.info(
-            "%-28s cosine mean %.4f min %.4f%s  %.0f items/s",
-            candidate.name,
-            candidate.fidelity.cosine_mean,
-            candidate.fidelity.cosine_min,
-            f"  recall@10 {recall:.3f}" if recall is not None else "",
-            candidate.items_per_s,
-        )
+        fidelity = candidate.fidelity
+        judged = "  ".join(f"{name} {getattr(fidelity, name):.4f}" for name in fidelity.judged_by)
+        log.info("%-28s %s  %.0f items/s", candidate.name, judged, candidate.items_per_s)

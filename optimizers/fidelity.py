@@ -7,6 +7,11 @@ own passage is among the 10 passages nearest to it by cosine, among all held-out
 It is measured for the source and for the candidate on the same pairs, so a drop is the candidate's doing. The
 pairs need nothing but the held-out split (any user's ``--data`` too): a query shares words with its passage,
 as real queries mostly do, and must find it among texts on the same subjects.
+
+For rerankers the held-out data is (query, document) pairs in groups of :data:`RERANK_GROUP`, one group per query
+(:func:`rerank_pairs`): the query is the first half of one passage's words and its documents are that passage and
+the passages after it. Fidelity is then per query: how alike the source's and the candidate's rankings of its
+documents are (Kendall tau, :func:`kendall_tau`) and whether the top document is the same.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import numpy as np
 
 from serving.package import Fidelity
 
-Task = Literal["embedding", "classification", "tensor"]
+Task = Literal["embedding", "classification", "rerank", "tensor"]
 NEIGHBOURS = 10
 RECALL_K = 10
+RERANK_GROUP = 8  # documents per query in a reranker's check
 
 
 def retrieval_queries(passages: list[str]) -> list[str]:
@@ -30,6 +36,56 @@ def retrieval_queries(passages: list[str]) -> list[str]:
         words = passage.split()
         queries.append(" ".join(words[: max(1, len(words) // 2)]) or passage)
     return queries
+
+
+def rerank_pairs(passages: list[str], group: int = RERANK_GROUP) -> list[tuple[str, str]]:
+    """(query, document) pairs, ``group`` per query, as many as there are passages (cut to a multiple of
+    ``group``): for each block of ``group`` passages, the query of its first (:func:`retrieval_queries`) with each
+    passage of the block, its own first."""
+    pairs = []
+    for start in range(0, len(passages) - group + 1, group):
+        block = passages[start : start + group]
+        (query,) = retrieval_queries(block[:1])
+        pairs += [(query, document) for document in block]
+    return pairs
+
+
+def kendall_tau(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Kendall's tau (tau-a: a tie in either counts as neither agreeing nor disagreeing) between the rows of two
+    (queries, documents) score matrices: 1 where the two order every pair of a query's documents alike."""
+
+    def signs(x: np.ndarray) -> np.ndarray:
+        return np.sign(x[:, :, None] - x[:, None, :])
+
+    documents = reference.shape[1]
+    if documents < 2:
+        return np.ones(len(reference))
+    return (signs(reference) * signs(candidate)).sum(axis=(1, 2)) / (documents * (documents - 1))
+
+
+def ranking_fidelity(reference: np.ndarray, candidate: np.ndarray, group: int = RERANK_GROUP) -> Fidelity:
+    """A reranker's fidelity on :func:`rerank_pairs` scores (one logit per pair, in order): per query, the cosine
+    of its score vectors, Kendall tau and top-1 agreement; a trailing partial group is left out."""
+    if reference.shape != candidate.shape or reference.ndim != 2 or reference.shape[1] != 1:
+        raise ValueError(f"reranker scores must be two equal (pairs, 1) arrays: {reference.shape}, {candidate.shape}")
+    queries = len(reference) // group
+    if queries < 1:
+        raise ValueError(f"{len(reference)} pairs make no whole group of {group} documents")
+    ref = reference[: queries * group, 0].reshape(queries, group).astype(np.float64)
+    cand = candidate[: queries * group, 0].reshape(queries, group).astype(np.float64)
+    cosine = np.einsum("ij,ij->i", _unit(ref), _unit(cand))
+    error = np.abs(cand - ref)
+    scale = np.abs(ref).max()
+    return Fidelity(
+        cosine_mean=float(cosine.mean()),
+        cosine_p1=float(np.percentile(cosine, 1)),
+        cosine_min=float(cosine.min()),
+        samples=queries,
+        top1_agreement=float((ref.argmax(1) == cand.argmax(1)).mean()),
+        kendall_tau=float(kendall_tau(ref, cand).mean()),
+        max_abs_error=float(error.max()),
+        max_rel_error=float(error.max() / scale) if scale > 0 else 0.0,
+    )
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -84,7 +140,10 @@ def output_fidelity(
     """Row-wise cosine between two (n, dim) output matrices (mean, 1st percentile, minimum) and max absolute /
     relative error; for classifiers (``task="classification"`` or ``top1``) top-1 agreement and, given true
     ``labels``, accuracy; for embeddings, nearest-neighbour agreement@10 and, given ``queries`` (the source's
-    and the candidate's outputs for :func:`retrieval_queries` of the same inputs), recall@10 of each."""
+    and the candidate's outputs for :func:`retrieval_queries` of the same inputs), recall@10 of each; for rerankers
+    (``task="rerank"``), :func:`ranking_fidelity`."""
+    if task == "rerank":
+        return ranking_fidelity(reference, candidate)
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     classifier = top1 or task == "classification"

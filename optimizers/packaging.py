@@ -118,6 +118,7 @@ def _fill_package(
         default_prompt_name=source.default_prompt_name,
         embedding_dim=source.output_dim if source.task == "embedding" else None,
         labels=list(source.labels),
+        score_activation=source.score_activation,
         fidelity=candidate.fidelity,
         budget=budget,
         profile=candidate.profile,

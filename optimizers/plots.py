@@ -19,6 +19,14 @@ CALL_LABEL = "items per model call (batches of max(32, call) items)"
 LATENCY_LABEL = "ms per batch (p50, p99)"
 
 
+# Per task: the y axis of the fidelity figure (Fidelity.score) and the budget limit drawn on it.
+SCORE_AXIS = {
+    "classification": ("top-1 agreement vs source (0..1)", "min_top1_agreement"),
+    "rerank": ("Kendall tau of each query's ranking vs source (-1..1)", "min_kendall_tau"),
+    "embedding": ("cosine mean vs source (0..1)", "min_cosine_mean"),
+}
+
+
 def _score(candidate: dict[str, Any]) -> float:
     return fidelity_score(candidate["fidelity"])
 
@@ -30,7 +38,7 @@ def _marker(candidate: dict[str, Any], report: dict[str, Any]) -> str:
 def fidelity_figure(report: dict[str, Any]) -> Figure:
     """Fidelity vs throughput: each candidate a numbered point, named in the legend (no overlapping labels)."""
     built = [c for c in report["candidates"] if c["fidelity"]]
-    classifier = report["task"] == "classification"
+    task = report["task"]
     fig = Figure(figsize=(9, 4.8))
     ax = fig.add_subplot()
     for number, c in enumerate(built, start=1):
@@ -41,10 +49,12 @@ def fidelity_figure(report: dict[str, Any]) -> Figure:
         ax.annotate(str(number), (x, y), fontsize=8, xytext=(4, 3 + 7 * (number % 2)), textcoords="offset points")
     front = sorted((c for c in built if c["pareto"]), key=lambda c: c["items_per_s"])
     ax.plot([c["items_per_s"] for c in front], [_score(c) for c in front], "--", color="grey", label="Pareto front")
-    limit = report["budget"]["min_top1_agreement" if classifier else "min_cosine_mean"]
-    ax.axhline(limit, color="tab:red", linewidth=0.8, label="budget")
+    score, limit_name = SCORE_AXIS.get(task, SCORE_AXIS["embedding"])
+    limit = report["budget"].get(limit_name)
+    if limit is not None:
+        ax.axhline(limit, color="tab:red", linewidth=0.8, label="budget")
     ax.set_xlabel(THROUGHPUT_LABEL)
-    ax.set_ylabel("top-1 agreement vs source (0..1)" if classifier else "cosine mean vs source (0..1)")
+    ax.set_ylabel(score)
     ax.set_title(f"{report['source']['name']}: fidelity vs throughput (green: within budget, *: selected)", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0)
     fig.tight_layout()

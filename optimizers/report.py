@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizers.fidelity import fidelity_score
+from serving.package import Fidelity
 
 NAN = float("nan")
 
@@ -42,7 +43,17 @@ PROFILE_LEGEND = {
 }
 
 
-def candidate_header(classifier: bool) -> list[str]:
+# Per task: the column of the score that ranks candidates (Fidelity.score) and a fourth fidelity column, with the
+# Fidelity field each shows.
+SCORE_COLUMN = {"classification": "top-1 agree", "rerank": "Kendall tau"}
+FOURTH_COLUMN = {
+    "classification": ("labelled acc", "labelled_accuracy"),
+    "rerank": ("top-1 agree", "top1_agreement"),
+    "embedding": ("NN@10", "nn_agreement_at10"),
+}
+
+
+def candidate_header(task: str) -> list[str]:
     """The candidate table's columns, each naming its unit and scope."""
     return [
         "candidate",
@@ -50,37 +61,51 @@ def candidate_header(classifier: bool) -> list[str]:
         "size MB",
         "items/s (best)",
         "best items per call",
-        "top-1 agree" if classifier else "cos mean",
+        SCORE_COLUMN.get(task, "cos mean"),
         "cos p1",
         "cos min",
-        "labelled acc" if classifier else "NN@10",
-        *([] if classifier else ["recall@10"]),
+        FOURTH_COLUMN.get(task, FOURTH_COLUMN["embedding"])[0],
+        *(["recall@10"] if task == "embedding" else []),
         "Pareto",
         "RSS growth MB",
         "budget",
     ]
 
 
-def candidate_legend(classifier: bool) -> dict[str, str]:
+RERANK_LEGEND = {
+    "Kendall tau": "per query (half of a held-out sentence, with 8 held-out sentences as its documents), how alike "
+    "the candidate's ranking of the documents is to the source's: 1 = the same order, 0 = unrelated; the mean",
+    "cos p1": "1st percentile of the cosine similarity of each query's vector of scores to the source's",
+    "cos min": "the lowest such cosine over the queries",
+    "top-1 agree": "share of queries whose top document is the source model's (0..1)",
+}
+
+
+def candidate_legend(task: str) -> dict[str, str]:
     """One line per column of the candidate table."""
+    classifier = task == "classification"
     fidelity = (
-        {
-            "top-1 agree": "share of held-out texts whose top label matches the source model's (0..1)",
-            "cos p1": "1st percentile of the cosine similarity of the candidate's logits to the source's over the "
-            "held-out texts (99% of texts are at least this close)",
-            "cos min": "lowest cosine similarity of the candidate's logits to the source's over the held-out texts",
-            "labelled acc": "accuracy against the held-out labels, where the data has them",
-        }
-        if classifier
-        else {
-            "cos mean": "mean cosine similarity of each held-out embedding to the source model's (1 = identical)",
-            "cos p1": "1st percentile of those cosines (99% of held-out texts are at least this close)",
-            "cos min": "the lowest such cosine over the held-out texts (the worst single text)",
-            "NN@10": "overlap of each text's 10 nearest neighbours among the held-out texts, candidate vs source "
-            "(0..1; 1 = the same neighbours)",
-            "recall@10": "retrieval: share of queries (the first half of each held-out sentence's words) whose own "
-            "sentence is among their 10 nearest held-out sentences, candidate (source in brackets)",
-        }
+        RERANK_LEGEND
+        if task == "rerank"
+        else (
+            {
+                "top-1 agree": "share of held-out texts whose top label matches the source model's (0..1)",
+                "cos p1": "1st percentile of the cosine similarity of the candidate's logits to the source's over the "
+                "held-out texts (99% of texts are at least this close)",
+                "cos min": "lowest cosine similarity of the candidate's logits to the source's over the held-out texts",
+                "labelled acc": "accuracy against the held-out labels, where the data has them",
+            }
+            if classifier
+            else {
+                "cos mean": "mean cosine similarity of each held-out embedding to the source model's (1 = identical)",
+                "cos p1": "1st percentile of those cosines (99% of held-out texts are at least this close)",
+                "cos min": "the lowest such cosine over the held-out texts (the worst single text)",
+                "NN@10": "overlap of each text's 10 nearest neighbours among the held-out texts, candidate vs source "
+                "(0..1; 1 = the same neighbours)",
+                "recall@10": "retrieval: share of queries (the first half of each held-out sentence's words) whose own "
+                "sentence is among their 10 nearest held-out sentences, candidate (source in brackets)",
+            }
+        )
     )
     return {
         "size MB": "size of the model files in the package, in MB (10^6 bytes)",
@@ -104,14 +129,14 @@ def _legend(entries: dict[str, str]) -> list[str]:
     return [*(f"- **{name}**: {meaning}" for name, meaning in entries.items()), ""]
 
 
-def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]:
+def _candidate_rows(report: dict[str, Any], task: str) -> list[list[str]]:
     rows = []
     for c in report["candidates"]:
         fid = c["fidelity"] or {}
         name = f"**{c['name']}**" if c["name"] == report["selected"] else c["name"]
         best = max(c["profile"], key=lambda r: r["items_per_s"]) if c["profile"] else None
         if c["status"] != "ok":
-            rows.append([name, c["status"], *["-"] * (len(candidate_header(classifier)) - 3), c["reason"][:160]])
+            rows.append([name, c["status"], *["-"] * (len(candidate_header(task)) - 3), c["reason"][:160]])
             continue
         status = "in budget" if c["within_budget"] else "; ".join(c["violations"])
         status += f" ({c['reason']})" if c["reason"] else ""
@@ -125,8 +150,8 @@ def _candidate_rows(report: dict[str, Any], classifier: bool) -> list[list[str]]
                 _num(fidelity_score(fid) if fid else None),
                 _num(fid.get("cosine_p1")),
                 _num(fid.get("cosine_min")),
-                _num(fid.get("labelled_accuracy") if classifier else fid.get("nn_agreement_at10")),
-                *([] if classifier else [_recall(fid)]),
+                _num(fid.get(FOURTH_COLUMN.get(task, FOURTH_COLUMN["embedding"])[1])),
+                *([_recall(fid)] if task == "embedding" else []),
                 "yes" if c["pareto"] else "",
                 f"{best['peak_memory_mb']:.0f}" if best and best.get("peak_memory_mb") is not None else "-",
                 status,
@@ -169,6 +194,15 @@ def _try_label(attempt: dict[str, Any]) -> str:
     return f"per_channel={attempt['per_channel']} fp32 nodes={len(attempt['excluded'])}"
 
 
+def _judged(fidelity: dict[str, Any]) -> str:
+    """The numbers that judge a fidelity (``Fidelity.judged_by``), for a pass's tries: ``cos 0.9990/0.9812``
+    (mean/min) for embeddings, ``kendall_tau 0.9700/top1_agreement 0.9900`` for rerankers."""
+    judged = Fidelity(**fidelity).judged_by
+    if judged[:2] == ("cosine_mean", "cosine_min"):
+        return f"cos {fidelity['cosine_mean']:.4f}/{fidelity['cosine_min']:.4f}"
+    return "/".join(f"{name} {fidelity[name]:.4f}" for name in judged)
+
+
 def _pass_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for c in report["candidates"]:
@@ -177,10 +211,7 @@ def _pass_lines(report: dict[str, Any]) -> list[str]:
             cached = " (cached)" if record.get("cached") else ""
             summary = [f"- {c['name']} · `{record['name']}` {record['duration_s']:.1f} s{cached}"]
             if "tries" in details:
-                tries = ", ".join(
-                    f"{_try_label(t)} → cos {t['fidelity']['cosine_mean']:.4f}/{t['fidelity']['cosine_min']:.4f}"
-                    for t in details["tries"]
-                )
+                tries = ", ".join(f"{_try_label(t)} → {_judged(t['fidelity'])}" for t in details["tries"])
                 summary.append(f": tries {tries}")
             if "history" in details:
                 history = details["history"]
@@ -198,15 +229,27 @@ def _pass_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+# The budget's limits that apply to each task (the optional ones are shown where set).
+TASK_LIMITS = {
+    "embedding": ("min_cosine_mean", "min_cosine_min", "min_nn_agreement_at10", "min_recall_at_10"),
+    "classification": ("min_top1_agreement", "min_labelled_accuracy"),
+    "rerank": ("min_kendall_tau", "min_top1_agreement"),
+}
+
+
+def budget_shown(budget: dict[str, Any], task: str) -> dict[str, Any]:
+    """The budget's limits for ``task``, and any other limit set (such as ``max_abs_error``)."""
+    own = TASK_LIMITS.get(task, TASK_LIMITS["embedding"])
+    others = {limit for limits in TASK_LIMITS.values() for limit in limits} - set(own)
+    shown = {k: budget[k] for k in own if budget.get(k) is not None}
+    return shown | {k: v for k, v in budget.items() if k not in own and k not in others and v is not None}
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     budget = report["budget"]
-    classifier = report.get("task") == "classification"
-    text_limits = ("min_cosine_mean", "min_cosine_min", "min_nn_agreement_at10")
-    shown = {k: v for k, v in budget.items() if (k in text_limits) != classifier and k != "min_top1_agreement"}
-    if classifier:
-        shown = {"min_top1_agreement": budget["min_top1_agreement"], **shown}
-    criterion = ", ".join(f"{k} {v}" for k, v in shown.items())
-    header = candidate_header(classifier)
+    task = str(report.get("task") or "embedding")
+    criterion = ", ".join(f"{k} {v}" for k, v in budget_shown(budget, task).items())
+    header = candidate_header(task)
     parts = [
         f"# Optimization report: {report['source']['name']}",
         "",
@@ -215,9 +258,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Selected: **{report['selected'] or 'none'}**.",
         "",
         *_context_lines(report),
-        _md_table(header, _candidate_rows(report, classifier)),
+        _md_table(header, _candidate_rows(report, task)),
         "",
-        *_legend(candidate_legend(classifier)),
+        *_legend(candidate_legend(task)),
     ]
     if report.get("serving"):
         parts += [

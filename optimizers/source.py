@@ -1,8 +1,10 @@
 """The source model: a Hugging Face encoder directory (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, MPNet, …), either
-a sentence embedding model (with its sentence-transformers configuration: pooling, normalization, prompts) or a
-sequence classifier (``*ForSequenceClassification``); or a user's ONNX file (text in as ``input_ids``/
-``attention_mask``, optionally ``token_type_ids``, one ``[batch, dim]`` output) with a ``tokenizer.json`` beside
-it, in which case export is skipped and the ONNX model is the fidelity reference.
+a sentence embedding model (with its sentence-transformers configuration: pooling, normalization, prompts), a
+sequence classifier (``*ForSequenceClassification`` with two or more labels) or a cross-encoder reranker (one
+label: a relevance logit per (query, document) pair, as sentence-transformers' ``CrossEncoder`` saves it); or a
+user's ONNX file (text in as ``input_ids``/``attention_mask``, optionally ``token_type_ids``, one ``[batch, dim]``
+output; ``logits`` of width 1 is a reranker) with a ``tokenizer.json`` beside it, in which case export is skipped
+and the ONNX model is the fidelity reference.
 
 A name that is not an existing path is taken as a Hugging Face model id (``org/name``, optionally
 ``@revision``) and resolved to its snapshot in the local Hugging Face cache (:func:`resolve_model_id`); nothing
@@ -20,7 +22,7 @@ from typing import Any, Literal
 
 from serving.errors import OptiserveError
 from serving.hashing import sha256_file, sha256_tree
-from serving.package import PoolingSpec, TensorSpec, TokenizerSpec
+from serving.package import PoolingSpec, Task, TensorSpec, TokenizerSpec
 from serving.tokenizer import TEXT_INPUTS, model_input_names
 
 DEFAULT_MAX_LENGTH = 256
@@ -52,8 +54,8 @@ class SourceModel:
     sha256: str
     pooling: PoolingSpec
     tokenizer: TokenizerSpec | None  # None: the model takes one float32 tensor (``input``)
-    task: Literal["embedding", "classification"]
-    output_dim: int  # embedding width, or number of labels
+    task: Task
+    output_dim: int  # embedding width, number of labels, or 1 (a reranker's logit)
     labels: tuple[str, ...] = ()
     format: Literal["hf", "onnx", "module"] = "hf"
     model_file: str = "model.safetensors"  # relative to ``path``
@@ -61,6 +63,7 @@ class SourceModel:
     text_inputs: tuple[str, ...] = TEXT_INPUTS  # text models: the inputs the model takes, in this order
     prompts: Mapping[str, str] = field(default_factory=dict)  # sentence-transformers prompts, by name
     default_prompt_name: str | None = None
+    score_activation: Literal["sigmoid", "identity"] = "sigmoid"  # rerankers: logit -> score
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -131,15 +134,16 @@ class SourceModel:
         output = graph.output[0]
         width = _output_width(model_file, graph)
         classifier = output.name == "logits"
+        task: Task = ("rerank" if width == 1 else "classification") if classifier else "embedding"
         takes = tuple(n for n in TEXT_INPUTS if n in inputs)
-        labels = tuple(f"LABEL_{i}" for i in range(width)) if classifier else ()
+        labels = tuple(f"LABEL_{i}" for i in range(width)) if task == "classification" else ()
         return cls(
             path=root,
             name=name or model_file.stem,
             sha256=sha256_file(model_file),
             pooling=PoolingSpec(normalize=False),  # pooling, if any, is inside the graph
             tokenizer=TokenizerSpec(path="tokenizer.json", max_length=DEFAULT_MAX_LENGTH, pad_token_id=0),
-            task="classification" if classifier else "embedding",
+            task=task,
             output_dim=width,
             labels=labels,
             format="onnx",
@@ -195,6 +199,7 @@ class SourceModel:
             raise OptiserveError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
         config = json.loads(config_file.read_text())
         labels = _labels(config)
+        task: Task = ("rerank" if len(labels) == 1 else "classification") if labels else "embedding"
         prompts, default_prompt = _prompts(root)
         return cls(
             path=path,
@@ -204,12 +209,13 @@ class SourceModel:
             tokenizer=TokenizerSpec(
                 path="tokenizer.json", max_length=_max_length(path, config), pad_token_id=_pad_token_id(path, config)
             ),
-            task="classification" if labels else "embedding",
+            task=task,
             output_dim=len(labels) if labels else _hidden_size(config_file, config),
-            labels=labels,
+            labels=labels if task == "classification" else (),
             text_inputs=model_input_names(config),
             prompts=prompts,
             default_prompt_name=default_prompt,
+            score_activation=_score_activation(root, config) if task == "rerank" else "sigmoid",
         )
 
 
@@ -267,6 +273,24 @@ def _labels(config: dict) -> tuple[str, ...]:
     id2label = config.get("id2label") or {}
     count = int(config.get("num_labels") or len(id2label) or 2)
     return tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count))
+
+
+def _score_activation(root: Path, config: Mapping[str, Any]) -> Literal["sigmoid", "identity"]:
+    """A cross-encoder's activation on its logit, where sentence-transformers saves it: ``activation_fn`` in
+    ``config_sentence_transformers.json`` (version 6), ``sentence_transformers.activation_fn`` in ``config.json``
+    (4, 5), or ``sbert_ce_default_activation_function`` (older); Sigmoid, its default for one label, if none."""
+    st_file = root / "config_sentence_transformers.json"
+    st_config = json.loads(st_file.read_text()) if st_file.is_file() else {}
+    in_config = config.get("sentence_transformers")
+    named = (
+        st_config.get("activation_fn")
+        or (in_config.get("activation_fn") if isinstance(in_config, Mapping) else None)
+        or config.get("sbert_ce_default_activation_function")
+    )
+    kind = str(named or "Sigmoid").rsplit(".", 1)[-1]
+    if kind not in ("Sigmoid", "Identity"):
+        raise OptiserveError(f"{root}: cross-encoder activation {named!r} is not supported (Sigmoid or Identity)")
+    return "sigmoid" if kind == "Sigmoid" else "identity"
 
 
 def _model_name(path: Path) -> str:
@@ -367,10 +391,18 @@ def _pad_token_id(path: Path, config: Mapping[str, Any]) -> int:
 
 
 def _max_length(path: Path, config: dict[str, object]) -> int:
+    """The token limit sentence-transformers applies: ``max_seq_length`` in ``sentence_bert_config.json``, else
+    the tokenizer's ``model_max_length`` (what a ``CrossEncoder`` uses) within the model's positions, else
+    :data:`DEFAULT_MAX_LENGTH` within them."""
+    positions = int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)  # type: ignore[call-overload]
     st_config = path / "sentence_bert_config.json"
-    if st_config.is_file():
-        return int(json.loads(st_config.read_text()).get("max_seq_length", DEFAULT_MAX_LENGTH))
-    return min(int(config.get("max_position_embeddings", DEFAULT_MAX_LENGTH)), DEFAULT_MAX_LENGTH)  # type: ignore[call-overload]
+    if st_config.is_file() and (declared := json.loads(st_config.read_text()).get("max_seq_length")):
+        return int(declared)
+    tokenizer_config = path / "tokenizer_config.json"
+    limit = json.loads(tokenizer_config.read_text()).get("model_max_length") if tokenizer_config.is_file() else None
+    if isinstance(limit, int) and 0 < limit <= positions:
+        return limit
+    return min(positions, DEFAULT_MAX_LENGTH)
 
 
 def _output_width(model_file: Path, graph: object) -> int:

@@ -88,6 +88,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         "min_cosine_mean": args.min_cosine_mean,
         "min_cosine_min": args.min_cosine_min,
         "min_top1_agreement": args.min_top1_agreement,
+        "min_kendall_tau": args.min_kendall_tau,
     }
     budget = recipe.budget.model_copy(update={k: v for k, v in limits.items() if v is not None})
     try:
@@ -355,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help=settings.CACHE.help("pass cache (default: ~/.cache/optiserve/chain)"))
     p.add_argument("--min-cosine-mean", type=float, help="override the recipe's budget")
     p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")
-    p.add_argument("--min-top1-agreement", type=float, help="override the recipe's budget (classifiers)")
+    p.add_argument("--min-top1-agreement", type=float, help="override the recipe's budget (classifiers, rerankers)")
+    p.add_argument("--min-kendall-tau", type=float, help="override the recipe's budget (rerankers)")
     p.add_argument("--threads", type=int, help="runtime threads to profile with (default: 1, as a replica runs)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of the report")
     p.set_defaults(run=_cmd_optimize)

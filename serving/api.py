@@ -8,7 +8,17 @@ from typing import Annotated, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
@@ -43,14 +53,7 @@ class TextRequest(BaseModel):
         if isinstance(value, str):
             items: list[object] = [value]
         elif isinstance(value, list):
-            if not value:
-                raise ValueError("must not be an empty list")
-            if len(value) > LIMITS.max_inputs:
-                raise PydanticCustomError(
-                    TOO_MANY_INPUTS,
-                    "at most {limit} inputs per request, got {count}",
-                    {"limit": LIMITS.max_inputs, "count": len(value)},
-                )
+            check_count(value, "inputs")
             if all(isinstance(v, int | list) for v in value):
                 raise ValueError("token-id inputs are not supported; send text (a string or a list of strings)")
             items = value
@@ -86,6 +89,18 @@ def shorten(name: str, limit: int = 64) -> str:
     return name if len(name) <= limit else f"{name[:limit]}… ({len(name)} characters)"
 
 
+def check_count(items: list[object], what: str) -> None:
+    """Raise for an empty list, or (as ``TOO_MANY_INPUTS``, answered 413) one longer than the inputs limit."""
+    if not items:
+        raise ValueError("must not be an empty list")
+    if len(items) > LIMITS.max_inputs:
+        raise PydanticCustomError(
+            TOO_MANY_INPUTS,
+            "at most {limit} {what} per request, got {count}",
+            {"limit": LIMITS.max_inputs, "what": what, "count": len(items)},
+        )
+
+
 def check_texts(items: list[object]) -> None:
     """Raise ValueError naming the first item that is not a string with a visible character within the length
     limit."""
@@ -113,6 +128,68 @@ class EmbeddingsRequest(TextRequest):
 
 class ClassifyRequest(TextRequest):
     """``POST /v1/classify``: labels and probabilities for each input, from a classification package."""
+
+
+# The text route of each task: what a request for a model of another task is pointed to.
+TASK_ROUTES = {"embedding": "/v1/embeddings", "classification": "/v1/classify", "rerank": "/v1/rerank"}
+
+
+class RerankDocument(BaseModel):
+    """A document as an object (Cohere's older shape): its ``text``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: Text
+
+
+class RerankRequest(BaseModel):
+    """``POST /v1/rerank`` (and ``/rerank``): a query's documents by relevance, from a reranker (cross-encoder)
+    package. Takes the request shapes of Cohere, Jina and Infinity (``documents``, ``top_n``,
+    ``return_documents``) and of text-embeddings-inference (``texts``, ``return_text``, ``raw_scores``); the
+    answer is in the shape of the one used (:func:`rerank_body`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Text = Field(description=f"the query: a string with a non-space character, at most {LIMITS.max_input_chars}")
+    documents: Annotated[list[Text | RerankDocument], Field(min_length=1, max_length=LIMITS.max_inputs)] | None = Field(
+        default=None, description=f"1..{LIMITS.max_inputs} documents: strings, or objects with a text"
+    )
+    texts: Annotated[list[Text], Field(min_length=1, max_length=LIMITS.max_inputs)] | None = Field(
+        default=None, description="text-embeddings-inference's name for the documents (strings); answered as a list"
+    )
+    top_n: StrictInt | None = Field(default=None, gt=0, description="return only the n most relevant; unset: all")
+    return_documents: StrictBool = Field(default=False, description="each result carries its document's text")
+    return_text: StrictBool = Field(default=False, description="text-embeddings-inference's return_documents")
+    raw_scores: StrictBool = Field(default=False, description="the model's logit, not the activated score")
+    truncate: StrictBool | None = Field(
+        default=None,
+        description="a pair longer than the model's token limit: true cuts it (longest text first), false answers "
+        "422 input_too_long; unset: the server's policy (OPTISERVE_ON_OVERFLOW)",
+    )
+    truncation_direction: Literal["Right", "right"] = Field(default="Right", description="only Right is supported")
+    model: StrictStr | None = Field(default=None, description="which model; optional when one reranker is served")
+    user: StrictStr | None = None
+
+    @field_validator("documents", "texts", mode="before")
+    @classmethod
+    def _check_documents(cls, value: object) -> object:
+        """One clear message per problem (as for ``input``)."""
+        if value is None:
+            return value
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list of strings, got {type(value).__name__}")
+        check_count(value, "documents")
+        check_texts([item.get("text") if isinstance(item, dict) else item for item in value])
+        return value
+
+    @model_validator(mode="after")
+    def _one_list(self) -> RerankRequest:
+        if (self.documents is None) == (self.texts is None):
+            raise ValueError("give the documents as either documents or texts (one of the two)")
+        return self
+
+    def document_texts(self) -> list[str]:
+        items = self.documents if self.documents is not None else self.texts or []
+        return [item.text if isinstance(item, RerankDocument) else item for item in items]
 
 
 class ApiError(Exception):
@@ -191,3 +268,47 @@ def classification_body(
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def rerank_scores(logits: np.ndarray, activation: Literal["sigmoid", "identity"]) -> np.ndarray:
+    """Each pair's score from its relevance logit (``logits``: (pairs, 1)), as the package's cross-encoder
+    activates it."""
+    column = logits[:, 0].astype(np.float64)
+    scores = 1.0 / (1.0 + np.exp(-column)) if activation == "sigmoid" else column
+    return scores.astype(np.float32)
+
+
+def rerank_body(
+    model: str,
+    request: RerankRequest,
+    scores: np.ndarray,
+    tokens: int,
+    truncated: np.ndarray,
+    request_id: str,
+) -> object:
+    """The documents by descending score (the first ``top_n``). For a ``texts`` request, text-embeddings-inference's
+    answer: a list of ``{index, score[, text]}``; else Cohere's (as Jina and Infinity answer): ``{id, model,
+    results: [{index, relevance_score[, document: {text}]}], usage}``. Each result also says whether its pair was
+    cut to the model's token limit (``truncated``)."""
+    documents = request.document_texts()
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))[: request.top_n]
+    show = request.return_documents or request.return_text
+    if request.texts is not None:
+        return [
+            {"index": i, "score": float(scores[i]), **({"text": documents[i]} if show else {})}
+            | {"truncated": bool(truncated[i])}
+            for i in order
+        ]
+    results = [
+        {"index": i, "relevance_score": float(scores[i])}
+        | ({"document": {"text": documents[i]}} if show else {})
+        | {"truncated": bool(truncated[i])}
+        for i in order
+    ]
+    return {
+        "id": request_id,
+        "object": "rerank",
+        "model": model,
+        "results": results,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -8,7 +8,8 @@ module-level functions or stored on the instance in ``__init__``, never read as 
     HTTP ─► Ray proxy ─► InferenceService replica: FastAPI (validation, errors, metrics)
                                                    + a ModelRunner per package (own batch queue, runtime)
 
-Routes: OpenAI ``/v1/embeddings`` and ``/v1/models``; ``/v1/classify`` for classifiers; KServe v2 (Open Inference
+Routes: OpenAI ``/v1/embeddings`` and ``/v1/models``; ``/v1/classify`` for classifiers; ``/v1/rerank`` (and
+``/rerank``) for rerankers; KServe v2 (Open Inference
 Protocol) ``/v2``, ``/v2/health/*``, ``/v2/models/{m}[/versions/{v}]``, ``.../ready`` and ``.../infer``;
 ``/metrics``.
 
@@ -23,6 +24,7 @@ middlewares (metrics, bearer token, body size) are :mod:`serving.http`, the KSer
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress wrapper.
 
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,12 +36,16 @@ from starlette.responses import Response
 
 from serving import http, kserve, kserve_spec, settings
 from serving.api import (
+    TASK_ROUTES,
     ApiError,
     ClassifyRequest,
     EmbeddingsRequest,
+    RerankRequest,
     classification_body,
     embeddings_body,
     json_response,
+    rerank_body,
+    rerank_scores,
     shorten,
 )
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
@@ -131,10 +137,9 @@ class InferenceService(ServedModels):
                 "wrong_input",
             )
         if runner.manifest.task != task:
-            other = "/v1/embeddings" if runner.manifest.task == "embedding" else "/v1/classify"
             raise ApiError(
                 400,
-                f"model {name!r} is a {runner.manifest.task} model; use {other}",
+                f"model {name!r} is a {runner.manifest.task} model; use {TASK_ROUTES[runner.manifest.task]}",
                 "invalid_request_error",
                 "wrong_task",
             )
@@ -195,6 +200,23 @@ class InferenceService(ServedModels):
         return json_response(
             classification_body(runner.name, result.outputs, runner.manifest.labels, result.tokens, result.truncated)
         )
+
+    @api.post("/v1/rerank", openapi_extra=json_body(RerankRequest))
+    async def rerank(self, request: Request) -> Response:
+        # documents may be objects ({"text": ...}), one JSON container each
+        containers = http.MAX_JSON_CONTAINERS + self.limits.max_inputs
+        body = http.parse_body(RerankRequest, await request.body(), containers)
+        runner = self._resolve(request, body.model, "rerank", "/v1/rerank")
+        pairs = [(body.query, document) for document in body.document_texts()]
+        result = await self._infer(runner, pairs, request, body.truncate)
+        scores = rerank_scores(result.outputs, "identity" if body.raw_scores else runner.manifest.score_activation)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        return json_response(rerank_body(runner.name, body, scores, result.tokens, result.truncated, request_id))
+
+    # text-embeddings-inference's and Infinity's path for the same route
+    @api.post("/rerank", openapi_extra=json_body(RerankRequest))
+    async def rerank_unversioned(self, request: Request) -> Response:
+        return await self.rerank(request)
 
     @api.get("/v1/models")
     async def list_models(self) -> Response:

@@ -27,7 +27,7 @@ from serving.metrics import NO_MODEL, metrics
 log = logging.getLogger("optiserve")
 RETRY_AFTER_S = "1"
 MODEL_LABELS_KEY = "optiserve.model_labels"  # set in the ASGI scope by a handler, read by the metrics middleware
-INFERENCE_PREFIXES = ("/v1/", "/v2/models")
+INFERENCE_PREFIXES = ("/v1/", "/v2/models", "/rerank")
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -58,15 +58,16 @@ def validation_answer(errors: Sequence[Any]) -> ApiError:
     return ApiError(422, message, "invalid_request_error", "invalid_value")
 
 
-def parse_body(model: type[Body], body: bytes) -> Body:
+def parse_body(model: type[Body], body: bytes, max_containers: int = MAX_JSON_CONTAINERS) -> Body:
     """Validate a JSON body against ``model`` straight from its bytes (pydantic's own parser), after a structural
     check that costs nothing: a body of millions of nested arrays is refused before anything parses it (parsing
-    one would hold the event loop for seconds)."""
-    containers = json_containers(body, MAX_JSON_CONTAINERS)
-    if containers > MAX_JSON_CONTAINERS:
+    one would hold the event loop for seconds). ``max_containers``: more for a route whose items may be objects
+    (a reranker's documents)."""
+    containers = json_containers(body, max_containers)
+    if containers > max_containers:
         raise ApiError(
             422,
-            f"body: a request holds at most {MAX_JSON_CONTAINERS} JSON arrays and objects, this one {containers}",
+            f"body: a request holds at most {max_containers} JSON arrays and objects, this one {containers}",
             "invalid_request_error",
             "invalid_value",
         )

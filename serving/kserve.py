@@ -182,10 +182,22 @@ def _requested_outputs(raw: object, binary_default: bool) -> tuple[list[str] | N
 
 def text_input(request: InferRequest, expected_name: str, max_inputs: int) -> list[str]:
     """The texts of a text model's single BYTES input (any shape: it is flattened)."""
-    if len(request.inputs) != 1 or request.inputs[0].name != expected_name:
-        names = [shorten(i.name) for i in request.inputs[:8]]
-        raise bad_request(f"this model takes one input named {expected_name!r} (BYTES); got {names}")
-    tensor = request.inputs[0]
+    return text_inputs(request, (expected_name,), max_inputs)[expected_name]
+
+
+def text_inputs(request: InferRequest, expected: tuple[str, ...], max_inputs: int) -> dict[str, list[str]]:
+    """The texts of each of a text model's BYTES inputs, by name (any shape: each is flattened); the request must
+    carry exactly the inputs ``expected`` names."""
+    names = [i.name for i in request.inputs]
+    if sorted(names) != sorted(expected):
+        wanted = " and ".join(repr(name) for name in expected)
+        inputs = "one input named" if len(expected) == 1 else "the inputs"
+        raise bad_request(f"this model takes {inputs} {wanted} (BYTES); got {[shorten(n) for n in names[:8]]}")
+    return {tensor.name: _texts(tensor, max_inputs) for tensor in request.inputs}
+
+
+def _texts(tensor: InferInput, max_inputs: int) -> list[str]:
+    expected_name = tensor.name
     if tensor.datatype != "BYTES":
         raise bad_request(f"input {expected_name!r} must be BYTES (UTF-8 text), got {shorten(tensor.datatype)}")
     data = tensor.data

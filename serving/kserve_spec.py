@@ -10,54 +10,71 @@ from typing import Any
 import numpy as np
 
 from serving import kserve
-from serving.api import check_texts, softmax
+from serving.api import check_texts, rerank_scores, softmax
 from serving.package import Manifest
 from serving.replica import InferResult, ModelRunner
 
 TEXT_INPUT = "text"  # the one input of a text model
+# A reranker's two inputs: the query (one, for every document, or one per document) and the documents.
+RERANK_INPUTS = ("query", "document")
 
 
 def platform_name(runtime: str) -> str:
     return {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}.get(runtime, runtime)
 
 
-def input_metadata(manifest: Manifest) -> dict[str, Any]:
+def input_metadata(manifest: Manifest) -> list[dict[str, Any]]:
+    if manifest.task == "rerank":
+        return [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in RERANK_INPUTS]
     if manifest.takes_text:
-        return {"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}
+        return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
     spec = manifest.inputs[0]
-    return {"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape[1:]]}
+    return [{"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape[1:]]}]
+
+
+def output_metadata(manifest: Manifest) -> list[dict[str, Any]]:
+    width = manifest.output_dim
+    if manifest.task == "rerank":
+        return [
+            {"name": "score", "datatype": "FP32", "shape": [-1]},
+            {"name": "logits", "datatype": "FP32", "shape": [-1, 1]},
+        ]
+    if manifest.task == "classification":
+        return [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, width]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, width]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ]
+    return [{"name": "embedding", "datatype": "FP32", "shape": [-1, width]}]
 
 
 def model_metadata(runner: ModelRunner) -> dict[str, Any]:
     m = runner.manifest
-    outputs = (
-        [
-            {"name": "logits", "datatype": "FP32", "shape": [-1, m.output_dim]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, m.output_dim]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ]
-        if m.task == "classification"
-        else [{"name": "embedding", "datatype": "FP32", "shape": [-1, m.output_dim]}]
-    )
     return {
         "name": runner.name,
         "versions": [m.version],
         "platform": platform_name(m.runtime),
-        "inputs": [input_metadata(m)],
-        "outputs": outputs,
+        "inputs": input_metadata(m),
+        "outputs": output_metadata(m),
         "parameters": {"optiserve": runner.describe()},
     }
 
 
 def max_elements(manifest: Manifest, max_inputs: int) -> int:
-    """The most tensor elements one infer request may carry for this model: ``max_inputs`` items."""
+    """The most tensor elements one infer request may carry for this model: ``max_inputs`` items (a reranker's:
+    as many queries and documents)."""
+    if manifest.task == "rerank":
+        return 2 * max_inputs
     if manifest.takes_text:
         return max_inputs
     return max_inputs * math.prod(int(d) for d in manifest.inputs[0].shape[1:])
 
 
 def request_items(parsed: kserve.InferRequest, manifest: Manifest, max_inputs: int) -> list[Any]:
-    """The items to run: the texts of a text model's input, or one float32 array per item of a tensor model's."""
+    """The items to run: the texts of a text model's input, a reranker's (query, document) pairs, or one float32
+    array per item of a tensor model's."""
+    if manifest.task == "rerank":
+        return rerank_items(parsed, max_inputs)
     if manifest.takes_text:
         items: list[Any] = kserve.text_input(parsed, TEXT_INPUT, max_inputs)
         try:
@@ -70,7 +87,27 @@ def request_items(parsed: kserve.InferRequest, manifest: Manifest, max_inputs: i
     return kserve.tensor_input(parsed, spec.name, shape, max_inputs)
 
 
+def rerank_items(parsed: kserve.InferRequest, max_inputs: int) -> list[tuple[str, str]]:
+    """(query, document) pairs from a reranker's two BYTES inputs: one query for every document, or one each."""
+    texts = kserve.text_inputs(parsed, RERANK_INPUTS, max_inputs)
+    queries, documents = (texts[name] for name in RERANK_INPUTS)
+    if len(queries) not in (1, len(documents)):
+        raise kserve.bad_request(
+            f"input 'query' holds {len(queries)} texts; send one (for every document) or one per document "
+            f"({len(documents)})"
+        )
+    for name, items in texts.items():
+        try:
+            check_texts(list(items))
+        except ValueError as exc:
+            raise kserve.bad_request(f"input {name!r}: {exc}") from None
+    return list(zip(queries * len(documents) if len(queries) == 1 else queries, documents, strict=True))
+
+
 def output_tensors(runner: ModelRunner, result: InferResult) -> list[kserve.OutputTensor]:
+    if runner.manifest.task == "rerank":
+        scores = rerank_scores(result.outputs, runner.manifest.score_activation)
+        return [kserve.OutputTensor("score", "FP32", scores), kserve.OutputTensor("logits", "FP32", result.outputs)]
     if runner.manifest.task == "classification":
         labels = runner.manifest.labels
         predicted = np.array([labels[i] for i in result.outputs.argmax(axis=1)], dtype=object)

@@ -36,6 +36,12 @@ MANIFEST_NAME = "manifest.json"
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
 
 
+Task = Literal["embedding", "classification", "rerank"]
+# Tasks whose model ends in a classification head (``*ForSequenceClassification``, output ``logits``): a classifier
+# (two or more labels) or a cross-encoder reranker (one relevance logit per (query, document) pair).
+LOGIT_TASKS: tuple[Task, ...] = ("classification", "rerank")
+
+
 class UnknownPromptError(OptiserveError, ValueError):
     """A request named a prompt the package does not declare."""
 
@@ -78,7 +84,10 @@ class Fidelity(_Strict):
     vectors (embeddings or logits), max absolute / relative error, and per task: for embeddings, how many of each
     item's 10 nearest neighbours stay the same, and for text embeddings a retrieval check (``recall_at_10``, with
     the source's on the same pairs beside it: optimizers/fidelity.py ``retrieval_pairs``); for classifiers, how
-    often the top label is the same (and the accuracy against true labels where the data has them)."""
+    often the top label is the same (and the accuracy against true labels where the data has them); for
+    rerankers, per query (a group of documents: optimizers/fidelity.py ``rerank_pairs``) how alike the two
+    rankings of its documents are (``kendall_tau``) and how often the top document is the same (``top1_agreement``);
+    their cosine is that of each query's vector of scores."""
 
     cosine_mean: float
     cosine_p1: float
@@ -93,28 +102,36 @@ class Fidelity(_Strict):
         default=None, description="text embeddings: share of queries whose own passage is among their 10 nearest"
     )
     source_recall_at_10: float | None = Field(default=None, description="the same for the source model")
+    kendall_tau: float | None = Field(
+        default=None, description="rerankers: mean Kendall tau between the source's and this ranking of each query"
+    )
 
     @property
     def judged_by(self) -> tuple[str, ...]:
-        """The one rule for which numbers count: classifiers are judged and ranked by top-1 agreement, everything
-        else by cosine mean (and, against a budget, cosine min and, where measured, recall@10). The first is
-        :attr:`score`."""
+        """The one rule for which numbers count: rerankers are judged and ranked by Kendall tau (and, against a
+        budget, top-1 agreement), classifiers by top-1 agreement, everything else by cosine mean (and, against a
+        budget, cosine min and, where measured, recall@10). The first is :attr:`score`."""
+        if self.kendall_tau is not None:
+            return ("kendall_tau", "top1_agreement")
         if self.top1_agreement is not None:
             return ("top1_agreement",)
         return ("cosine_mean", "cosine_min") + (("recall_at_10",) if self.recall_at_10 is not None else ())
 
     @property
     def score(self) -> float:
-        """The one number that ranks models by fidelity: top-1 agreement for classifiers, else cosine mean."""
+        """The one number that ranks models by fidelity: Kendall tau for rerankers, top-1 agreement for classifiers,
+        else cosine mean."""
         return float(getattr(self, self.judged_by[0]))
 
 
 class FidelityBudget(_Strict):
-    """Embedding models are judged by cosine, classifiers by top-1 agreement with the source model."""
+    """Embedding models are judged by cosine, classifiers by top-1 agreement with the source model, rerankers by
+    the agreement of their rankings (Kendall tau, and the top document by ``min_top1_agreement``)."""
 
     min_cosine_mean: float = Field(default=0.99, ge=-1.0, le=1.0)
     min_cosine_min: float = Field(default=0.95, ge=-1.0, le=1.0)
     min_top1_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
+    min_kendall_tau: float = Field(default=0.95, ge=-1.0, le=1.0, description="rerankers")
     min_nn_agreement_at10: float | None = Field(default=None, ge=0.0, le=1.0, description="embeddings, optional")
     min_labelled_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="labelled data, optional")
     max_abs_error: float | None = Field(default=None, gt=0.0, description="optional, any task")
@@ -262,7 +279,7 @@ class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(min_length=1)
     version: str = "1"
-    task: Literal["embedding", "classification"] = "embedding"
+    task: Task = "embedding"
     created_at: str
     source: Source
     chain: list[PassRecord]
@@ -284,6 +301,11 @@ class Manifest(_Strict):
     default_prompt_name: str | None = Field(default=None, description="the prompt applied when none is named")
     embedding_dim: int | None = Field(default=None, gt=0, description="embedding models: vector width")
     labels: list[str] = Field(default=[], description="classifiers: label of each logit, in order")
+    score_activation: Literal["sigmoid", "identity"] = Field(
+        default="sigmoid",
+        description="rerankers: what turns the relevance logit into the score (sentence-transformers' "
+        "CrossEncoder activation_fn; a request's raw_scores returns the logit)",
+    )
     fidelity: Fidelity | None = None
     budget: FidelityBudget | None = None
     profile: list[ProfileRow] = []
@@ -334,6 +356,8 @@ class Manifest(_Strict):
             raise ValueError("an embedding package needs embedding_dim and no labels")
         if self.task == "classification" and (len(self.labels) < 2 or self.embedding_dim is not None):
             raise ValueError("a classification package needs two or more labels and no embedding_dim")
+        if self.task == "rerank" and (self.labels or self.embedding_dim is not None or self.tokenizer is None):
+            raise ValueError("a rerank package takes text, has one relevance logit, and no labels or embedding_dim")
         return self
 
     @model_validator(mode="after")
@@ -344,7 +368,9 @@ class Manifest(_Strict):
 
     @property
     def output_dim(self) -> int:
-        """Width of one output row: the embedding size, or the number of labels."""
+        """Width of one output row: the embedding size, the number of labels, or 1 (a reranker's logit)."""
+        if self.task == "rerank":
+            return 1
         return self.embedding_dim if self.embedding_dim is not None else len(self.labels)
 
     def apply_prompt(self, texts: list[str], prompt_name: str | None = None) -> list[str]:

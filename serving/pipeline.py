@@ -7,6 +7,7 @@ in its fidelity check, so what the chain measures is what the server does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from serving.errors import PackageError
 from serving.package import ModelPackage, ServingDefaults
 from serving.runtimes import ModelRuntime, load_runtime
-from serving.tokenizer import TextEncoder
+from serving.tokenizer import TextEncoder, TextItem
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,10 @@ class TextPipeline:
         encoder = TextEncoder.from_spec(package.root, package.manifest.tokenizer)
         return cls(encoder, load_runtime(package, threads), package.manifest.output_dim)
 
-    def run(self, texts: list[str], max_items: int = 32, max_tokens: int = 8192) -> tuple[np.ndarray, BatchStats]:
-        """Outputs for ``texts`` in their order, one row each."""
+    def run(
+        self, texts: Sequence[TextItem], max_items: int = 32, max_tokens: int = 8192
+    ) -> tuple[np.ndarray, BatchStats]:
+        """Outputs for ``texts`` (texts, or a reranker's (query, document) pairs) in their order, one row each."""
         encodings = self.encoder.encode(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         out = np.empty((len(texts), self.output_dim), dtype=np.float32)
@@ -87,7 +90,7 @@ class TextPipeline:
         stats = BatchStats(len(texts), int(lengths.sum()), sum(call_tokens), lengths, truncated, tuple(call_tokens))
         return out, stats
 
-    def run_as_served(self, texts: list[str], settings: ServingDefaults) -> np.ndarray:
+    def run_as_served(self, texts: Sequence[TextItem], settings: ServingDefaults) -> np.ndarray:
         """Outputs as a replica computes them for ``texts`` arriving in this order: dynamic batches of
         ``max_batch_size`` items, each cut into length-sorted model calls. (With dynamic int8 quantization the
         activation scales depend on what shares a model call, so this, not one big sorted pass, is what to check.)

@@ -30,6 +30,7 @@ from serving.pipeline import TextPipeline, load_pipeline
 from serving.response_cache import ResponseCache, key_of
 from serving.runtimes.base import assigned_gpus
 from serving.scheduler import FairBatcher, WorkMeter
+from serving.tokenizer import TextItem, item_chars
 
 log = logging.getLogger("optiserve")
 
@@ -134,7 +135,8 @@ class ModelRunner:
         _, stats = run(probe)
         seconds = max(time.perf_counter() - started, 1e-6)
         if isinstance(self.pipeline, TextPipeline):
-            mates, _ = run([PROBE_TEXT, *(f"{PROBE_TEXT} {PROBE_TEXT[: 7 * i]}" for i in range(1, 8))])
+            longer = (f"{PROBE_TEXT} {PROBE_TEXT[: 7 * i]}" for i in range(1, 8))
+            mates, _ = run([self._probe_item(PROBE_TEXT), *map(self._probe_item, longer)])
             self.batch_mate_cosine = _cosine(alone[0], mates[0])
         units = stats.real_tokens if isinstance(self.pipeline, TextPipeline) else stats.items
         return seconds / max(units, 1)
@@ -142,8 +144,12 @@ class ModelRunner:
     def _probe(self, count: int) -> list[Any]:
         pipeline = self.pipeline
         if isinstance(pipeline, TextPipeline):
-            return [PROBE_TEXT] * count
+            return [self._probe_item(PROBE_TEXT)] * count
         return [np.zeros(pipeline.item_shape, np.float32)] * count
+
+    def _probe_item(self, text: str) -> TextItem:
+        """A probe input for this model: the text, or for a reranker the text as both query and document."""
+        return (text, text) if self.manifest.task == "rerank" else text
 
     def units(self, items: list[Any]) -> list[int]:
         """Each item's estimated work: tokens for text (from its length, at the tokens per character seen so far,
@@ -152,7 +158,7 @@ class ModelRunner:
         if encoder is None:
             return [1] * len(items)
         per_char, cap = self._tokens_per_char, encoder.max_length
-        return [min(cap, int(len(text) * per_char) + 2) for text in items]
+        return [min(cap, int(item_chars(item) * per_char) + 2) for item in items]
 
     async def infer(self, texts: list[Any], cache: CacheUse = "use") -> InferResult:
         """Outputs for ``texts`` (or tensors, for a package without a tokenizer), in order. Inputs found in the
@@ -253,8 +259,8 @@ class ModelRunner:
         row = {text: i for i, text in enumerate(distinct)}  # a text two requests sent in one batch ran once
         return [(outputs[i], int(counts[i]), bool(cut[i])) for i in map(row.__getitem__, texts)]
 
-    def _learn_tokens_per_char(self, texts: list[str], counts: np.ndarray, truncated: np.ndarray) -> None:
-        chars = sum(len(text) for text, cut in zip(texts, truncated, strict=True) if not cut)
+    def _learn_tokens_per_char(self, texts: list[TextItem], counts: np.ndarray, truncated: np.ndarray) -> None:
+        chars = sum(item_chars(text) for text, cut in zip(texts, truncated, strict=True) if not cut)
         tokens = int(counts[~truncated].sum())
         if chars:
             self._tokens_per_char += 0.2 * (tokens / chars - self._tokens_per_char)

@@ -21,9 +21,13 @@ Entry = tuple[np.ndarray, int, bool]  # (output row, tokens, truncated), as the 
 
 
 def key_of(item: Any) -> str | bytes:
-    """The cache key of one input: the text, or a tensor's dtype, shape and bytes."""
+    """The cache key of one input: the text; for a (query, document) pair, both texts after the query's length (so
+    no two pairs share a key); or a tensor's dtype, shape and bytes."""
     if isinstance(item, str):
         return item
+    if isinstance(item, tuple):
+        query, document = item
+        return f"\x00{len(query)}:{query}{document}"
     array = np.ascontiguousarray(item)
     return f"{array.dtype}{array.shape}".encode() + array.tobytes()
 

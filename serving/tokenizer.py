@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,14 @@ from tokenizers import Encoding, Tokenizer
 from serving.package import TokenizerSpec
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# One input of a text model: a text, or a (query, document) pair for a reranker, encoded as one sequence with the
+# tokenizer's pair template (``[CLS] query [SEP] document [SEP]``), cut longest-first to the length limit.
+TextItem = str | tuple[str, str]
+
+
+def item_chars(item: TextItem) -> int:
+    """Characters in a text, or in both texts of a pair."""
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
 
 def model_input_names(config: Mapping[str, object]) -> tuple[str, ...]:
@@ -60,10 +68,10 @@ class TextEncoder:
         """The encoder a manifest's (or source model's) tokenizer spec describes; paths are relative to ``root``."""
         return cls(root / spec.path, spec.max_length, spec.pad_token_id)
 
-    def encode(self, texts: list[str]) -> list[Encoding]:
-        return self._tokenizer.encode_batch(texts)
+    def encode(self, texts: Sequence[TextItem]) -> list[Encoding]:
+        return self._tokenizer.encode_batch(texts if isinstance(texts, list) else list(texts))
 
-    def too_long(self, texts: list[str]) -> list[int]:
+    def too_long(self, texts: Sequence[TextItem]) -> list[int]:
         """Indices of the texts longer than ``max_length`` tokens (which :meth:`encode` truncates)."""
         return [i for i, encoding in enumerate(self.encode(texts)) if encoding.overflowing]
 

@@ -1,7 +1,8 @@
 """Tiny random-weight encoders of the families people serve (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, MPNet), each
-written as a sentence-transformers directory, built offline: BERT and DistilBERT reuse the bundled MiniLM
-WordPiece tokenizer; RoBERTa (byte-level BPE), XLM-RoBERTa (Unigram, SentencePiece-style) and MPNet (WordPiece
-with ``<s>``/``</s>``) get a small tokenizer trained on the built-in corpus with the ``tokenizers`` library."""
+written as a sentence-transformers directory (an embedding model, or a cross-encoder reranker), built offline:
+BERT and DistilBERT reuse the bundled MiniLM WordPiece tokenizer; RoBERTa (byte-level BPE), XLM-RoBERTa (Unigram,
+SentencePiece-style) and MPNet (WordPiece with ``<s>``/``</s>``) get a small tokenizer trained on the built-in
+corpus with the ``tokenizers`` library."""
 
 from __future__ import annotations
 
@@ -204,4 +205,24 @@ def build_family(
     model.save_pretrained(root, safe_serialization=True)
     _save_tokenizer(family, root)
     _write_sentence_transformers(root, pooling, normalize, prompts or {})
+    return root
+
+
+def build_cross_encoder(name: str, root: Path, activation: str = "Sigmoid", seed: int = 0) -> Path:
+    """Write a 2-layer, 32-wide random-weight ``name`` cross-encoder (a sequence classifier with one label) with
+    its tokenizer to ``root``, saved by sentence-transformers' ``CrossEncoder`` with ``activation`` (a
+    ``torch.nn`` class name) as its activation, as a reranker on the hub is."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    family = FAMILIES[name]
+    raw = root.with_name(root.name + ".hf")
+    raw.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.for_model(family.model_type, **family.config, num_labels=1)
+    torch.manual_seed(seed)
+    AutoModelForSequenceClassification.from_config(config).eval().save_pretrained(raw, safe_serialization=True)
+    _save_tokenizer(family, raw)
+    CrossEncoder(str(raw), activation_fn=getattr(torch.nn, activation)()).save_pretrained(str(root))
+    shutil.rmtree(raw)
     return root

@@ -70,7 +70,7 @@ def report() -> dict[str, Any]:
 
 def test_report_md_names_units_and_explains_every_column(report: dict[str, Any]) -> None:
     text = render_markdown(report)
-    header = candidate_header(classifier=False)
+    header = candidate_header("embedding")
     assert "| " + " | ".join(header) + " |" in text
     assert {"items/s (best)", "best items per call", "RSS growth MB", "NN@10", "cos p1"} <= set(header)
     assert "peak MB" not in text and "| batch |" not in text

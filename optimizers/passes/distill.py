@@ -7,8 +7,9 @@ teacher's code (``student_class`` with ``student_kwargs``), trained from scratch
 It is trained on the train split, optionally augmented (random crops, word dropout, concatenations of two
 texts), optionally with int8 fake quantization (``qat``, see ``optimizers.passes.qat``), to reproduce the
 teacher: MSE plus a cosine term on the pooled embeddings for encoders, KL divergence on
-temperature-softened logits for classifiers. Training stops when the loss on the validation split has not
-improved for ``patience`` epochs; the best epoch is kept.
+temperature-softened logits for classifiers, MSE on the relevance logit for rerankers (as sentence-transformers
+distils cross-encoders; a reranker's (query, document) pairs are not augmented). Training stops when the loss on
+the validation split has not improved for ``patience`` epochs; the best epoch is kept.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, out_path, register, torch_inputs
 from optimizers.passes.qat import QAT_SCHEME, fake_quantized
 from optimizers.source import SourceModel
+from serving.package import LOGIT_TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def layer_dropped_student(teacher_dir: Path, task: str, keep: int | tuple[int, .
 
     from serving.runtimes.torch import load_encoder
 
-    if task == "classification":
+    if task in LOGIT_TASKS:
         model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
     else:
         model = load_encoder(teacher_dir)  # without a pooler head, where the family has one
@@ -187,12 +189,12 @@ def _batches(items: list[Any], size: int, rng: random.Random) -> list[list[int]]
 @dataclass
 class Distiller:
     """Trains ``student`` to reproduce ``teacher`` on tokenized text: MSE on pooled embeddings, or KL divergence
-    on temperature-softened logits for classifiers."""
+    on temperature-softened logits for classifiers, MSE on the logit for rerankers."""
 
     teacher: Any
     student: Any
     source: SourceModel
-    classifier: bool
+    task: Task
     config: DistillConfig
     layer_map: tuple[tuple[int, int], ...] = ()  # (student layer, teacher layer it was copied from)
 
@@ -217,7 +219,9 @@ class Distiller:
     def loss(self, out: Any, ref: Any) -> Any:
         import torch.nn.functional as F  # noqa: N812
 
-        if self.classifier:
+        if self.task == "rerank":
+            return F.mse_loss(out, ref)
+        if self.task == "classification":
             t = self.config.temperature
             soft = F.kl_div(
                 F.log_softmax(out / t, -1), F.log_softmax(ref / t, -1), log_target=True, reduction="batchmean"
@@ -367,12 +371,12 @@ def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> 
         teacher=_teacher(source),
         student=student,
         source=source,
-        classifier=source.task == "classification",
+        task=source.task,
         config=config,
         layer_map=tuple(enumerate(details.get("kept_layers", []))),
     )
     train = context.train[: config.max_train_samples] if config.max_train_samples else context.train
-    if config.augment and source.tokenizer is not None:
+    if config.augment and source.tokenizer is not None and source.task != "rerank":
         train = augmented(train, config.augment, config.seed)
     with fake_quantized(distiller.student) if config.qat else nullcontext(0) as quantized_layers:
         history, best = distiller.fit(train, context.validation)

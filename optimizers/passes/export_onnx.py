@@ -24,7 +24,7 @@ from optimizers.passes.base import (
 from optimizers.source import SourceModel
 
 log = logging.getLogger(__name__)
-OUTPUT_NAMES = {"embedding": "sentence_embedding", "classification": "logits"}
+OUTPUT_NAMES = {"embedding": "sentence_embedding", "classification": "logits", "rerank": "logits"}
 
 
 class ExportMismatchError(PassFailedError):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.package import PoolingSpec, TorchOptions
+from serving.package import LOGIT_TASKS, PoolingSpec, TorchOptions
 from serving.runtimes.base import ModelRuntime
 from serving.runtimes.buckets import ShapeBuckets
 from serving.runtimes.cuda_graphs import CudaGraphs
@@ -106,7 +106,7 @@ def load_encoder(model_dir: Path) -> torch.nn.Module:
 def load_model(model_dir: Path, task: str, pooling: PoolingSpec) -> SentenceEncoder | SequenceClassifier:
     """Load a transformers model from safetensors only (never a pickle): an encoder wrapped with its pooling, or
     a sequence classifier returning logits."""
-    if task == "classification":
+    if task in LOGIT_TASKS:
         from transformers import AutoModelForSequenceClassification
 
         classifier = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
