@@ -168,12 +168,15 @@ def optimize(
     cache_dir: Path | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
     data_file: Path | None = None,
+    matryoshka_dims: tuple[int, ...] | None = None,
 ) -> ChainResult:
     """Optimize ``source_dir`` (a Hugging Face directory, an ONNX file or a module directory) with ``recipe``
     into the package at ``out_dir``; optionally also write the unoptimized source as a package at
     ``baseline_out``. ``budget`` overrides the recipe's. ``device="cuda"`` checks and profiles candidates on
     GPU 0, as a GPU replica runs them. ``data_file``: the user's texts (``optimizers.datasets.user_text``) for
-    calibration, validation, distillation and the held-out fidelity, instead of the built-in corpus. Raises
+    calibration, validation, distillation and the held-out fidelity, instead of the built-in corpus.
+    ``matryoshka_dims``: declare the model trained to be cut to these widths (as its model card's MatryoshkaLoss
+    does, where it has one): packages then serve ``dimensions`` and the fidelity is measured at each. Raises
     :class:`BudgetNotMetError` (after writing the report beside ``out_dir``) if no candidate qualifies."""
     from optimizers.plots import write_plots
 
@@ -181,6 +184,8 @@ def optimize(
     budget = budget or recipe.budget
     _stage(1, f"load {source_dir} and the data")
     source = SourceModel.load(source_dir)
+    if matryoshka_dims:
+        source = source.with_matryoshka_dims(matryoshka_dims)
     planned = plan(recipe, start=source.format, origin=f"recipe {recipe.name}")
     threads = threads or default_threads()
     data = _load_data(source, recipe, data_file)

@@ -126,7 +126,14 @@ class OutputsEvaluator:
         """``outputs`` (for ``items``) against the source's; with ``query_outputs``, the retrieval check too."""
         queries = self.queries(items) if query_outputs is not None else None
         pairs = (self.reference(queries), query_outputs) if queries is not None and query_outputs is not None else None
-        return output_fidelity(self.reference(items), outputs, task=self.source.task, labels=labels, queries=pairs)
+        return output_fidelity(
+            self.reference(items),
+            outputs,
+            task=self.source.task,
+            labels=labels,
+            queries=pairs,
+            widths=self.source.matryoshka_dims,
+        )
 
     def __call__(self, artifact: Artifact, items: list[Any] | None = None) -> Fidelity:
         """Fidelity on ``items``; by default on the validation split with the retrieval check (a pass's own

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serving.package import Fidelity
+from serving.package import Fidelity, WidthFidelity, cut_vectors
 
 Task = Literal["embedding", "classification", "rerank", "tensor"]
 NEIGHBOURS = 10
@@ -136,12 +136,14 @@ def output_fidelity(
     task: Task | None = None,
     labels: np.ndarray | None = None,
     queries: tuple[np.ndarray, np.ndarray] | None = None,
+    widths: tuple[int, ...] = (),
 ) -> Fidelity:
     """Row-wise cosine between two (n, dim) output matrices (mean, 1st percentile, minimum) and max absolute /
     relative error; for classifiers (``task="classification"`` or ``top1``) top-1 agreement and, given true
     ``labels``, accuracy; for embeddings, nearest-neighbour agreement@10 and, given ``queries`` (the source's
     and the candidate's outputs for :func:`retrieval_queries` of the same inputs), recall@10 of each; for rerankers
-    (``task="rerank"``), :func:`ranking_fidelity`."""
+    (``task="rerank"``), :func:`ranking_fidelity`. ``widths``: a Matryoshka model's declared widths, each measured
+    again on the vectors cut to it (:func:`width_fidelity`)."""
     if task == "rerank":
         return ranking_fidelity(reference, candidate)
     if reference.shape != candidate.shape or reference.ndim != 2:
@@ -164,4 +166,25 @@ def output_fidelity(
         max_rel_error=float(error.max() / scale) if scale > 0 else 0.0,
         recall_at_10=recall_at_k(queries[1], candidate) if queries is not None else None,
         source_recall_at_10=recall_at_k(queries[0], reference) if queries is not None else None,
+        widths=[width_fidelity(reference, candidate, width, queries) for width in widths if width < reference.shape[1]],
+    )
+
+
+def width_fidelity(
+    reference: np.ndarray, candidate: np.ndarray, width: int, queries: tuple[np.ndarray, np.ndarray] | None = None
+) -> WidthFidelity:
+    """Cosine (mean, min) and recall@10 of the candidate's vectors cut to ``width`` (``cut_vectors``), against the
+    source's cut the same way: what ``dimensions: width`` serves."""
+    ref, cand = cut_vectors(reference, width), cut_vectors(candidate, width)
+    cosine = np.einsum("ij,ij->i", ref, cand)
+    recall = source_recall = None
+    if queries is not None:
+        recall = recall_at_k(cut_vectors(queries[1], width), cand)
+        source_recall = recall_at_k(cut_vectors(queries[0], width), ref)
+    return WidthFidelity(
+        width=width,
+        cosine_mean=float(cosine.mean()),
+        cosine_min=float(cosine.min()),
+        recall_at_10=recall,
+        source_recall_at_10=source_recall,
     )

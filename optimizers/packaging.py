@@ -119,6 +119,7 @@ def _fill_package(
         embedding_dim=source.output_dim if source.task == "embedding" else None,
         labels=list(source.labels),
         score_activation=source.score_activation,
+        matryoshka_dims=list(source.matryoshka_dims),
         fidelity=candidate.fidelity,
         budget=budget,
         profile=candidate.profile,

@@ -245,6 +245,24 @@ def budget_shown(budget: dict[str, Any], task: str) -> dict[str, Any]:
     return shown | {k: v for k, v in budget.items() if k not in own and k not in others and v is not None}
 
 
+def _width_lines(report: dict[str, Any]) -> list[str]:
+    """A Matryoshka model's selected candidate at each declared width (``dimensions`` in a request)."""
+    chosen = next((c for c in report["candidates"] if c["name"] == report["selected"] and c["fidelity"]), None)
+    widths = (chosen["fidelity"].get("widths") or []) if chosen else []
+    if chosen is None or not widths:
+        return []
+    rows = [[str(w["width"]), _num(w["cosine_mean"]), _num(w["cosine_min"]), _recall(w)] for w in widths]
+    return [
+        f"### {chosen['name']} cut to its Matryoshka widths (a request's `dimensions`)",
+        "",
+        _md_table(["width", "cos mean", "cos min", "recall@10"], rows),
+        "",
+        "Each vector cut to its first `width` values and re-normalized, against the source's cut the same way; "
+        "recall@10 as above, at that width (the source's in brackets).",
+        "",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     budget = report["budget"]
     task = str(report.get("task") or "embedding")
@@ -261,6 +279,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         _md_table(header, _candidate_rows(report, task)),
         "",
         *_legend(candidate_legend(task)),
+        *_width_lines(report),
     ]
     if report.get("serving"):
         parts += [

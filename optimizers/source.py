@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +64,7 @@ class SourceModel:
     prompts: Mapping[str, str] = field(default_factory=dict)  # sentence-transformers prompts, by name
     default_prompt_name: str | None = None
     score_activation: Literal["sigmoid", "identity"] = "sigmoid"  # rerankers: logit -> score
+    matryoshka_dims: tuple[int, ...] = ()  # embeddings: widths the model was trained to be cut to
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -216,7 +217,17 @@ class SourceModel:
             prompts=prompts,
             default_prompt_name=default_prompt,
             score_activation=_score_activation(root, config) if task == "rerank" else "sigmoid",
+            matryoshka_dims=_matryoshka_dims(root, _hidden_size(config_file, config)) if task == "embedding" else (),
         )
+
+    def with_matryoshka_dims(self, dims: tuple[int, ...]) -> SourceModel:
+        """This model declared as trained to be cut to ``dims`` (each 1..its width; its widest is implied)."""
+        if self.task != "embedding" or self.tokenizer is None:
+            raise OptiserveError(f"{self.name}: Matryoshka widths apply to text embedding models, not {self.task}")
+        wrong = [d for d in dims if not 0 < d <= self.output_dim]
+        if wrong:
+            raise OptiserveError(f"{self.name}: Matryoshka widths {wrong} are not within 1..{self.output_dim}")
+        return replace(self, matryoshka_dims=tuple(sorted(set(dims), reverse=True)))
 
 
 def hub_cache_dir() -> Path:
@@ -291,6 +302,20 @@ def _score_activation(root: Path, config: Mapping[str, Any]) -> Literal["sigmoid
     if kind not in ("Sigmoid", "Identity"):
         raise OptiserveError(f"{root}: cross-encoder activation {named!r} is not supported (Sigmoid or Identity)")
     return "sigmoid" if kind == "Sigmoid" else "identity"
+
+
+# sentence-transformers writes each training loss's config into the model card (README.md) as JSON; its
+# MatryoshkaLoss's holds the widths the model was trained at.
+MATRYOSHKA_CARD = re.compile(r'"matryoshka_dims":\s*\[([\d,\s]+)\]')
+
+
+def _matryoshka_dims(root: Path, width: int) -> tuple[int, ...]:
+    """The widths a sentence-transformers model card says the model was trained at with MatryoshkaLoss (the
+    union, where several losses name them), within 1..``width``; empty where it says none."""
+    card = root / "README.md"
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
+    found = {int(d) for match in MATRYOSHKA_CARD.finditer(text) for d in match.group(1).replace(",", " ").split()}
+    return tuple(sorted((d for d in found if 0 < d <= width), reverse=True))
 
 
 def _model_name(path: Path) -> str:

@@ -75,6 +75,17 @@ def _candidates_json(candidates: list[Candidate]) -> list[dict[str, Any]]:
     ]
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    """``--matryoshka-dims 512,256,128`` as widths."""
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths separated by commas (512,256,128), got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths separated by commas, got {text!r}")
+    return widths
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -108,6 +119,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             device=args.device,
             data_file=args.data,
+            matryoshka_dims=args.matryoshka_dims,
         )
     except BudgetNotMetError as exc:
         if args.json:
@@ -354,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         "validation, distillation and the held-out fidelity (default: the built-in corpus)",
     )
     p.add_argument("--cache-dir", type=Path, help=settings.CACHE.help("pass cache (default: ~/.cache/optiserve/chain)"))
+    p.add_argument(
+        "--matryoshka-dims",
+        type=_widths,
+        metavar="W,W,...",
+        help="the model was trained to be cut to these widths (Matryoshka; read from its sentence-transformers model "
+        "card where it names them): requests may then ask for fewer dimensions, and the report measures each",
+    )
     p.add_argument("--min-cosine-mean", type=float, help="override the recipe's budget")
     p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")
     p.add_argument("--min-top1-agreement", type=float, help="override the recipe's budget (classifiers, rerankers)")

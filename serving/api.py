@@ -117,7 +117,12 @@ class EmbeddingsRequest(TextRequest):
     """OpenAI ``POST /v1/embeddings`` request (text inputs only)."""
 
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = Field(default=None, gt=0)
+    dimensions: StrictInt | None = Field(
+        default=None,
+        gt=0,
+        description="a Matryoshka package (its manifest's matryoshka_dims): the vectors cut to this width and "
+        "re-normalized; other packages: their width only",
+    )
     prompt_name: StrictStr | None = Field(
         default=None,
         max_length=256,

@@ -49,7 +49,7 @@ from serving.api import (
     shorten,
 )
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
-from serving.package import ServingDefaults, UnknownPromptError, load_package
+from serving.package import DimensionsError, ServingDefaults, UnknownPromptError, load_package
 from serving.replica import CacheUse, InferResult, ModelRunner, ServedModels
 from serving.version import __version__
 
@@ -176,20 +176,18 @@ class InferenceService(ServedModels):
     async def embeddings(self, request: Request) -> Response:
         body = http.parse_body(EmbeddingsRequest, await request.body())
         runner = self._resolve(request, body.model, "embedding", "/v1/embeddings")
-        if body.dimensions is not None and body.dimensions != runner.manifest.output_dim:
-            raise ApiError(
-                422,
-                f"dimensions: this model returns {runner.manifest.output_dim}, got {body.dimensions}",
-                "invalid_request_error",
-                "invalid_value",
-            )
+        manifest = runner.manifest
         try:
-            texts = runner.manifest.apply_prompt(body.texts(), body.prompt_name)
+            manifest.check_dimensions(body.dimensions)  # before any work
+            texts = manifest.apply_prompt(body.texts(), body.prompt_name)
+        except DimensionsError as exc:
+            raise ApiError(422, str(exc), "invalid_request_error", "invalid_value") from None
         except UnknownPromptError as exc:
             raise ApiError(400, str(exc), "invalid_request_error", "unknown_prompt") from None
         result = await self._infer(runner, texts, request, body.truncate)
+        vectors = manifest.cut_vectors(result.outputs, body.dimensions)
         return json_response(
-            embeddings_body(runner.name, result.outputs, result.tokens, result.truncated, body.encoding_format)
+            embeddings_body(runner.name, vectors, result.tokens, result.truncated, body.encoding_format)
         )
 
     @api.post("/v1/classify", openapi_extra=json_body(ClassifyRequest))

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.errors import OptiserveError, PackageError
@@ -44,6 +45,19 @@ LOGIT_TASKS: tuple[Task, ...] = ("classification", "rerank")
 
 class UnknownPromptError(OptiserveError, ValueError):
     """A request named a prompt the package does not declare."""
+
+
+class DimensionsError(OptiserveError, ValueError):
+    """A request asked for an embedding width the package cannot give."""
+
+
+def cut_vectors(vectors: np.ndarray, width: int, normalize: bool = True) -> np.ndarray:
+    """The first ``width`` values of each row (a Matryoshka prefix), re-normalized to unit length if
+    ``normalize``."""
+    cut = np.ascontiguousarray(vectors[:, :width], dtype=np.float32)
+    if normalize:
+        cut /= np.linalg.norm(cut, axis=1, keepdims=True).clip(min=1e-12)
+    return cut
 
 
 class _Strict(BaseModel):
@@ -79,6 +93,17 @@ class PassRecord(_Strict):
     cached: bool = Field(default=False, description="reused from the chain's content-addressed cache")
 
 
+class WidthFidelity(_Strict):
+    """Fidelity of a Matryoshka model's vectors cut to ``width`` (and re-normalized), against the source's cut the
+    same way: what a request with ``dimensions: width`` gets."""
+
+    width: int = Field(gt=0)
+    cosine_mean: float
+    cosine_min: float
+    recall_at_10: float | None = None
+    source_recall_at_10: float | None = None
+
+
 class Fidelity(_Strict):
     """Agreement of this model's outputs with the source model's, on held-out data: row-wise cosine of the output
     vectors (embeddings or logits), max absolute / relative error, and per task: for embeddings, how many of each
@@ -105,6 +130,7 @@ class Fidelity(_Strict):
     kendall_tau: float | None = Field(
         default=None, description="rerankers: mean Kendall tau between the source's and this ranking of each query"
     )
+    widths: list[WidthFidelity] = Field(default=[], description="Matryoshka models: at each declared width")
 
     @property
     def judged_by(self) -> tuple[str, ...]:
@@ -300,6 +326,12 @@ class Manifest(_Strict):
     )
     default_prompt_name: str | None = Field(default=None, description="the prompt applied when none is named")
     embedding_dim: int | None = Field(default=None, gt=0, description="embedding models: vector width")
+    matryoshka_dims: list[int] = Field(
+        default=[],
+        description="embedding models trained to be cut (Matryoshka): the widths they were trained at; a request's "
+        "dimensions may then be any width up to embedding_dim (cut_vectors). Empty: dimensions must be "
+        "embedding_dim",
+    )
     labels: list[str] = Field(default=[], description="classifiers: label of each logit, in order")
     score_activation: Literal["sigmoid", "identity"] = Field(
         default="sigmoid",
@@ -361,6 +393,13 @@ class Manifest(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _matryoshka(self) -> Manifest:
+        width = self.embedding_dim or 0
+        if self.matryoshka_dims and not all(0 < d <= width for d in self.matryoshka_dims):
+            raise ValueError(f"matryoshka_dims {self.matryoshka_dims} must be widths of 1..{width} (embedding_dim)")
+        return self
+
+    @model_validator(mode="after")
     def _prompts(self) -> Manifest:
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of prompts {self.prompts}")
@@ -372,6 +411,29 @@ class Manifest(_Strict):
         if self.task == "rerank":
             return 1
         return self.embedding_dim if self.embedding_dim is not None else len(self.labels)
+
+    def cut_vectors(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+        """``vectors`` cut to their first ``dimensions`` values (``None`` or the full width: unchanged), then
+        re-normalized to unit length where the package's vectors are normalized, as Matryoshka models are used.
+        Raises :class:`DimensionsError` for a width this package cannot give (:meth:`check_dimensions`)."""
+        self.check_dimensions(dimensions)
+        if dimensions is None or dimensions == self.output_dim:
+            return vectors
+        return cut_vectors(vectors, dimensions, self.pooling.normalize)
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """Raise :class:`DimensionsError` unless this package can give vectors of ``dimensions`` values: its own
+        width (or ``None``), or, where it declares Matryoshka widths, any width below it."""
+        width = self.output_dim
+        if dimensions is None or dimensions == width:
+            return
+        if not self.matryoshka_dims:
+            raise DimensionsError(
+                f"dimensions: model {self.name!r} returns {width} and declares no Matryoshka widths (its vectors "
+                f"cannot be cut), so dimensions must be {width}; got {dimensions}"
+            )
+        if not 0 < dimensions < width:
+            raise DimensionsError(f"dimensions: model {self.name!r} returns at most {width}; got {dimensions}")
 
     def apply_prompt(self, texts: list[str], prompt_name: str | None = None) -> list[str]:
         """``texts`` with the named prompt prepended, as sentence-transformers' ``encode(prompt_name=...)`` does;

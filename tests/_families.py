@@ -188,9 +188,11 @@ def build_family(
     normalize: bool = True,
     prompts: dict[str, str] | None = None,
     seed: int = 0,
+    matryoshka_dims: tuple[int, ...] = (),
 ) -> Path:
     """Write a 2-layer, 32-wide random-weight ``name`` encoder with its tokenizer and sentence-transformers files
-    to ``root`` (safetensors weights)."""
+    to ``root`` (safetensors weights); with ``matryoshka_dims``, a model card naming them as
+    sentence-transformers writes a MatryoshkaLoss's config."""
     import torch
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -205,6 +207,10 @@ def build_family(
     model.save_pretrained(root, safe_serialization=True)
     _save_tokenizer(family, root)
     _write_sentence_transformers(root, pooling, normalize, prompts or {})
+    if matryoshka_dims:
+        loss = {"loss": "MultipleNegativesRankingLoss", "matryoshka_dims": list(matryoshka_dims)}
+        card = f"# {name}\n\n#### MatryoshkaLoss\n```json\n{json.dumps(loss, indent=4)}\n```\n"
+        (root / "README.md").write_text(card)
     return root
 
 

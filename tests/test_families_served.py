@@ -22,6 +22,7 @@ RECIPE = Path(__file__).resolve().parent / "recipes" / "families-ci.yaml"
 TEXTS = load_split("heldout")[:24]
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 SERVED = {"xlm-roberta": "cls", "mpnet": "lasttoken"}  # family -> pooling
+MATRYOSHKA = (32, 16, 8)  # the xlm-roberta model's card says it was trained at these widths
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,10 @@ def family_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Model
     root = tmp_path_factory.mktemp("served-families")
     packages = {}
     for family, pooling in SERVED.items():
-        source = build_family(family, root / f"{family}-source", pooling=pooling, prompts=PROMPTS)
+        widths = MATRYOSHKA if family == "xlm-roberta" else ()
+        source = build_family(
+            family, root / f"{family}-source", pooling=pooling, prompts=PROMPTS, matryoshka_dims=widths
+        )
         packages[family] = optimize(source, root / family, profile_items=16, recipe=RECIPE).package
     return packages
 
@@ -76,3 +80,36 @@ def test_an_unknown_prompt_is_a_json_400(families, family_packages) -> None:
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "unknown_prompt" and "passage, query" in error["message"]
+
+
+def test_a_matryoshka_package_serves_vectors_cut_to_the_dimensions_asked(families, family_packages) -> None:
+    """Widths from the model card: the chain measures each, and a request's ``dimensions`` gets the vectors cut to
+    that width and re-normalized, as sentence-transformers' ``truncate_dim`` cuts them."""
+    from sentence_transformers import SentenceTransformer
+
+    package = family_packages["xlm-roberta"]
+    manifest = package.manifest
+    assert manifest.matryoshka_dims == list(MATRYOSHKA)
+    assert manifest.fidelity is not None and [w.width for w in manifest.fidelity.widths] == [16, 8]
+    assert all(w.recall_at_10 is not None for w in manifest.fidelity.widths)
+    cut = _vectors(families, {"input": TEXTS, "model": manifest.name, "dimensions": 8})
+    assert cut.shape == (len(TEXTS), 8)
+    assert np.allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-4)
+    model = SentenceTransformer(manifest.source.path, truncate_dim=8, device="cpu")
+    measured = manifest.fidelity.widths[-1]  # width 8, on the held-out split these texts are from
+    assert _cosines(cut, model.encode(TEXTS)).min() >= min(0.99, measured.cosine_min) - 0.01
+    for dimensions in (33, 0):
+        response = httpx.post(
+            f"{families.url}/v1/embeddings", json={"input": "x", "model": manifest.name, "dimensions": dimensions}
+        )
+        assert response.status_code == 422, response.text[:500]
+
+
+def test_dimensions_other_than_the_width_of_a_model_without_matryoshka_widths_are_refused(
+    families, family_packages
+) -> None:
+    name = family_packages["mpnet"].manifest.name
+    response = httpx.post(f"{families.url}/v1/embeddings", json={"input": "x", "model": name, "dimensions": 16})
+    assert response.status_code == 422 and "declares no Matryoshka widths" in response.json()["error"]["message"]
+    same = httpx.post(f"{families.url}/v1/embeddings", json={"input": "x", "model": name, "dimensions": 32})
+    assert same.status_code == 200 and len(same.json()["data"][0]["embedding"]) == 32
