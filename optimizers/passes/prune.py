@@ -1,5 +1,6 @@
-"""Structured pruning of a BERT-family encoder's feed-forward neurons, removed physically, with a least-squares
-re-fit of each layer's output.
+"""Structured pruning of an encoder's feed-forward neurons (BERT, RoBERTa, XLM-RoBERTa, MPNet: ``intermediate`` /
+``output``; DistilBERT: ``ffn.lin1`` / ``ffn.lin2``), removed physically, with a least-squares re-fit of each
+layer's output.
 
 Each layer's FFN neurons are scored by what they contribute on real text: the mean magnitude of the neuron's
 activation times the norm of its output weights (first-order, data-aware; no gradient is needed, so an exact
@@ -41,30 +42,64 @@ class PruneConfig(PassConfig):
     refit: bool = Field(default=True, description="re-fit each layer's output projection by least squares")
 
 
+# Where a layer's two feed-forward matrices are, per family: (module holding the one into the neurons, its name),
+# and the same for the one out of them. In every family here the input of the first is also the residual added
+# to the output of the second before the layer norm.
+FFN_SITES = {
+    "bert": (("intermediate", "dense"), ("output", "dense")),  # BERT, RoBERTa, XLM-RoBERTa, MPNet, ELECTRA
+    "distilbert": (("ffn", "lin1"), ("ffn", "lin2")),
+}
+# The config key of the FFN width, per family.
+FFN_WIDTH_KEY = {"bert": "intermediate_size", "distilbert": "hidden_dim"}
+
+
+def ffn_family(layer: Any) -> str:
+    """Which :data:`FFN_SITES` layout a transformer layer has."""
+    for family, ((inner, _), (outer, _)) in FFN_SITES.items():
+        if hasattr(layer, inner) and hasattr(layer, outer):
+            return family
+    raise PassUnavailableError(f"prune: no feed-forward block known in {type(layer).__name__}")
+
+
+def ffn_linears(layer: Any) -> tuple[Any, Any]:
+    """The layer's Linear into its FFN neurons and the Linear out of them."""
+    (inner, inner_name), (outer, outer_name) = FFN_SITES[ffn_family(layer)]
+    return getattr(getattr(layer, inner), inner_name), getattr(getattr(layer, outer), outer_name)
+
+
 def ffn_layers(encoder: Any) -> list[Any]:
-    """The encoder's layers, each with ``intermediate.dense`` and ``output.dense`` (BERT, RoBERTa, …)."""
-    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
-        raise PassUnavailableError(
-            f"prune handles BERT-style encoders (encoder.layer[i].intermediate/output); got {type(encoder).__name__}"
-        )
-    return list(layers)
+    """The encoder's transformer layers (``encoder.layer``, or DistilBERT's ``transformer.layer``), each with a
+    feed-forward block of :data:`FFN_SITES`."""
+    for holder in ("encoder", "transformer"):
+        layers = getattr(getattr(encoder, holder, None), "layer", None)
+        if layers is not None:
+            for layer in layers:
+                ffn_family(layer)
+            return list(layers)
+    raise PassUnavailableError(
+        f"prune: no transformer layers (encoder.layer, transformer.layer) in {type(encoder).__name__}"
+    )
 
 
 @contextmanager
 def captured_ffn_inputs(layer: Any, store: list[tuple[Any, Any]]) -> Iterator[None]:
-    """Record the (intermediate activation, residual) pairs entering ``layer.output`` on each forward call."""
+    """Record, on each forward call, the (neuron activations, residual) pair: the inputs of the FFN's output and
+    input Linears."""
+    inner, outer = ffn_linears(layer)
+    residuals: list[Any] = []
 
-    def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        values = [*args, kwargs.get("hidden_states"), kwargs.get("input_tensor")]
-        hidden, residual = [v for v in values if v is not None][:2]
-        store.append((hidden.detach(), residual.detach()))
+    def residual(_module: Any, args: tuple[Any, ...]) -> None:
+        residuals.append(args[0].detach())
 
-    handle = layer.output.register_forward_pre_hook(record, with_kwargs=True)
+    def activation(_module: Any, args: tuple[Any, ...]) -> None:
+        store.append((args[0].detach(), residuals.pop()))
+
+    handles = [inner.register_forward_pre_hook(residual), outer.register_forward_pre_hook(activation)]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _tokens(model: Any, layer: Any, batches: list[tuple[Any, ...]]) -> tuple[Any, Any]:
@@ -105,7 +140,7 @@ def shrink_layer(layer: Any, keep: Any, weight: Any | None = None, bias: Any | N
     """Replace ``layer``'s FFN matrices with smaller ones holding only the ``keep`` neurons."""
     import torch
 
-    inner, outer = layer.intermediate.dense, layer.output.dense
+    inner, outer = ffn_linears(layer)
     new_inner = torch.nn.Linear(inner.in_features, len(keep), dtype=inner.weight.dtype)
     new_outer = torch.nn.Linear(len(keep), outer.out_features, dtype=outer.weight.dtype)
     with torch.no_grad():
@@ -113,7 +148,9 @@ def shrink_layer(layer: Any, keep: Any, weight: Any | None = None, bias: Any | N
         new_inner.bias.copy_(inner.bias[keep])
         new_outer.weight.copy_(outer.weight[:, keep] if weight is None else weight.to(outer.weight.dtype))
         new_outer.bias.copy_(outer.bias if bias is None else bias.to(outer.bias.dtype))
-    layer.intermediate.dense, layer.output.dense = new_inner, new_outer
+    (inner_holder, inner_name), (outer_holder, outer_name) = FFN_SITES[ffn_family(layer)]
+    setattr(getattr(layer, inner_holder), inner_name, new_inner)
+    setattr(getattr(layer, outer_holder), outer_name, new_outer)
 
 
 @register("prune", PruneConfig, accepts=("hf",), libraries=("torch", "transformers"))
@@ -124,36 +161,39 @@ def prune(artifact: Artifact, config: PruneConfig, context: PassContext) -> Pass
     from serving.runtimes.torch import load_model
 
     source = context.source_for(artifact)
-    if source.task != "embedding":
-        raise PassUnavailableError("prune handles embedding encoders; classifiers are not supported yet")
     original = load_model(source.path, source.task, source.pooling)
     pruned: Any = load_model(source.path, source.task, source.pooling)
+    # the transformers model saved, and the encoder inside it whose layers are pruned (a classifier's base model)
+    saved: Any = getattr(pruned, "encoder", None) or pruned.classifier
     texts = context.train[: config.samples]
     batches = [torch_inputs(source, texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
     before = sum(p.numel() for p in pruned.parameters())
-    layers = ffn_layers(pruned.encoder)
-    width = layers[0].intermediate.dense.out_features
+    layers = ffn_layers(saved.base_model)
+    width = ffn_linears(layers[0])[0].out_features
     kept = max(1, round(width * config.ffn_keep))
     residual_errors = []
-    for index, (layer, reference) in enumerate(zip(layers, ffn_layers(original.encoder), strict=True)):
-        ref_act, ref_res = _tokens(original, reference, batches)
-        target = ref_act @ reference.output.dense.weight.double().T + reference.output.dense.bias.double() + ref_res
+    reference: Any = getattr(original, "encoder", None) or original.classifier
+    reference_layers = ffn_layers(reference.base_model)
+    for index, (layer, reference_layer) in enumerate(zip(layers, reference_layers, strict=True)):
+        ref_act, ref_res = _tokens(original, reference_layer, batches)
+        ref_outer = ffn_linears(reference_layer)[1]
+        target = ref_act @ ref_outer.weight.double().T + ref_outer.bias.double() + ref_res
         activations, residuals = _tokens(pruned, layer, batches)
-        keep = torch.argsort(neuron_scores(activations, layer.output.dense.weight), descending=True)[:kept]
+        keep = torch.argsort(neuron_scores(activations, ffn_linears(layer)[1].weight), descending=True)[:kept]
         keep = torch.sort(keep).values
         weight = bias = None
         if config.refit:
             weight, bias = ridge_fit(activations[:, keep], target - residuals, config.ridge)
         shrink_layer(layer, keep, weight, bias)
         with torch.inference_mode():
-            refit = layer.output.dense(activations[:, keep].float()).double() + residuals
+            refit = ffn_linears(layer)[1](activations[:, keep].float()).double() + residuals
         residual_errors.append(float((refit - target).norm() / target.norm()))
         log.info(
             "prune layer %d: kept %d of %d FFN neurons, relative error %.4f", index, kept, width, residual_errors[-1]
         )
-    pruned.encoder.config.intermediate_size = kept
+    setattr(saved.config, FFN_WIDTH_KEY[ffn_family(layers[0])], kept)
     target_dir = out_path(context, "model")
-    pruned.encoder.save_pretrained(target_dir, safe_serialization=True)
+    saved.save_pretrained(target_dir, safe_serialization=True)
     after = sum(p.numel() for p in pruned.parameters())
     details = {
         "ffn_neurons_kept": kept,
