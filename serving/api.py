@@ -129,6 +129,12 @@ class EmbeddingsRequest(TextRequest):
         description="a prompt the package declares (e.g. query, passage), prepended to every input; unset: the "
         "package's default prompt, if it has one",
     )
+    prompt: StrictStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="a prompt text prepended to every input instead (e.g. 'Represent this sentence for searching "
+        "relevant passages: '); not with prompt_name",
+    )
 
 
 class ClassifyRequest(TextRequest):

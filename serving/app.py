@@ -179,7 +179,7 @@ class InferenceService(ServedModels):
         manifest = runner.manifest
         try:
             manifest.check_dimensions(body.dimensions)  # before any work
-            texts = manifest.apply_prompt(body.texts(), body.prompt_name)
+            texts = manifest.apply_prompt(body.texts(), body.prompt_name, body.prompt)
         except DimensionsError as exc:
             raise ApiError(422, str(exc), "invalid_request_error", "invalid_value") from None
         except UnknownPromptError as exc:
@@ -264,10 +264,11 @@ class InferenceService(ServedModels):
     async def _kserve_infer(self, runner: ModelRunner, request: Request) -> Response:
         limit = kserve_spec.max_elements(runner.manifest, self.limits.max_inputs)
         parsed = kserve.parse_infer_request(await request.body(), request.headers.get(kserve.HEADER_LENGTH), limit)
-        items = kserve_spec.request_items(parsed, runner.manifest, self.limits.max_inputs)
-        result = await self._infer(runner, items, request)
+        options = kserve_spec.request_options(parsed, runner.manifest)
+        items = kserve_spec.request_items(parsed, runner.manifest, self.limits.max_inputs, options)
+        result = await self._infer(runner, items, request, options.truncate)
         body, headers = kserve.infer_response(
-            runner.name, runner.manifest.version, parsed, kserve_spec.output_tensors(runner, result)
+            runner.name, runner.manifest.version, parsed, kserve_spec.output_tensors(runner, result, options)
         )
         return Response(body, media_type=headers.pop("content-type"), headers=headers)
 

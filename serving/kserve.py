@@ -53,6 +53,7 @@ class InferRequest:
     inputs: list[InferInput]
     outputs: list[str] | None  # requested output names; None = all
     binary_outputs: set[str] = field(default_factory=set)  # outputs to send as binary data
+    parameters: dict[str, Any] = field(default_factory=dict)  # the request's own parameters
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         raise bad_request(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
     outputs, binary_outputs = _requested_outputs(request.get("outputs"), bool(parameters.get("binary_data_output")))
     request_id = request.get("id")
-    return InferRequest(str(request_id) if request_id is not None else None, inputs, outputs, binary_outputs)
+    request_id = str(request_id) if request_id is not None else None
+    return InferRequest(request_id, inputs, outputs, binary_outputs, parameters)
 
 
 def _parameters(entry: dict, where: str) -> dict:

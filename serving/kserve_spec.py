@@ -5,13 +5,14 @@ binary tensor extension) is :mod:`serving.kserve`; this module maps a package's 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serving import kserve
 from serving.api import check_texts, rerank_scores, softmax
-from serving.package import Manifest
+from serving.package import DimensionsError, Manifest, UnknownPromptError
 from serving.replica import InferResult, ModelRunner
 
 TEXT_INPUT = "text"  # the one input of a text model
@@ -70,9 +71,46 @@ def max_elements(manifest: Manifest, max_inputs: int) -> int:
     return max_inputs * math.prod(int(d) for d in manifest.inputs[0].shape[1:])
 
 
-def request_items(parsed: kserve.InferRequest, manifest: Manifest, max_inputs: int) -> list[Any]:
-    """The items to run: the texts of a text model's input, a reranker's (query, document) pairs, or one float32
-    array per item of a tensor model's."""
+@dataclass(frozen=True)
+class TextOptions:
+    """What an infer request's ``parameters`` ask of a text model, as ``/v1/embeddings`` fields do: a prompt by
+    name or as text and a Matryoshka width (embeddings), and whether to cut an over-long input (any text model).
+    Other parameters are left to the protocol (``binary_data_output``) or ignored, as Triton does."""
+
+    prompt_name: str | None = None
+    prompt: str | None = None
+    dimensions: int | None = None
+    truncate: bool | None = None
+
+
+EMBEDDING_OPTIONS = ("prompt_name", "prompt", "dimensions")
+
+
+def request_options(parsed: kserve.InferRequest, manifest: Manifest) -> TextOptions:
+    """The request's :class:`TextOptions`, each checked for its type and for this model; raises a 400 naming the
+    first that is wrong."""
+    given = {k: v for k, v in parsed.parameters.items() if k in (*EMBEDDING_OPTIONS, "truncate")}
+    for name, kind in (("prompt_name", str), ("prompt", str), ("dimensions", int), ("truncate", bool)):
+        value = given.get(name)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise kserve.bad_request(f"parameters.{name} must be {kind.__name__}, got {type(value).__name__}")
+    if manifest.task != "embedding" and (asked := [k for k in EMBEDDING_OPTIONS if given.get(k) is not None]):
+        raise kserve.bad_request(f"parameters {asked} apply to embedding models; {manifest.name!r} is {manifest.task}")
+    if given and not manifest.takes_text:
+        raise kserve.bad_request(f"parameters {sorted(given)} apply to text models; {manifest.name!r} takes tensors")
+    options = TextOptions(**given)
+    try:
+        manifest.check_dimensions(options.dimensions)
+    except DimensionsError as exc:
+        raise kserve.bad_request(f"parameters.{exc}") from None
+    return options
+
+
+def request_items(
+    parsed: kserve.InferRequest, manifest: Manifest, max_inputs: int, options: TextOptions | None = None
+) -> list[Any]:
+    """The items to run: the texts of a text model's input (with the prompt ``options`` or the package name), a
+    reranker's (query, document) pairs, or one float32 array per item of a tensor model's."""
     if manifest.task == "rerank":
         return rerank_items(parsed, max_inputs)
     if manifest.takes_text:
@@ -81,7 +119,13 @@ def request_items(parsed: kserve.InferRequest, manifest: Manifest, max_inputs: i
             check_texts(items)
         except ValueError as exc:
             raise kserve.bad_request(f"input {TEXT_INPUT!r}: {exc}") from None
-        return items
+        if manifest.task != "embedding":
+            return items
+        options = options or TextOptions()
+        try:
+            return manifest.apply_prompt(items, options.prompt_name, options.prompt)
+        except UnknownPromptError as exc:
+            raise kserve.bad_request(str(exc)) from None
     spec = manifest.inputs[0]
     shape = tuple(int(d) for d in spec.shape[1:])
     return kserve.tensor_input(parsed, spec.name, shape, max_inputs)
@@ -104,7 +148,9 @@ def rerank_items(parsed: kserve.InferRequest, max_inputs: int) -> list[tuple[str
     return list(zip(queries * len(documents) if len(queries) == 1 else queries, documents, strict=True))
 
 
-def output_tensors(runner: ModelRunner, result: InferResult) -> list[kserve.OutputTensor]:
+def output_tensors(
+    runner: ModelRunner, result: InferResult, options: TextOptions | None = None
+) -> list[kserve.OutputTensor]:
     if runner.manifest.task == "rerank":
         scores = rerank_scores(result.outputs, runner.manifest.score_activation)
         return [kserve.OutputTensor("score", "FP32", scores), kserve.OutputTensor("logits", "FP32", result.outputs)]
@@ -116,4 +162,5 @@ def output_tensors(runner: ModelRunner, result: InferResult) -> list[kserve.Outp
             kserve.OutputTensor("probabilities", "FP32", softmax(result.outputs)),
             kserve.OutputTensor("label", "BYTES", predicted),
         ]
-    return [kserve.OutputTensor("embedding", "FP32", result.outputs)]
+    dimensions = options.dimensions if options is not None else None
+    return [kserve.OutputTensor("embedding", "FP32", runner.manifest.cut_vectors(result.outputs, dimensions))]

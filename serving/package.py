@@ -435,10 +435,15 @@ class Manifest(_Strict):
         if not 0 < dimensions < width:
             raise DimensionsError(f"dimensions: model {self.name!r} returns at most {width}; got {dimensions}")
 
-    def apply_prompt(self, texts: list[str], prompt_name: str | None = None) -> list[str]:
-        """``texts`` with the named prompt prepended, as sentence-transformers' ``encode(prompt_name=...)`` does;
-        ``None``: the default prompt where the package declares one, else ``texts`` unchanged. Raises
-        :class:`UnknownPromptError` for a name the package does not declare."""
+    def apply_prompt(self, texts: list[str], prompt_name: str | None = None, prompt: str | None = None) -> list[str]:
+        """``texts`` with the named prompt prepended, as sentence-transformers' ``encode(prompt_name=...)`` does,
+        or with the text ``prompt`` (``encode(prompt=...)``); neither: the default prompt where the package
+        declares one, else ``texts`` unchanged. Raises :class:`UnknownPromptError` for a name the package does
+        not declare (or for both at once)."""
+        if prompt is not None:
+            if prompt_name is not None:
+                raise UnknownPromptError("give a prompt_name or a prompt text, not both")
+            return [prompt + text for text in texts]
         name = prompt_name if prompt_name is not None else self.default_prompt_name
         if name is None:
             return list(texts)

@@ -113,3 +113,32 @@ def test_dimensions_other_than_the_width_of_a_model_without_matryoshka_widths_ar
     assert response.status_code == 422 and "declares no Matryoshka widths" in response.json()["error"]["message"]
     same = httpx.post(f"{families.url}/v1/embeddings", json={"input": "x", "model": name, "dimensions": 32})
     assert same.status_code == 200 and len(same.json()["data"][0]["embedding"]) == 32
+
+
+def test_a_prompt_text_is_the_same_as_the_prompt_of_that_name(families, family_packages) -> None:
+    name = family_packages["xlm-roberta"].manifest.name
+    by_name = _vectors(families, {"input": TEXTS[0], "model": name, "prompt_name": "query"})
+    by_text = _vectors(families, {"input": TEXTS[0], "model": name, "prompt": PROMPTS["query"]})
+    assert _cosines(by_name, by_text).min() >= 0.9999
+    both = {"input": "x", "model": name, "prompt_name": "query", "prompt": "query: "}
+    response = httpx.post(f"{families.url}/v1/embeddings", json=both, timeout=30)
+    assert response.status_code == 400 and "not both" in response.json()["error"]["message"]
+
+
+def test_kserve_infer_takes_a_prompt_and_dimensions_as_request_parameters(families, family_packages) -> None:
+    name = family_packages["xlm-roberta"].manifest.name
+    text_input = {"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXTS[0]]}
+
+    def infer(parameters: dict) -> httpx.Response:
+        body = {"inputs": [text_input], "parameters": parameters}
+        return httpx.post(f"{families.url}/v2/models/{name}/infer", json=body, timeout=30)
+
+    response = infer({"prompt_name": "query", "dimensions": 8})
+    assert response.status_code == 200, response.text[:500]
+    (output,) = response.json()["outputs"]
+    assert output["shape"] == [1, 8]
+    expected = _vectors(families, {"input": TEXTS[0], "model": name, "prompt_name": "query", "dimensions": 8})
+    assert _cosines(np.array(output["data"], dtype=np.float32).reshape(1, 8), expected).min() >= 0.9999
+    for bad in ({"prompt_name": "doc"}, {"dimensions": "8"}, {"dimensions": 64}, {"truncate": 1}):
+        answer = infer(bad)
+        assert answer.status_code == 400 and isinstance(answer.json()["error"], str), (bad, answer.text[:300])
