@@ -1,6 +1,7 @@
-"""Encoder families served over HTTP: RoBERTa-style packages (no token types, their own pad id, CLS and last-token
-pooling, declared prompts) optimized by the chain, deployed next to each other on the session's Ray Serve
-instance, and answering like their packages' own pipelines."""
+"""Encoder families served over HTTP: a package of each (BERT, RoBERTa, DistilBERT, XLM-RoBERTa, MPNet; with and
+without token types, their own pad ids, mean, max, CLS and last-token pooling, declared prompts) optimized by the
+chain, deployed next to each other on the session's Ray Serve instance, and answering like their packages' own
+pipelines."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.serve
 RECIPE = Path(__file__).resolve().parent / "recipes" / "families-ci.yaml"
 TEXTS = load_split("heldout")[:24]
 PROMPTS = {"query": "query: ", "passage": "passage: "}
-SERVED = {"xlm-roberta": "cls", "mpnet": "lasttoken"}  # family -> pooling
+# family -> pooling: every family served, each pooling mode by at least one
+SERVED = {"bert": "mean", "roberta": "max", "distilbert": "mean", "xlm-roberta": "cls", "mpnet": "lasttoken"}
 MATRYOSHKA = (32, 16, 8)  # the xlm-roberta model's card says it was trained at these widths
 
 
