@@ -133,3 +133,25 @@ def test_every_pass_that_applies_to_a_reranker(tmp_path: Path) -> None:
         assert fidelity[name].kendall_tau == pytest.approx(1.0, abs=1e-3), (name, fidelity[name])
     for name in ("int8-dynamic", "int8-static", "onnx-fp16", "openvino-int8", "torch-bf16", "pruned", "student"):
         assert fidelity[name].kendall_tau is not None and -1.0 <= fidelity[name].kendall_tau <= 1.0, name
+
+
+@pytest.mark.slow
+def test_nncf_accuracy_control_restores_layers_by_the_reranker_s_logit(tmp_path: Path) -> None:
+    """A budget plain NNCF int8 misses, so accuracy control runs, on validation data of several batches, judging
+    each row by its logit's error (a one-logit row's cosine is only its sign)."""
+    pytest.importorskip("nncf")
+    source = build_cross_encoder("bert", tmp_path / "source")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: rerank-nncf\nprofile: {items: 16, max_batch: 2}\ncandidates:\n"
+        "  - name: openvino-int8\n    steps:\n      - pass: export_onnx\n      - pass: openvino\n"
+        "      - pass: nncf_quantize\n        config: {subset_size: 32, validation_samples: 64}\n"
+    )
+    strict = FidelityBudget(min_kendall_tau=0.9999, min_top1_agreement=1.0)
+    result = optimize(source, tmp_path / "package", budget=strict, recipe=recipe)
+    int8 = next(c for c in result.candidates if c.name == "openvino-int8")
+    if int8.status == "ok":
+        tries = int8.chain[-1].details["tries"]
+        assert [t["how"] for t in tries] == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]
+    else:
+        assert int8.status == "failed" and "after 2 tries" in int8.reason, (int8.status, int8.reason)

@@ -141,21 +141,29 @@ def _quantize_args(
     }, advanced
 
 
-def _cosine_validation(reference_model: Any, data: list[dict[str, np.ndarray]]) -> Any:
-    """NNCF's ``validation_fn``: mean row-wise cosine of a compiled model's outputs with the unquantized model's
-    (one value per row too, so NNCF can rank layers by the harm they do)."""
+def _agreement_validation(reference_model: Any, data: list[dict[str, np.ndarray]], task: str) -> Any:
+    """NNCF's ``validation_fn``: how closely a compiled model's outputs match the unquantized model's on the same
+    feeds (NNCF passes any subset of ``data``, a list of batches): the mean over rows, and one value per batch (its
+    data items), so NNCF can rank layers by the harm they do. A row's agreement is the cosine of the two rows; for
+    a reranker's single logit, whose cosine is only its sign, 1 − |difference| / the mean |logit| on ``data``."""
     import openvino as ov
 
     reference = ov.Core().compile_model(reference_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    expected = [np.asarray(reference(feeds)[0], dtype=np.float32) for feeds in data]
+
+    def expected(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(reference(feeds)[0], dtype=np.float32)
+
+    scale = float(np.mean([np.abs(expected(feeds)).mean() for feeds in data])) or 1.0
+
+    def agreement(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+        if task == "rerank":
+            return 1.0 - np.abs(got - want)[:, 0] / scale
+        norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+        return (got * want).sum(axis=1) / np.maximum(norms, 1e-12)
 
     def validate(compiled: Any, batches: Iterable[dict[str, np.ndarray]]) -> tuple[float, list[float]]:
-        rows: list[float] = []
-        for feeds, want in zip(batches, expected, strict=True):
-            got = np.asarray(compiled(feeds)[0], dtype=np.float32)
-            norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
-            rows.extend(((got * want).sum(axis=1) / np.maximum(norms, 1e-12)).tolist())
-        return float(np.mean(rows)), rows
+        rows = [agreement(np.asarray(compiled(feeds)[0], dtype=np.float32), expected(feeds)) for feeds in batches]
+        return float(np.concatenate(rows).mean()), [float(batch.mean()) for batch in rows]
 
     return validate
 
@@ -206,7 +214,7 @@ def nncf_quantize(artifact: Artifact, config: NNCFQuantizeConfig, context: PassC
         restored = nncf.quantize_with_accuracy_control(
             ov.Core().read_model(str(artifact.model_file)),
             validation_dataset=nncf.Dataset(validation),
-            validation_fn=_cosine_validation(source, validation),
+            validation_fn=_agreement_validation(source, validation, context.source.task),
             max_drop=max(1e-4, 1.0 - context.budget.min_cosine_mean),
             drop_type=nncf.DropType.ABSOLUTE,
             advanced_quantization_parameters=advanced,
