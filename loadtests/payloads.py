@@ -163,6 +163,16 @@ class EmbeddingsPayloads:
             body["model"] = self.model
         return orjson.dumps(body), len(texts)
 
+    def next_rerank(self) -> tuple[bytes, int]:
+        """A ``/v1/rerank`` body (Cohere's shape) and its number of documents: 1..max_inputs held-out texts, and
+        as query the first half of the first one's words (as the chain's reranker check makes them)."""
+        documents = self.texts()
+        words = documents[0].split()
+        body: dict[str, object] = {"query": " ".join(words[: max(1, len(words) // 2)]), "documents": documents}
+        if self.model:
+            body["model"] = self.model
+        return orjson.dumps(body), len(documents)
+
     def next_kserve(self) -> tuple[bytes, int]:
         """A KServe v2 infer body with one BYTES input ``text``, and the number of inputs in it."""
         texts = self.texts()

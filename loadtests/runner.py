@@ -36,11 +36,12 @@ from loadtests.payloads import (
 from loadtests.scrape import histogram_delta, requests_by_code, scrape
 
 LOCUSTFILES = Path(__file__).resolve().parent
-Api = Literal["embeddings", "kserve", "classify"]
+Api = Literal["embeddings", "kserve", "classify", "rerank"]
 Shape = Literal["step", "ramp", "spike", "sweep"]
 ROUTES: dict[str, str] = {
     "embeddings": "/v1/embeddings",
     "classify": "/v1/classify",
+    "rerank": "/v1/rerank",
     "kserve": "/v2/models/{name}/infer",
 }
 ENDPOINT = ROUTES["embeddings"]

@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("loadtest", help="run a bounded headless Locust load against a server")
     p.add_argument("--host", required=True, help="server URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--api", choices=["embeddings", "kserve", "classify"], default="embeddings")
+    p.add_argument("--api", choices=["embeddings", "kserve", "classify", "rerank"], default="embeddings")
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--duration", type=int, default=20, help="seconds (with --shape: upper bound)")
     p.add_argument(

@@ -149,3 +149,23 @@ def test_rerank_requests_are_counted_in_the_metrics(served) -> None:
     assert _post(served, "/v1/rerank", {"query": "q", "documents": ["a"]}).status_code == 200
     metrics = httpx.get(f"{served.url}/metrics", timeout=30).text
     assert 'route="/v1/rerank"' in metrics
+
+
+def test_a_short_locust_run_against_the_reranker_has_no_failures(served, reranker, tmp_path: Path) -> None:
+    from loadtests.runner import LoadTestConfig, run_loadtest
+
+    config = LoadTestConfig(
+        host=served.url,
+        out_dir=tmp_path,
+        users=4,
+        duration_s=5,
+        max_inputs=8,
+        api="rerank",
+        model=reranker.manifest.name,
+        plots=False,
+        label="rerank",
+    )
+    summary = run_loadtest(config)
+    assert summary.client["requests"] > 10 and summary.failures == 0
+    assert set(summary.server["requests_by_code"]) == {"200"}
+    assert summary.server["items"] >= summary.client["requests"]  # 1..8 documents (pairs) per request
