@@ -49,12 +49,21 @@ def haproxy_maxconn() -> int:
     return HAPROXY_MAXCONN if hard == resource.RLIM_INFINITY else min(HAPROXY_MAXCONN, (hard - 200) * 8 // 17)
 
 
+# HAProxy's own listeners, on 127.0.0.1 (serving/haproxy-local), with Ray's default ports.
+HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRICS_PORT": 9101}
+
+
 def haproxy_defaults() -> dict[str, str]:
-    """Ray's HAProxy variables optiserve sets when the operator has not."""
+    """Ray's HAProxy variables optiserve sets when the operator has not. The stats and metrics ports are Ray's
+    defaults where they are free, else free ports: HAProxy exits when it cannot bind one, so a second local server
+    on a machine (or one beside another Ray Serve) would not start."""
+    from serving.ports import free_port, port_free
+
     return {
         "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(HAPROXY_TIMEOUT_SERVER_S),
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_TIMEOUT_CLIENT_S),
         "RAY_SERVE_HAPROXY_MAXCONN": str(haproxy_maxconn()),
+        **{name: str(port if port_free(port) else free_port()) for name, port in HAPROXY_PORTS.items()},
     }
 
 
@@ -141,9 +150,28 @@ def ingress_environment(ingress: str) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": os.environ.get(
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2"
         ),
-        **{name: os.environ.get(name, value) for name, value in haproxy_defaults().items()},
+        **_unless_set(haproxy_defaults()),
         **replica_env,
     }
+
+
+# The variables an earlier start in this environment set itself, with their values (a process that serves, and
+# its children): a variable still holding that value is chosen afresh, not taken as the operator's (a port the
+# earlier server holds would be taken again); one given another value since is the operator's.
+CHOSEN_ENV = settings.LAUNCHER_SET.name
+
+
+def _unless_set(defaults: dict[str, str]) -> dict[str, str]:
+    """``defaults`` for the variables the operator has not set, the operator's values for the others, and
+    :data:`CHOSEN_ENV` recording the ones chosen here (``NAME=value,...``)."""
+    chosen_before = dict(item.partition("=")[::2] for item in settings.LAUNCHER_SET.get().split(",") if item)
+    operator = {
+        name: os.environ[name]
+        for name in defaults
+        if name in os.environ and chosen_before.get(name) != os.environ[name]
+    }
+    chosen = {name: value for name, value in defaults.items() if name not in operator}
+    return {**chosen, **operator, CHOSEN_ENV: ",".join(f"{n}={v}" for n, v in sorted(chosen.items()))}
 
 
 @dataclass

@@ -175,6 +175,14 @@ HAPROXY_BINARY = _declare(
     "the haproxy binary serving/haproxy-local runs (set by the launcher; the image sets it for `ray start`)",
     "server",
 )
+LAUNCHER_SET = _declare(
+    "OPTISERVE_LAUNCHER_SET",
+    str,
+    "",
+    "set by the launcher, not by operators: the Ray HAProxy variables it chose itself (ports, timeouts) and their "
+    "values; a later start from the same environment chooses those still holding them afresh",
+    "server",
+)
 HTTP_REQUEST_TIMEOUT_S = _declare(
     "OPTISERVE_HTTP_REQUEST_TIMEOUT_S",
     integer(1),

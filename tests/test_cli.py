@@ -225,6 +225,10 @@ def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_
             except httpx.HTTPError:
                 pass
             time.sleep(1)
+        if proc.poll() is not None:
+            pytest.fail(
+                f"optiserve serve exited with {proc.returncode} before it answered:\n{proc.communicate()[0][-3000:]}"
+            )
         response = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": ["a", "b c"]}, timeout=30)
         assert response.status_code == 200
         assert len(response.json()["data"][1]["embedding"]) == 32

