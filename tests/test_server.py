@@ -132,8 +132,13 @@ def test_curl_gets_a_normalized_vector(server) -> None:
 
 def test_concurrent_requests_form_batches_larger_than_one(server) -> None:
     def batches() -> tuple[float, float]:
+        """This model's batch count and items (earlier tests leave other models' series in the metrics dir)."""
         samples = _metric_samples(server)
-        return samples["optiserve_batch_size_count"][0].value, samples["optiserve_batch_size_sum"][0].value
+        count, items = (
+            next(s.value for s in samples[name] if s.labels["model"] == MODEL)
+            for name in ("optiserve_batch_size_count", "optiserve_batch_size_sum")
+        )
+        return count, items
 
     count_before, items_before = batches()
     buckets_before = _batch_buckets(server)
