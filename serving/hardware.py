@@ -88,6 +88,15 @@ def detect(gpu: str | None = None) -> HardwareProfile:
     )
 
 
+def int8_saturates() -> bool:
+    """Whether this CPU's int8 kernels sum pairs of u8 x s8 products into a saturating int16 (``vpmaddubsw``, x86
+    without VNNI), where ONNX Runtime advises 7-bit weights (``reduce_range``). Measured on an AVX2 EPYC:
+    benchmarks/results/int8_saturation.md."""
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") and not detect().has("vnni")
+
+
 def missing_features(required: list[str], here: HardwareProfile) -> list[str]:
     """The features in ``required`` this machine lacks (``cuda`` counts as present only with a GPU)."""
     return [feature for feature in required if not here.has(feature)]

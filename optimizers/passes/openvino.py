@@ -101,6 +101,12 @@ class NNCFQuantizeConfig(PassConfig):
         "rest: about 45 s for a MiniLM-L6 on 2 cores)",
     )
     ignored_types: tuple[str, ...] = Field(default=(), description="operation types never quantized")
+    overflow_fix: Literal["enable", "first_layer_only", "disable"] = Field(
+        default="first_layer_only",
+        description="NNCF's 7-bit weights against the int8 saturation of x86 CPUs without VNNI: on the first layer "
+        "(NNCF's default and advice; every layer cost the bundled MiniLM 0.0017 of cosine on an AVX2 EPYC) or on "
+        "every layer (what random weights need there; benchmarks/results/int8_saturation.md)",
+    )
 
 
 def _dataset(context: PassContext, items: list[Any]) -> list[dict[str, np.ndarray]]:
@@ -130,11 +136,15 @@ def _quantize_args(
 ) -> tuple[dict[str, Any], Any]:
     """Keyword arguments both NNCF entry points take, and the advanced parameters (named differently in each)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
 
-    advanced = AdvancedQuantizationParameters()
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(config.overflow_fix))
     if not config.smooth_quant:
-        advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+        advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=-1)
     return {
         "calibration_dataset": nncf.Dataset(calibration),
         "model_type": nncf.ModelType.TRANSFORMER,

@@ -29,6 +29,7 @@ from optimizers.passes.base import (
     out_path,
     register,
 )
+from serving.hardware import int8_saturates
 from serving.package import Fidelity
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ class QuantizeConfig(PassConfig):
         default=True,
         description="widen exclusions until the fidelity budget holds (off: quantize as configured and leave "
         "the verdict to the chain's selection)",
+    )
+    reduce_range: bool = Field(
+        default_factory=int8_saturates,
+        description="7-bit weights (ONNX Runtime's reduce_range); default: on where the CPU's int8 kernels saturate "
+        "(x86 without VNNI). Part of the step's cache key, so a package made on another kind of CPU is not reused",
     )
     max_excluded: float = Field(default=0.25, gt=0, le=1, description="most nodes kept fp32, as a share")
     sensitivity_samples: int = Field(default=64, gt=0, description="validation texts per sensitivity probe")
@@ -71,6 +77,7 @@ def quantize_dynamic(model_path: Path, out_path: Path, config: QuantizeConfig) -
         per_channel=config.per_channel,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=list(config.nodes_to_exclude),
+        reduce_range=config.reduce_range,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     return out_path
@@ -111,6 +118,7 @@ def quantize_static(model_path: Path, out_path: Path, config: QuantizeStaticConf
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=list(config.nodes_to_exclude),
+        reduce_range=config.reduce_range,
         calibrate_method=getattr(CalibrationMethod, config.calibration_method),
         extra_options={"ActivationSymmetric": True},
     )
