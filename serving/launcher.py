@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,19 +51,62 @@ def haproxy_maxconn() -> int:
 
 # HAProxy's own listeners, on 127.0.0.1 (serving/haproxy-local), with Ray's default ports.
 HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRICS_PORT": 9101}
+# Serve's Python proxy behind HAProxy (its backup for every route, and what answers while no replica is up), with
+# Ray's default ports. It binds them with SO_REUSEPORT, so a second Serve on the same ports would take some of the
+# first one's fallback traffic, and the first some of its (readiness probes included).
+FALLBACK_PROXY_PORTS = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500, "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500}
+
+
+# Under HAProxy each replica listens on a port of its own (Ray Serve's "direct ingress"), one HTTP and one gRPC,
+# taken from these ranges (Ray's defaults: 30000-31000 and 40000-41000), and binds it with SO_REUSEPORT. Two Serve
+# instances on one machine with the same ranges therefore share ports, and the kernel hands some of one's requests
+# to the other's replicas: answers from another model. Each local server takes a block of its own.
+DIRECT_INGRESS_FIRST_PORTS = {"HTTP": 30000, "GRPC": 40000}
+DIRECT_INGRESS_BLOCK = 1000  # ports per block, so replicas per node
+DIRECT_INGRESS_BLOCKS = 10  # blocks tried: 30000-39999 and 40000-49999
+DIRECT_INGRESS_PROBED = 32  # a block whose first ports are all free is taken as unused
+DIRECT_INGRESS_VARIABLES = tuple(
+    f"RAY_SERVE_DIRECT_INGRESS_{bound}_{protocol}_PORT"
+    for protocol in DIRECT_INGRESS_FIRST_PORTS
+    for bound in ("MIN", "MAX")
+)
+
+
+def direct_ingress_ports() -> dict[str, str]:
+    """Ray's replica port ranges for a new local server: the first block of :data:`DIRECT_INGRESS_BLOCK` ports (HTTP
+    and gRPC alike) whose first ports nobody on this machine holds, Ray's own ranges first."""
+    from serving.ports import port_free
+
+    for block in range(DIRECT_INGRESS_BLOCKS):
+        firsts = {
+            protocol: first + block * DIRECT_INGRESS_BLOCK for protocol, first in DIRECT_INGRESS_FIRST_PORTS.items()
+        }
+        if all(port_free(p, "0.0.0.0") for f in firsts.values() for p in range(f, f + DIRECT_INGRESS_PROBED)):
+            break
+    else:
+        log.warning("every replica port range optiserve tries is in use; taking Ray's (another server may share it)")
+        firsts = dict(DIRECT_INGRESS_FIRST_PORTS)
+    bounds = [(first, first + DIRECT_INGRESS_BLOCK - 1) for first in firsts.values()]
+    return dict(zip(DIRECT_INGRESS_VARIABLES, (str(port) for pair in bounds for port in pair), strict=True))
 
 
 def haproxy_defaults() -> dict[str, str]:
     """Ray's HAProxy variables optiserve sets when the operator has not. The stats and metrics ports are Ray's
     defaults where they are free, else free ports: HAProxy exits when it cannot bind one, so a second local server
-    on a machine (or one beside another Ray Serve) would not start."""
+    on a machine (or one beside another Ray Serve) would not start; the fallback proxy's ports likewise, as a
+    second server would share them (SO_REUSEPORT) and answer for the first. The replica port ranges are
+    :func:`direct_ingress_ports`, unless the operator set any of them (then Ray's defaults fill the rest)."""
     from serving.ports import free_port, port_free
 
     return {
         "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(HAPROXY_TIMEOUT_SERVER_S),
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_TIMEOUT_CLIENT_S),
         "RAY_SERVE_HAPROXY_MAXCONN": str(haproxy_maxconn()),
-        **{name: str(port if port_free(port) else free_port()) for name, port in HAPROXY_PORTS.items()},
+        **{
+            name: str(port if port_free(port) else free_port())
+            for name, port in {**HAPROXY_PORTS, **FALLBACK_PROXY_PORTS}.items()
+        },
+        **({} if _operator_values(DIRECT_INGRESS_VARIABLES) else direct_ingress_ports()),
     }
 
 
@@ -164,14 +207,17 @@ CHOSEN_ENV = settings.LAUNCHER_SET.name
 def _unless_set(defaults: dict[str, str]) -> dict[str, str]:
     """``defaults`` for the variables the operator has not set, the operator's values for the others, and
     :data:`CHOSEN_ENV` recording the ones chosen here (``NAME=value,...``)."""
-    chosen_before = dict(item.partition("=")[::2] for item in settings.LAUNCHER_SET.get().split(",") if item)
-    operator = {
-        name: os.environ[name]
-        for name in defaults
-        if name in os.environ and chosen_before.get(name) != os.environ[name]
-    }
+    operator = _operator_values(defaults)
     chosen = {name: value for name, value in defaults.items() if name not in operator}
     return {**chosen, **operator, CHOSEN_ENV: ",".join(f"{n}={v}" for n, v in sorted(chosen.items()))}
+
+
+def _operator_values(names: Iterable[str]) -> dict[str, str]:
+    """The variables of ``names`` the operator set: in the environment, and not as an earlier start here chose."""
+    chosen_before = dict(item.partition("=")[::2] for item in settings.LAUNCHER_SET.get().split(",") if item)
+    return {
+        name: os.environ[name] for name in names if name in os.environ and chosen_before.get(name) != os.environ[name]
+    }
 
 
 @dataclass

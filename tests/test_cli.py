@@ -3,12 +3,14 @@ output, the serve banner and docs page, and `optiserve serve` answering then sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -203,11 +205,15 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.serve
-def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_path: Path) -> None:
-    package = write_candidate_package(
-        tiny_source, Candidate("torch-fp32", Artifact(tiny_source.path, "hf"), chain=[]), tmp_path / "pkg"
+def _tiny_package(tiny_source: SourceModel, out: Path) -> ModelPackage:
+    return write_candidate_package(
+        tiny_source, Candidate("torch-fp32", Artifact(tiny_source.path, "hf"), chain=[]), out / "pkg"
     )
+
+
+@contextlib.contextmanager
+def _serve(package: ModelPackage) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``optiserve serve`` in a subprocess (its own Ray) on a free port, once it answers ready; stopped after."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "optiserve.cli", "serve", str(package.root), "--port", str(port), "--num-cpus", "2"],
@@ -229,18 +235,46 @@ def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_
             pytest.fail(
                 f"optiserve serve exited with {proc.returncode} before it answered:\n{proc.communicate()[0][-3000:]}"
             )
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": ["a", "b c"]}, timeout=30)
-        assert response.status_code == 200
-        assert len(response.json()["data"][1]["embedding"]) == 32
+        yield proc, port
+    finally:
+        if proc.poll() is None:  # a clean stop, so no Ray of its own outlives it and loads the tests that follow
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=SHUTDOWN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def _vector_width(url: str) -> int:
+    response = httpx.post(f"{url}/v1/embeddings", json={"input": ["a", "b c"]}, timeout=30)
+    assert response.status_code == 200
+    return len(response.json()["data"][1]["embedding"])
+
+
+@pytest.mark.serve
+def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_path: Path) -> None:
+    with _serve(_tiny_package(tiny_source, tmp_path)) as (proc, port):
+        assert _vector_width(f"http://127.0.0.1:{port}") == 32
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=SHUTDOWN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, output[-3000:]
     assert "received SIGTERM; shutting down" in output
     assert not _port_open(port)
+
+
+@pytest.mark.serve
+def test_a_second_server_beside_a_running_one_answers_with_its_own_model(
+    server, tiny_source: SourceModel, tmp_path: Path
+) -> None:
+    """Replicas bind their ports with SO_REUSEPORT: two servers on one replica port range answered with each
+    other's models (the session server's MiniLM is 384 wide, the tiny BERT 32). Fresh connections each request;
+    the session server is asked once (requests of a few tokens, while the other starts on the same 2 cores, would
+    make its replica measure itself slow and refuse the next test's burst)."""
+    with _serve(_tiny_package(tiny_source, tmp_path)) as (_, port):
+        widths = [_vector_width(f"http://127.0.0.1:{port}") for _ in range(8)]
+        session_width = _vector_width(server.url)
+    assert (widths, session_width) == ([32] * 8, 384)
 
 
 def _optimize_with_data(model_dir: Path, data: Path, out: Path) -> int:

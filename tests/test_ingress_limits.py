@@ -210,6 +210,23 @@ def test_ingress_environment_keeps_what_the_operator_set(monkeypatch: pytest.Mon
         launcher.ingress_environment("haproxy")
 
 
+def test_each_local_server_takes_a_replica_port_range_nobody_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas bind their direct-ingress ports with SO_REUSEPORT: a range another server holds would be shared."""
+    monkeypatch.delenv(launcher.CHOSEN_ENV, raising=False)
+    for name in launcher.DIRECT_INGRESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    first = launcher.direct_ingress_ports()
+    http_min, http_max, grpc_min, grpc_max = (int(first[name]) for name in launcher.DIRECT_INGRESS_VARIABLES)
+    assert http_max - http_min == grpc_max - grpc_min == launcher.DIRECT_INGRESS_BLOCK - 1
+    with socket.create_server(("0.0.0.0", http_min + 3)):  # a replica of a server already running
+        beside = launcher.direct_ingress_ports()
+    assert int(beside["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) >= http_max + 1
+    assert int(beside["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"]) >= grpc_max + 1
+
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "32000")  # the operator's range: all of it is theirs
+    assert not set(launcher.haproxy_defaults()) & set(launcher.DIRECT_INGRESS_VARIABLES)
+
+
 # -- a live server with lowered limits --------------------------------------------------------------------------
 
 
