@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -15,11 +16,12 @@ from serving import settings
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(1800)]
 ROUND_TIMEOUT_S = 600
-# CI sends 3,000 generated requests (about 5 minutes here: schemathesis's generation is the bottleneck);
-# the 10,000-request run in docs/reliability.md is: OPTISERVE_FUZZ_REQUESTS=10000 .venv/bin/pytest tests/test_fuzz.py
+# CI sends 3,000 generated requests, in rounds with new seeds (schemathesis's generation is the bottleneck: about
+# 5 minutes on 2 cores); the 10,000-request run in docs/reliability.md is:
+#   OPTISERVE_FUZZ_REQUESTS=10000 .venv/bin/pytest tests/test_fuzz.py
 MIN_REQUESTS = settings.FUZZ_REQUESTS.get()
-EXAMPLES_PER_ROUND = 2500
-MAX_ROUNDS = 8
+EXAMPLES_PER_ROUND = 300  # per operation; small rounds keep each well inside ROUND_TIMEOUT_S on a slow machine
+MAX_ROUNDS = 40
 
 
 # Small limits keep generated *valid* bodies small (the schema advertises them), so the run exercises the HTTP
@@ -44,6 +46,7 @@ def test_fuzzing_every_route_gives_no_server_error(fuzz_target, tmp_path: Path, 
     before = scrape(metrics_url)
     by_code: dict[str, float] = {}
     for seed in range(MAX_ROUNDS):  # rounds with new seeds until enough requests were sent
+        started = time.monotonic()
         run = subprocess.run(
             [
                 cli,
@@ -52,7 +55,7 @@ def test_fuzzing_every_route_gives_no_server_error(fuzz_target, tmp_path: Path, 
                 "--checks",
                 "not_a_server_error",
                 "--phases",
-                "coverage,fuzzing",
+                "coverage,fuzzing" if seed == 0 else "fuzzing",  # the coverage phase's cases are the same each round
                 "--max-examples",
                 str(EXAMPLES_PER_ROUND),
                 "--seed",
@@ -72,6 +75,7 @@ def test_fuzzing_every_route_gives_no_server_error(fuzz_target, tmp_path: Path, 
         )
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
         by_code = requests_by_code(before, scrape(metrics_url))
+        print(f"round {seed}: {sum(by_code.values()):.0f} requests so far, {time.monotonic() - started:.0f} s")
         if sum(by_code.values()) >= MIN_REQUESTS:
             break
     total = sum(by_code.values())
