@@ -205,14 +205,14 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _tiny_package(tiny_source: SourceModel, out: Path) -> ModelPackage:
+def torch_package(tiny_source: SourceModel, out: Path) -> ModelPackage:
     return write_candidate_package(
         tiny_source, Candidate("torch-fp32", Artifact(tiny_source.path, "hf"), chain=[]), out / "pkg"
     )
 
 
 @contextlib.contextmanager
-def _serve(package: ModelPackage) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def serve_in_subprocess(package: ModelPackage) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``optiserve serve`` in a subprocess (its own Ray) on a free port, once it answers ready; stopped after."""
     port = free_port()
     proc = subprocess.Popen(
@@ -246,7 +246,7 @@ def _serve(package: ModelPackage) -> Iterator[tuple[subprocess.Popen[str], int]]
                 proc.communicate()
 
 
-def _vector_width(url: str) -> int:
+def vector_width(url: str) -> int:
     response = httpx.post(f"{url}/v1/embeddings", json={"input": ["a", "b c"]}, timeout=30)
     assert response.status_code == 200
     return len(response.json()["data"][1]["embedding"])
@@ -254,27 +254,13 @@ def _vector_width(url: str) -> int:
 
 @pytest.mark.serve
 def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_path: Path) -> None:
-    with _serve(_tiny_package(tiny_source, tmp_path)) as (proc, port):
-        assert _vector_width(f"http://127.0.0.1:{port}") == 32
+    with serve_in_subprocess(torch_package(tiny_source, tmp_path)) as (proc, port):
+        assert vector_width(f"http://127.0.0.1:{port}") == 32
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=SHUTDOWN_TIMEOUT_S)
     assert proc.returncode == 0, output[-3000:]
     assert "received SIGTERM; shutting down" in output
     assert not _port_open(port)
-
-
-@pytest.mark.serve
-def test_a_second_server_beside_a_running_one_answers_with_its_own_model(
-    server, tiny_source: SourceModel, tmp_path: Path
-) -> None:
-    """Replicas bind their ports with SO_REUSEPORT: two servers on one replica port range answered with each
-    other's models (the session server's MiniLM is 384 wide, the tiny BERT 32). Fresh connections each request;
-    the session server is asked once (requests of a few tokens, while the other starts on the same 2 cores, would
-    make its replica measure itself slow and refuse the next test's burst)."""
-    with _serve(_tiny_package(tiny_source, tmp_path)) as (_, port):
-        widths = [_vector_width(f"http://127.0.0.1:{port}") for _ in range(8)]
-        session_width = _vector_width(server.url)
-    assert (widths, session_width) == ([32] * 8, 384)
 
 
 def _optimize_with_data(model_dir: Path, data: Path, out: Path) -> int:

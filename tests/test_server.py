@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,6 +19,7 @@ from corpus import load_split
 from serving.package import load_package
 from serving.pipeline import TextPipeline
 from tests._load import post_concurrently
+from tests.test_cli import serve_in_subprocess, torch_package, vector_width
 
 pytestmark = pytest.mark.serve
 TEXTS = load_split("heldout")[:40]
@@ -375,3 +377,16 @@ def test_a_package_can_be_served_under_another_name(server, minilm_packages) -> 
     assert named.status_code == 200 and named.json()["model"] == "my-embedder"
     assert old_name.status_code == 404
     assert metadata.status_code == 200 and metadata.json()["name"] == "my-embedder"
+
+
+@pytest.mark.serve
+def test_a_second_server_beside_a_running_one_answers_with_its_own_model(server, tiny_source, tmp_path: Path) -> None:
+    """Replicas bind their ports with SO_REUSEPORT: two servers on one port range answered with each other's
+    models (the session server's MiniLM is 384 wide, the tiny BERT 32). Fresh connections each request; the session
+    server is asked once (requests of a few tokens while the other starts on the same 2 cores would make its
+    replica measure itself slow and refuse a following burst). Last in this file, after tests/test_cluster.py,
+    whose `ray start` nodes joined too slowly once a second server had run beside the session one."""
+    with serve_in_subprocess(torch_package(tiny_source, tmp_path)) as (_, port):
+        widths = [vector_width(f"http://127.0.0.1:{port}") for _ in range(8)]
+        session_width = vector_width(server.url)
+    assert (widths, session_width) == ([32] * 8, 384)
