@@ -11,7 +11,9 @@ both nodes' proxies. An autoscaled application (1..2 replicas, short delays) the
 (1 user, then 8) and the running replica count is recorded until it is back to 1. Then a closed-loop load runs
 through the head's proxy while the worker node's processes are SIGKILLed: the head's replica keeps answering;
 the figures say how many requests failed and when.
-Ray's Python proxy is used here (on one machine, each node's HAProxy would need its own stats/metrics ports).
+Each node runs HAProxy as `optiserve serve` does (its own ports: on one machine they must differ), which retries a
+request whose replica died before answering on another replica. After the kill a new worker node joins, and the
+time until both replicas run again is recorded.
 """
 
 from __future__ import annotations
@@ -48,7 +50,28 @@ def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # Proxies spread requests over all replicas instead of preferring their own node's, so load entering through
     # the head reaches the worker's replica too (what node loss must be tested against).
     spread = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
-    return {**env, **AUTH, **spread, "RAY_SERVE_ENABLE_HA_PROXY": "0", **(extra or {})}
+    return {**env, **AUTH, **spread, **(extra or {})}
+
+
+def ingress_envs() -> tuple[dict[str, str], dict[str, str]]:
+    """HAProxy on every node, as `optiserve serve` runs it (serving.launcher: the wrapper, its timeouts and its
+    retries of requests whose replica died), with each node's own ports: on one machine the two nodes' HAProxy
+    stats, metrics and fallback ports, and their replicas' port ranges, must differ."""
+    from serving.launcher import DIRECT_INGRESS_VARIABLES, ingress_environment
+
+    head = {k: v for k, v in ingress_environment("haproxy").items() if not k.startswith("OPTISERVE_LAUNCHER")}
+    worker = dict(head)
+    for name in ("STATS_PORT", "METRICS_PORT"):
+        worker[f"RAY_SERVE_HAPROXY_{name}"] = str(free_port())
+    for name in ("HTTP_PORT", "GRPC_PORT"):
+        worker[f"RAY_SERVE_FALLBACK_PROXY_{name}"] = str(free_port())
+    for protocol in ("HTTP", "GRPC"):  # each node takes half of the block the launcher chose
+        low, high = (int(head[f"RAY_SERVE_DIRECT_INGRESS_{b}_{protocol}_PORT"]) for b in ("MIN", "MAX"))
+        middle = (low + high) // 2
+        head[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT"] = str(middle)
+        worker[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT"] = str(middle + 1)
+    assert all(name in head for name in DIRECT_INGRESS_VARIABLES)
+    return head, worker
 
 
 def _node(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -65,11 +88,16 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_nodes(gcs_port: int, worker_http_port: int) -> list[subprocess.Popen[bytes]]:
+def start_nodes(gcs_port: int, worker_http_port: int, envs: tuple[dict[str, str], dict[str, str]]) -> list[Any]:
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=1"]
     head += ["--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={TEMP_DIR}", "--block"]
-    nodes = [_node(head, ray_env())]
+    nodes = [_node(head, ray_env(envs[0]))]
     wait_for(lambda: _port_open(gcs_port), 120, "the head node's GCS")
+    return [*nodes, start_worker(gcs_port, worker_http_port, envs[1])]
+
+
+def start_worker(gcs_port: int, worker_http_port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker node with 2 CPUs and 1 logical GPU, its HTTP ingress on ``worker_http_port``."""
     ports = {
         "--node-manager-port": free_port(),
         "--object-manager-port": free_port(),
@@ -80,8 +108,7 @@ def start_nodes(gcs_port: int, worker_http_port: int) -> list[subprocess.Popen[b
     }
     worker = [RAY, "start", f"--address=127.0.0.1:{gcs_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
     worker += ["--num-gpus=1", "--block", *(f"{k}={v}" for k, v in ports.items())]
-    nodes.append(_node(worker, ray_env({"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(worker_http_port)})))
-    return nodes
+    return _node(worker, ray_env({**env, "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(worker_http_port)}))
 
 
 def kill_node(node: subprocess.Popen[bytes]) -> None:
@@ -104,18 +131,21 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
     raise TimeoutError(f"{what} not within {timeout_s:.0f} s")
 
 
-async def closed_loop(url: str, seconds: float, workers: int, events: list[tuple[float, int]]) -> None:
-    """POST single sentences from ``workers`` concurrent clients for ``seconds``; record (time, status)."""
+async def closed_loop(url: str, seconds: float, workers: int, events: list[tuple[float, int, str | None]]) -> None:
+    """POST single sentences from ``workers`` concurrent clients for ``seconds``; record (time, status, the node
+    that answered, from the ``OptiServe-Node`` header)."""
     start = time.monotonic()
 
     async def client() -> None:
         async with httpx.AsyncClient(timeout=30) as http:
             while time.monotonic() - start < seconds:
+                node = None
                 try:
-                    status = (await http.post(url, json={"input": "a node may go away"})).status_code
+                    response = await http.post(url, json={"input": "a node may go away"})
+                    status, node = response.status_code, response.headers.get("optiserve-node")
                 except httpx.HTTPError:
                     status = 0
-                events.append((time.monotonic() - start, status))
+                events.append((time.monotonic() - start, status, node))
 
     await asyncio.gather(*(client() for _ in range(workers)))
 
@@ -191,7 +221,9 @@ def run(package: Path, load_s: float, kill_at_s: float, autoscale_s: float) -> d
     from serving.replica import node_tag
 
     gcs_port, head_http, worker_http = free_port(), free_port(), free_port()
-    head, worker = start_nodes(gcs_port, worker_http)
+    envs = ingress_envs()
+    head, worker = start_nodes(gcs_port, worker_http, envs)
+    replacement: subprocess.Popen[bytes] | None = None
     figures: dict[str, Any] = {}
     try:
         ray.init(address=f"127.0.0.1:{gcs_port}", log_to_driver=False)
@@ -229,32 +261,45 @@ def run(package: Path, load_s: float, kill_at_s: float, autoscale_s: float) -> d
         figures["autoscaling"] = autoscale(package, env, f"http://127.0.0.1:{head_http}", autoscale_s)
         serve.run(build_app([str(package)], env_vars=env, num_replicas=2), name="cpu", route_prefix="/")
 
-        events: list[tuple[float, int]] = []
+        wait_for(lambda: len({describe(head_http)["node"] for _ in range(12)}) == 2, 60, "both replicas answering")
+        events: list[tuple[float, int, str | None]] = []
+        back: dict[str, float] = {}
 
-        async def load_and_kill() -> None:
+        async def load_kill_and_replace() -> None:
             load = asyncio.create_task(closed_loop(f"http://127.0.0.1:{head_http}/v1/embeddings", load_s, 4, events))
             await asyncio.sleep(kill_at_s)
+            nonlocal replacement
+            killed = time.monotonic()
             kill_node(worker)
             figures["killed_at_s"] = kill_at_s
+            replacement = await asyncio.to_thread(start_worker, gcs_port, free_port(), envs[1])
+            await asyncio.to_thread(wait_for, lambda: running_replicas("cpu") == 2, 120, "the lost replica replaced")
+            back["replicas_back_s"] = time.monotonic() - killed
             await load
 
-        asyncio.run(load_and_kill())
-        failed = [(t, s) for t, s in events if s != 200]
-        after = [s for t, s in events if t > kill_at_s + 10]
+        asyncio.run(load_kill_and_replace())
+        failed = [(t, s) for t, s, _ in events if s != 200]
+        after = [s for t, s, _ in events if t > kill_at_s + 10]
         figures["node_loss"] = {
             "requests": len(events),
+            # requests the worker's replica answered before the kill (load reached the node that was lost)
+            "served_by_lost_node_before_kill": sum(
+                1 for t, s, node in events if t < kill_at_s and s == 200 and node != head_node
+            ),
+            **back,
             "failed": len(failed),
             "failed_before_kill": sum(1 for t, _ in failed if t < kill_at_s),
             "failed_within_10s_of_kill": sum(1 for t, _ in failed if kill_at_s <= t <= kill_at_s + 10),
             "last_failure_s_after_kill": max((t - kill_at_s for t, _ in failed), default=None),
             "ok_after_10s": sum(1 for s in after if s == 200),
             "failed_after_10s": sum(1 for s in after if s != 200),
-            "statuses": sorted({s for _, s in events}),
+            "statuses": sorted({s for _, s, _ in events}),
         }
     finally:
         ray.shutdown()
-        for node in (worker, head):
-            kill_node(node)
+        for node in (replacement, worker, head):
+            if node is not None:
+                kill_node(node)
         leftovers = _cluster_processes()
         for proc in leftovers:  # anything that left the process groups: matched by this cluster's temp dir
             proc.kill()

@@ -1,46 +1,73 @@
-"""Bounded soak: serve the optimized package under mixed Locust load (1..16 inputs per request) for a fixed
-time, and report memory growth, errors and latency drift per window, from the server's own metrics.
+"""Soak with day-2 changes: serve the optimized package at half its measured knee, mixed request sizes (1..N
+inputs), for a fixed time, with one upgrade (to a copy of the package at another path: every replica loads, warms
+up and swaps in a new model, then drains the old one) a third of the way in and one rollback two thirds in.
+Reports failed requests, memory growth after warm-up, and open files and threads per replica process before
+and after each change, from the server's own metrics and /proc.
 
-    .venv/bin/python benchmarks/soak.py --minutes 10            # writes runs/soak/soak.json and soak.md
+    .venv/bin/python benchmarks/soak.py --minutes 60            # writes runs/soak/soak.json and soak.md
 
-The package is built first (optiserve optimize) if runs/soak/package does not exist. Locust runs on the same
-cores as the server.
+The knee: the requests/s of a closed-loop Locust run (16 users, 20 s) on the same mixed load. The package is built
+first (optiserve optimize, default recipe) if runs/soak/package does not exist. Locust runs on the same cores as
+the server.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from loadtests.runner import LoadTestConfig, start_locust, wait_locust
-from loadtests.scrape import histogram_delta, requests_by_code, scrape
-from optimizers.chain import optimize
-from optimizers.source import bundled_model_dir
-from serving.launcher import start
-from serving.ports import free_port
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.request_path import cpu_description  # noqa: E402
+from loadtests.runner import LoadTestConfig, final_stats, run_loadtest, start_locust, wait_locust  # noqa: E402
+from loadtests.scrape import histogram_delta, requests_by_code, scrape  # noqa: E402
+from optimizers.chain import optimize  # noqa: E402
+from optimizers.source import bundled_model_dir  # noqa: E402
+from serving import control  # noqa: E402
+from serving.launcher import start  # noqa: E402
+from serving.ports import free_port  # noqa: E402
 
 REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"
 PROXY_TITLE = "ProxyActor"
+KNEE_USERS = 16
+KNEE_S = 20
 
 
-def _rss_mb(title: str) -> float:
-    total = 0.0
-    for proc in psutil.process_iter(["cmdline", "memory_info"]):
-        if any(title in part for part in proc.info["cmdline"] or []) and proc.info["memory_info"]:
-            total += proc.info["memory_info"].rss / 1e6
-    return total
+def _processes(title: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(title in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def _usage(title: str) -> dict[str, float]:
+    """Summed RSS (MB), and open files and threads per process (the largest), of the processes named ``title``."""
+    rss, fds, threads = 0.0, 0, 0
+    for proc in _processes(title):
+        try:
+            rss += proc.memory_info().rss / 1e6
+            fds = max(fds, proc.num_fds())
+            threads = max(threads, proc.num_threads())
+        except psutil.Error:
+            continue
+    return {"rss_mb": rss, "fds": fds, "threads": threads}
 
 
 def _window(before: dict, after: dict, seconds: float) -> dict[str, Any]:
     codes = requests_by_code(before, after, "/v1/embeddings")
     latency = histogram_delta(before, after, "optiserve_request_duration_seconds", {"route": "/v1/embeddings"})
     items = histogram_delta(before, after, "optiserve_batch_size").total
+    replica = _usage(REPLICA_TITLE)
     return {
         "requests": sum(codes.values()),
         "errors": sum(v for k, v in codes.items() if k != "200"),
@@ -48,67 +75,119 @@ def _window(before: dict, after: dict, seconds: float) -> dict[str, Any]:
         "items_per_s": items / seconds,
         "p50_ms": latency.quantile(0.5) * 1e3,
         "p99_ms": latency.quantile(0.99) * 1e3,
-        "replica_rss_mb": _rss_mb(REPLICA_TITLE),
-        "proxy_rss_mb": _rss_mb(PROXY_TITLE),
+        "replica_rss_mb": replica["rss_mb"],
+        "replica_fds": replica["fds"],
+        "replica_threads": replica["threads"],
+        "proxy_rss_mb": _usage(PROXY_TITLE)["rss_mb"],
     }
 
 
 def render(result: dict[str, Any]) -> str:
     s = result["summary"]
     lines = [
-        f"# Soak: {result['minutes']} min, {result['users']} users, 1..{result['max_inputs']} inputs per request",
+        f"# Soak: {result['minutes']} min at half the knee ({result['rate']:.1f} of {result['knee_rps']:.1f} req/s), "
+        f"1..{result['max_inputs']} inputs per request, an upgrade and a rollback",
         "",
-        f"Requests {s['requests']:.0f}, errors {s['errors']:.0f}; replica memory {s['rss_start_mb']:.0f} -> "
-        f"{s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%); "
-        f"p50 {s['p50_first_ms']:.1f} -> {s['p50_last_ms']:.1f} ms, "
-        f"p99 {s['p99_first_ms']:.1f} -> {s['p99_last_ms']:.1f} ms (first vs last steady window, server side).",
+        f"Command: `{result['command']}` (commit {result['commit']}); machine: {result['machine']}.",
         "",
-        "| window end s | req/s | items/s | errors | p50 ms | p99 ms | replica RSS MB | proxy RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Requests {s['requests']:.0f} (Locust {s['locust_requests']:.0f}), failed {s['failed']:.0f}; replica memory "
+        f"{s['rss_start_mb']:.0f} -> {s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%, first steady window to "
+        f"last); p50 {s['p50_first_ms']:.1f} -> {s['p50_last_ms']:.1f} ms, p99 {s['p99_first_ms']:.1f} -> "
+        f"{s['p99_last_ms']:.1f} ms (server side).",
+        "",
+        "| change | at s | took s | replica open files before -> after | threads before -> after |",
+        "|---|---|---|---|---|",
+    ]
+    for change in result["changes"]:
+        lines.append(
+            f"| {change['what']} | {change['at_s']:.0f} | {change['seconds']:.1f} | {change['fds_before']} -> "
+            f"{change['fds_after']} | {change['threads_before']} -> {change['threads_after']} |"
+        )
+    lines += [
+        "",
+        "| window end s | req/s | items/s | errors | p50 ms | p99 ms | replica RSS MB | open files | threads |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for w in result["windows"]:
         lines.append(
             f"| {w['t_s']:.0f} | {w['rps']:.1f} | {w['items_per_s']:.0f} | {w['errors']:.0f} | {w['p50_ms']:.1f} | "
-            f"{w['p99_ms']:.1f} | {w['replica_rss_mb']:.0f} | {w['proxy_rss_mb']:.0f} |"
+            f"{w['p99_ms']:.1f} | {w['replica_rss_mb']:.0f} | {w['replica_fds']} | {w['replica_threads']} |"
         )
     return "\n".join(lines)
 
 
-def soak(out: Path, minutes: float, users: int, max_inputs: int, window_s: float) -> dict[str, Any]:
+def _change(what: str, started: float, action: Any) -> dict[str, Any]:
+    before = _usage(REPLICA_TITLE)
+    at = time.monotonic() - started
+    began = time.monotonic()
+    action()
+    took = time.monotonic() - began
+    time.sleep(5)  # the old model's thread and files are released after its drain
+    after = _usage(REPLICA_TITLE)
+    print(f"{at:6.0f} s  {what} in {took:.1f} s", flush=True)
+    return {
+        "what": what,
+        "at_s": at,
+        "seconds": took,
+        "fds_before": before["fds"],
+        "fds_after": after["fds"],
+        "threads_before": before["threads"],
+        "threads_after": after["threads"],
+    }
+
+
+def soak(out: Path, minutes: float, max_inputs: int, window_s: float, fraction: float) -> dict[str, Any]:
     package = out / "package"
     if not (package / "manifest.json").exists():
         optimize(bundled_model_dir(), package)
+    upgrade = out / "package-v2"
+    shutil.rmtree(upgrade, ignore_errors=True)
+    shutil.copytree(package, upgrade)
     server = start(port=free_port())
-    windows = []
+    windows: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
     try:
         server.deploy(package)
-        cfg = LoadTestConfig(
-            host=server.url, out_dir=out, users=users, duration_s=int(minutes * 60), max_inputs=max_inputs, label="soak"
-        )
+        knee = run_loadtest(
+            LoadTestConfig(host=server.url, out_dir=out, users=KNEE_USERS, duration_s=KNEE_S, max_inputs=max_inputs,
+                           plots=False, label="knee")
+        )  # fmt: skip
+        knee_rps = knee.client["rps"]
+        rate = fraction * knee_rps
+        cfg = LoadTestConfig(host=server.url, out_dir=out, users=KNEE_USERS, duration_s=int(minutes * 60),
+                             max_inputs=max_inputs, rate=rate, plots=False, label="soak")  # fmt: skip
         metrics_url = f"{server.url}/metrics"
         started = time.monotonic()
         proc = start_locust(cfg)
         previous, previous_t = scrape(metrics_url), started
-        while proc.poll() is None:
+        pending = [(minutes * 60 / 3, "upgrade"), (2 * minutes * 60 / 3, "rollback")]
+        while proc.main.poll() is None:
             time.sleep(window_s)
+            if pending and time.monotonic() - started >= pending[0][0]:
+                what = pending.pop(0)[1]
+                action = (lambda: control.deploy([upgrade])) if what == "upgrade" else control.rollback
+                changes.append(_change(what, started, action))
             now, current = time.monotonic(), scrape(metrics_url)
             window = _window(previous, current, now - previous_t)
             window["t_s"] = now - started
             windows.append(window)
             print(
                 f"{window['t_s']:6.0f} s  {window['rps']:6.1f} req/s  errors {window['errors']:.0f}  "
-                f"p99 {window['p99_ms']:.1f} ms  replica {window['replica_rss_mb']:.0f} MB",
+                f"p99 {window['p99_ms']:.1f} ms  replica {window['replica_rss_mb']:.0f} MB "
+                f"{window['replica_fds']} files {window['replica_threads']} threads",
                 flush=True,
             )
             previous, previous_t = current, now
         wait_locust(proc, cfg)
+        client = final_stats(Path(f"{cfg.json_prefix}.json"))
     finally:
         server.stop()
-    steady = windows[1:-1] if len(windows) >= 3 else windows  # skip warm-up and ramp-down windows
+    steady = windows[2:-1] if len(windows) >= 4 else windows  # skip warm-up and ramp-down windows
     first, last = steady[0], steady[-1]
     summary = {
         "requests": sum(w["requests"] for w in windows),
-        "errors": sum(w["errors"] for w in windows),
+        "locust_requests": client["requests"],
+        "failed": client["failures"] + sum(w["errors"] for w in windows),
         "rss_start_mb": first["replica_rss_mb"],
         "rss_end_mb": last["replica_rss_mb"],
         "rss_growth_pct": 100 * (last["replica_rss_mb"] / first["replica_rss_mb"] - 1),
@@ -120,9 +199,13 @@ def soak(out: Path, minutes: float, users: int, max_inputs: int, window_s: float
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     result = {
         "minutes": minutes,
-        "users": users,
         "max_inputs": max_inputs,
+        "knee_rps": knee_rps,
+        "rate": rate,
+        "command": "python benchmarks/soak.py " + " ".join(sys.argv[1:]),
+        "machine": f"{cpu_description()}, {psutil.cpu_count()} cores",
         "commit": commit or "unknown",
+        "changes": changes,
         "windows": windows,
         "summary": summary,
     }
@@ -133,13 +216,14 @@ def soak(out: Path, minutes: float, users: int, max_inputs: int, window_s: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--users", type=int, default=8)
-    parser.add_argument("--inputs", type=int, default=16, help="each request carries 1..N sentences")
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--inputs", type=int, default=8, help="each request carries 1..N sentences")
+    parser.add_argument("--fraction", type=float, default=0.5, help="the load's share of the knee's requests/s")
     parser.add_argument("--window", type=float, default=30.0, help="seconds per reported window")
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     args = parser.parse_args()
-    print(render(soak(args.out, args.minutes, args.users, args.inputs, args.window)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(render(soak(args.out, args.minutes, args.inputs, args.window, args.fraction)))
 
 
 if __name__ == "__main__":

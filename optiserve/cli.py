@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from optiserve import exit_codes, quiet
 from serving import settings
+from serving.control import CanaryLimits
 from serving.errors import OptiserveError
 from serving.version import __version__
 
@@ -183,6 +184,89 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ingress=args.ingress,
         **options,
     )
+    return exit_codes.OK
+
+
+def _print_change(what: str, outcome: Any, packages: list[dict[str, str]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": True, "seconds": round(outcome.seconds, 2), "packages": packages,
+                          "replicas": outcome.replicas}))  # fmt: skip
+        return
+    timings = [m.get("last_change", {}) for r in outcome.replicas for m in r["models"].values()]
+    loads = [t["load_and_warm_up_s"] for t in timings if "load_and_warm_up_s" in t]
+    drains = [t["drain_s"] for t in timings if "drain_s" in t]
+    detail = f"; load and warm-up {max(loads):.1f} s, drain {max(drains):.1f} s (slowest replica)" if loads else ""
+    served = ", ".join(f"{p['name']} from {p['path']}" for p in packages)
+    print(f"{what}: {len(outcome.replicas)} replica(s) serve {served} after {outcome.seconds:.1f} s{detail}")
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from serving import control
+
+    if args.canary is not None:
+        return _deploy_canary(args)
+    _, outcome = control.deploy(args.package_dir, args.address, args.served_model_name, args.timeout)
+    _print_change("deployed", outcome, control.load_spec().packages, args.json)
+    return exit_codes.OK
+
+
+def _deploy_canary(args: argparse.Namespace) -> int:
+    from serving import control
+
+    if len(args.package_dir) != 1 or len(args.served_model_name or []) > 1:
+        raise UsageError("--canary takes one package (and at most one --served-model-name)")
+    limits = control.CanaryLimits(
+        fraction=args.canary,
+        window_s=args.canary_window,
+        min_requests=args.canary_min_requests,
+        max_error_rate=args.max_error_rate,
+        max_latency_ratio=args.max_latency_ratio,
+        min_agreement=args.min_agreement,
+    )
+    name = (args.served_model_name or [None])[0]
+    try:
+        reason, figures = control.canary(args.package_dir[0], limits, args.address, name, args.timeout)
+    except control.CanaryRolledBackError as exc:
+        raise TargetMissedError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"outcome": "promoted", "reason": reason, **figures}))
+    else:
+        print(f"canary promoted ({reason}): {json.dumps(figures)}")
+    return exit_codes.OK
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from serving import control
+
+    _, outcome = control.rollback(args.address, args.timeout)
+    _print_change("rolled back", outcome, control.load_spec().packages, args.json)
+    return exit_codes.OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from serving import control
+
+    state = control.status(args.address)
+    if args.json:
+        print(json.dumps(state))
+        return exit_codes.OK
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(state["replica_states"].items())) or "none"
+    print(f"server {state['url']}: replicas {counts}; change {state['generation']}")
+    for package in state["packages"]:
+        print(f"  {package['name']}: package {package['package']} from {package['path']}")
+    for replica in state["replicas"]:
+        models = []
+        for name, model in sorted(replica["models"].items()):
+            line = f"{name} {(model['serving'] or {}).get('package', '-')}"
+            if model["loading"]:
+                line += f", loading {model['loading']['path']}"
+            if model["draining"]:
+                line += f", draining {' '.join(model['draining'])}"
+            if model["failed"]:
+                line += f", failed {model['failed']['path']}: {model['failed']['error'][:200]}"
+            models.append(line)
+        stopping = " (stopping: not ready)" if replica["draining"] else ""
+        print(f"  replica {replica['replica']} on node {replica['node']}{stopping}: {'; '.join(models)}")
     return exit_codes.OK
 
 
@@ -412,6 +496,43 @@ def build_parser() -> argparse.ArgumentParser:
         help=settings.INGRESS.help("Ray Serve's HAProxy ingress (default) or its Python proxy"),
     )
     p.set_defaults(run=_cmd_serve)
+
+    address_help = "the server's Ray cluster address HOST:PORT; auto: the `optiserve serve` on this machine"
+    p = sub.add_parser("deploy", help="serve other packages on a running server, replica by replica, no downtime")
+    p.add_argument("package_dir", type=Path, nargs="+", help="packages; each replaces the model of its name")
+    p.add_argument("--address", default="auto", help=address_help)
+    p.add_argument("--served-model-name", action="append", metavar="NAME", help="as on serve")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds for every replica to take the packages")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    canary = CanaryLimits()
+    p.add_argument(
+        "--canary",
+        type=float,
+        metavar="FRACTION",
+        help="run the package beside the served one on this share of its requests, then promote it or roll it back",
+    )
+    p.add_argument("--canary-window", type=float, default=canary.window_s, help="seconds the canary is watched")
+    p.add_argument("--canary-min-requests", type=int, default=canary.min_requests, help="requests it must answer")
+    p.add_argument("--max-error-rate", type=float, default=canary.max_error_rate, help="canary error rate limit")
+    p.add_argument(
+        "--max-latency-ratio", type=float, default=canary.max_latency_ratio, help="canary / stable mean latency"
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=canary.min_agreement,
+        help="same source model: cosine mean (classifiers: top-1 agreement) with the served package",
+    )
+    p.set_defaults(run=_cmd_deploy)
+    p = sub.add_parser("rollback", help="serve the packages served before the last deploy")
+    p.add_argument("--address", default="auto", help=address_help)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds for every replica to take the packages")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(run=_cmd_rollback)
+    p = sub.add_parser("status", help="what a running server serves, replica by replica")
+    p.add_argument("--address", default="auto", help=address_help)
+    p.add_argument("--json", action="store_true", help="print the state as JSON")
+    p.set_defaults(run=_cmd_status)
 
     p = sub.add_parser("loadtest", help="run a bounded headless Locust load against a server")
     p.add_argument("--host", required=True, help="server URL, e.g. http://127.0.0.1:8000")

@@ -48,9 +48,12 @@ from serving.api import (
     rerank_scores,
     shorten,
 )
+from serving.control import DEPLOYMENT_NAME
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
 from serving.package import DimensionsError, ServingDefaults, UnknownPromptError, load_package
-from serving.replica import CacheUse, InferResult, ModelRunner, ServedModels
+from serving.replica import CacheUse, InferResult, ModelRunner
+from serving.served import CONTROL_KEYS, ServedModels
+from serving.settings import DRAIN_S
 from serving.version import __version__
 
 SERVER_VERSION = __version__
@@ -60,6 +63,9 @@ MAX_ONGOING_REQUESTS = 1024
 # (max_batch_tokens), so a healthy replica answers well within it even under load.
 HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_CHECK_TIMEOUT_S = 5.0
+# Pinned, so that a redeploy that changes only user_config (the package set, batching) reaches running replicas
+# through reconfigure() instead of restarting them (serving/control.py); a new optiserve version restarts them.
+DEPLOYMENT_VERSION = f"optiserve-{__version__}"
 
 
 def cache_use(cache_control: str | None) -> CacheUse:
@@ -96,7 +102,7 @@ async def docs_page() -> Response:
     return get_swagger_ui_html(openapi_url="/openapi.json", title="optiserve API")
 
 
-@serve.deployment(name="InferenceService")
+@serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
 class InferenceService(ServedModels):
     """OpenAI embeddings, classification, KServe v2 and Prometheus metrics for one or more packages."""
@@ -125,10 +131,10 @@ class InferenceService(ServedModels):
                     "model_required",
                 )
             name = fitting[0]
-        runner = self.models.get(name)
+        runner = self.pick(name)
         if runner is None:
             raise http.not_found(name, self.names())
-        request.scope[http.MODEL_LABELS_KEY] = runner.labels
+        http.answered_by(request.scope, runner)
         if not runner.manifest.takes_text:
             raise ApiError(
                 400,
@@ -146,12 +152,14 @@ class InferenceService(ServedModels):
         return runner
 
     def _kserve_model(self, request: Request, name: str, version: str | None = None) -> ModelRunner:
-        runner = self.models.get(name)
-        if runner is None or (version is not None and version != runner.manifest.version):
+        """The model a KServe route names; ``version`` may be the manifest's version or the package id (of the
+        stable package or of a canary beside it)."""
+        runner = self.pick(name, version)
+        if runner is None:
             raise http.not_found(
                 name if version is None else f"{shorten(name)} version {shorten(version)}", self.names()
             )
-        request.scope[http.MODEL_LABELS_KEY] = runner.labels
+        http.answered_by(request.scope, runner)
         return runner
 
     async def _infer(
@@ -234,7 +242,10 @@ class InferenceService(ServedModels):
 
     @api.get("/v2/health/ready")
     async def ready(self) -> Response:
-        # This replica answers only after its constructor loaded and verified every package.
+        # Ray routes to a replica only after its constructor and first reconfigure() loaded, verified and warmed up
+        # every package; a stopping server answers 503 while it still serves what is in flight.
+        if self.draining:
+            return json_response({"ready": False, "reason": "the server is stopping"}, status=503)
         return json_response({"ready": True})
 
     @api.get("/v2/models/{name}")
@@ -298,7 +309,8 @@ def build_app(
     batch_sizes = []
     for package_dir in dirs:
         manifest = load_package(package_dir).manifest
-        merged = {**manifest.serving.model_dump(), **{k: v for k, v in (overrides or {}).items() if k != "models"}}
+        chosen = {k: v for k, v in (overrides or {}).items() if k not in CONTROL_KEYS}
+        merged = {**manifest.serving.model_dump(), **chosen}
         batch_sizes.append(ServingDefaults.model_validate(merged).max_batch_size)
     ongoing = max(MAX_ONGOING_REQUESTS, 2 * max(batch_sizes))
     options: dict[str, Any] = {
@@ -314,6 +326,13 @@ def build_app(
         # period + 3 x timeout (17 s) and is replaced (Ray's defaults, 10 s / 30 s, take up to 100 s).
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
+        # A stopping replica finishes what it holds for up to OPTISERVE_DRAIN_S (Ray's default: 20 s).
+        "graceful_shutdown_timeout_s": DRAIN_S.get(),
+        "graceful_shutdown_wait_loop_s": 0.5,
+        # A change that restarts replicas (threads, GPUs) starts the new ones before stopping the old ones.
+        "max_surge_percent": 100,
+        "version": DEPLOYMENT_VERSION,
+        "_internal": True,  # Ray 2.60 accepts `version` only so
         # A replica reserves as many cores as its runtime uses threads (Ray also sets OMP_NUM_THREADS to it).
         "ray_actor_options": {
             "num_cpus": threads or 1,

@@ -27,8 +27,16 @@ from serving.metrics import NO_MODEL, metrics
 log = logging.getLogger("optiserve")
 RETRY_AFTER_S = "1"
 MODEL_LABELS_KEY = "optiserve.model_labels"  # set in the ASGI scope by a handler, read by the metrics middleware
+PACKAGE_HEADERS_KEY = "optiserve.package_headers"  # likewise: the headers naming the package that answers
 INFERENCE_PREFIXES = ("/v1/", "/v2/models", "/rerank")
 Body = TypeVar("Body", bound=BaseModel)
+
+
+def answered_by(scope: MutableMapping[str, Any], runner: Any) -> None:
+    """Note in the ASGI scope which model package answers this request: its metrics are labelled with it and the
+    response names it (``OptiServe-Model``, ``OptiServe-Model-Version``, ``OptiServe-Package``)."""
+    scope[MODEL_LABELS_KEY] = runner.labels
+    scope[PACKAGE_HEADERS_KEY] = runner.response_headers
 
 
 def _kserve_path(path: str) -> bool:
@@ -170,6 +178,8 @@ class Gate:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if package_headers := scope.get(PACKAGE_HEADERS_KEY):
+                    message["headers"] = [*message.get("headers", []), *package_headers]
             await send(message)
 
         m.inflight.inc()

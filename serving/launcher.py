@@ -13,11 +13,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving import settings
+from serving import control, settings
+from serving.errors import OptiserveError
 from serving.limits import FORWARDED_ENV
 from serving.metrics import MULTIPROC_ENV
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("optiserve")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-APP_NAME = "optiserve"
 REQUEST_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 180.0
 INGRESSES = ("haproxy", "proxy")
@@ -37,6 +37,10 @@ HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-local"
 HAPROXY_TIMEOUT_SERVER_S = int(REQUEST_TIMEOUT_S)  # a replica silent this long: JSON 504 (Ray sets none)
 HAPROXY_TIMEOUT_CLIENT_S = 60  # a client silent this long mid-request or mid-response (Ray's default: 3600)
 HAPROXY_MAXCONN = 16384  # connections at once (Ray's default: 4096); the HTTP port takes 15/16 of them
+# A request whose replica died before answering (the connection closed with no response: a killed replica or node)
+# is retried on another replica (Ray's template has `option redispatch`); Ray's default retries only connection
+# failures. Inference is idempotent. Only a body that fits HAProxy's buffer (tune.bufsize, 16 KiB) can be resent.
+HAPROXY_RETRY_ON = "conn-failure empty-response"
 
 
 def haproxy_maxconn() -> int:
@@ -102,6 +106,7 @@ def haproxy_defaults() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(HAPROXY_TIMEOUT_SERVER_S),
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_TIMEOUT_CLIENT_S),
         "RAY_SERVE_HAPROXY_MAXCONN": str(haproxy_maxconn()),
+        "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
         **{
             name: str(port if port_free(port) else free_port())
             for name, port in {**HAPROXY_PORTS, **FALLBACK_PROXY_PORTS}.items()
@@ -229,6 +234,7 @@ class Server:
     metrics_dir: Path
     threads: int | None = None
     owns_cluster: bool = True
+    spec: control.DeploySpec | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -240,14 +246,16 @@ class Server:
         package_dirs: Path | str | list[Path] | list[str],
         overrides: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        *,
+        served_names: list[str | None] | None = None,
         **options: Any,
     ) -> None:
-        """Deploy (or replace) the application serving ``package_dirs`` and wait until it is ready. Limits and the
-        API token (``serving.limits``) reach replicas from this process's environment, or from ``env``; ``options``
-        go to :func:`serving.app.build_app` (``num_gpus``, ``num_replicas``, ``autoscaling_config``)."""
-        from ray import serve
-
-        from serving.app import build_app
+        """Serve ``package_dirs`` (the first time, or instead of what is served) and wait until every replica
+        does. Limits and the API token (``serving.limits``) reach replicas from this process's environment, or
+        from ``env``; ``options`` go to :func:`serving.app.build_app` (``num_gpus``, ``num_replicas``,
+        ``autoscaling_config``). A change of packages or of ``overrides`` alone reaches running replicas in
+        place (:mod:`serving.served`); other changes start new replicas before the old ones stop."""
+        from serving.package import read_manifest
 
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
         env_vars.update(env or {})
@@ -255,15 +263,49 @@ class Server:
         if self.threads:
             env_vars[settings.THREADS.name] = str(self.threads)
         dirs: list[Path | str] = [package_dirs] if isinstance(package_dirs, str | Path) else list(package_dirs)
-        app = build_app([str(Path(d).resolve()) for d in dirs], self.threads, overrides, env_vars, **options)
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        names = list(served_names or []) + [None] * (len(dirs) - len(served_names or []))
+        packages = []
+        for directory, name in zip(dirs, names, strict=True):
+            path = str(Path(directory).resolve())
+            packages.append({"name": name or read_manifest(path).name, "path": path})
+        try:  # what the server serves now: a `deploy` from another process may have changed it since
+            previous: control.DeploySpec | None = control.load_spec()
+        except OptiserveError:
+            previous = None
+        spec = control.DeploySpec(
+            packages=packages,
+            threads=self.threads,
+            overrides=dict(overrides or {}),
+            env_vars=env_vars,
+            options=options,
+            url=self.url,
+            generation=previous.generation + 1 if previous else 1,
+            previous=previous.packages if previous and previous.packages != packages else None,
+        )
+        since = time.time()
+        control.apply(spec)
+        outcome = control.wait_for(spec, READY_TIMEOUT_S, since)
+        if not outcome.ok:
+            raise control.DeployError(outcome.reason)
+        self.spec = spec
         wait_ready(self.url)
 
+    def drain(self, grace_s: float) -> None:
+        """Report not-ready (``/v2/health/ready`` answers 503) while serving on, for ``grace_s``: the time a load
+        balancer takes to stop sending new requests here."""
+        if self.spec is None or self._stopped:
+            return
+        self.spec = replace(self.spec, draining=True, generation=self.spec.generation + 1)
+        control.apply(self.spec)
+        log.info("draining: not ready; new requests are refused in %g s", grace_s)
+        time.sleep(grace_s)
+
     def stop(self) -> None:
-        """Delete our application (its replicas drain the requests in flight), then leave Ray: that stops a
-        cluster we started, Serve's controller and proxy with it. ``serve.shutdown()`` is not used: the
-        controller kills itself while the driver still waits on its ``graceful_shutdown`` task, and Ray then
-        prints "(raylet) Task ServeController.graceful_shutdown failed … killed by `ray.kill`" on every stop."""
+        """Delete our application (each replica finishes the requests it holds, up to ``OPTISERVE_DRAIN_S``),
+        then leave Ray: that stops a cluster we started, Serve's controller and proxy with it.
+        ``serve.shutdown()`` is not used: the controller kills itself while the driver still waits on its
+        ``graceful_shutdown`` task, and Ray then prints "(raylet) Task ServeController.graceful_shutdown failed …
+        killed by `ray.kill`" on every stop."""
         if self._stopped:
             return
         self._stopped = True
@@ -271,7 +313,7 @@ class Server:
         from ray import serve
 
         try:
-            serve.delete(APP_NAME)  # on someone else's cluster, Serve and other apps keep running
+            serve.delete(control.APP_NAME)  # on someone else's cluster, Serve and other apps keep running
         finally:
             ray.shutdown()  # stops a cluster we started; only disconnects from someone else's
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -415,12 +457,20 @@ def run_until_signalled(
     stop = StopSignal().install()
     server = start(host, port, address=address, num_cpus=num_cpus, threads=threads, ingress=ingress)
     stop.install()
+    record: Path | None = None
     try:
         server.deploy(package_dirs, overrides, env={settings.DOCS.name: docs}, **options)
         if not stop.event.is_set():
+            import ray
+
+            record = control.write_record(server.url, ray.get_runtime_context().gcs_address)
             names = ", ".join(str(d) for d in package_dirs)
             print(f"serving {names} at {server.url} ({_routes(manifests, docs == '1')}); Ctrl-C to stop", flush=True)
         stop.wait()
+        print("stopping: not ready now; finishing the requests in flight", flush=True)
+        server.drain(settings.DRAIN_GRACE_S.get())
     finally:
+        if record is not None:
+            record.unlink(missing_ok=True)
         server.stop()
         log.info("stopped")

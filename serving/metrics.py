@@ -49,7 +49,11 @@ TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-NO_MODEL = {"model": "", "version": ""}  # labels of requests that reached no model (health, metrics, 404s)
+NO_MODEL = {
+    "model": "",
+    "version": "",
+    "package": "",
+}  # labels of requests that reached no model (health, metrics, 404s)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Metrics:
     call_padded_tokens: Histogram
     inference_duration: Histogram
     model_info: Gauge
+    rollout: Gauge
     cache_hits: Counter
     cache_misses: Counter
     cache_evictions: Counter
@@ -78,7 +83,7 @@ def metrics() -> Metrics:
     """The process's metric objects (created once; not registered globally, so creation never collides)."""
     if directory := os.environ.get(MULTIPROC_ENV):
         os.makedirs(directory, exist_ok=True)  # a replica on a node where the directory does not exist yet
-    model = ["model", "version"]
+    model = ["model", "version", "package"]
     return Metrics(
         requests=Counter(
             "optiserve_requests",
@@ -151,9 +156,16 @@ def metrics() -> Metrics:
         ),
         model_info=Gauge(
             "optiserve_model_info",
-            "The package a replica serves (value is always 1).",
+            "The package a replica serves (1; 0 once it was replaced).",
             [*model, "task", "runtime", "precision", "device", "chain"],
             multiprocess_mode="livemax",  # only replicas that exist: a replaced package's info goes away
+            registry=None,
+        ),
+        rollout=Gauge(
+            "optiserve_rollout_timestamp_seconds",
+            "When the control plane last decided about a canary package (outcome promoted or rolled_back, and why).",
+            ["model", "package", "outcome", "reason"],
+            multiprocess_mode="max",
             registry=None,
         ),
         cache_hits=Counter("optiserve_cache_hits", "Inputs answered from the response cache.", model, registry=None),
@@ -196,11 +208,12 @@ def _forget_dead_processes(directory: str) -> None:
     model info describe the replicas that exist. Counters and histograms of dead processes are kept."""
     for path in Path(directory).glob("gauge_live*_*.db"):
         pid = path.stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             prom_multiprocess.mark_process_dead(int(pid), directory)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

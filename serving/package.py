@@ -511,6 +511,14 @@ def write_package(root: Path, manifest: Manifest) -> ModelPackage:
 
 def load_package(root: Path | str) -> ModelPackage:
     """Read and verify a package. Raises :class:`PackageError` naming the first problem found."""
+    manifest = read_manifest(root)
+    _verify_files(Path(root), manifest)
+    return ModelPackage(root=Path(root), manifest=manifest)
+
+
+def read_manifest(root: Path | str) -> Manifest:
+    """A package's manifest, checked against the schema but without hashing its files (:func:`load_package`
+    does both). Raises :class:`PackageError`."""
     root = Path(root)
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -526,9 +534,7 @@ def load_package(root: Path | str) -> ModelPackage:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise PackageError(f"{manifest_path} does not match the manifest schema:\n{exc}") from None
-
-    _verify_files(root, manifest)
-    return ModelPackage(root=root, manifest=manifest)
+    return manifest
 
 
 def _verify_files(root: Path, manifest: Manifest) -> None:

@@ -15,8 +15,9 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +34,26 @@ from serving.scheduler import FairBatcher, WorkMeter
 from serving.tokenizer import TextItem, item_chars
 
 log = logging.getLogger("optiserve")
+
+
+@dataclass
+class Traffic:
+    """What a runner answered since it was loaded: the live numbers a canary is judged by."""
+
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0  # summed over answered requests, from admission to result
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+
+    def record(self, seconds: float) -> None:
+        self.requests += 1
+        self.seconds += seconds
+        self.recent.append(seconds)
+
+    def summary(self) -> dict[str, float]:
+        recent = sorted(self.recent)
+        p99 = recent[min(len(recent) - 1, int(0.99 * len(recent)))] if recent else 0.0
+        return {"requests": self.requests, "errors": self.errors, "seconds": self.seconds, "p99_s": p99}
 
 
 @dataclass(frozen=True)
@@ -62,17 +83,21 @@ class ModelRunner:
         package = load_package(package_dir)
         self.manifest: Manifest = package.manifest
         self.name = name or self.manifest.name  # the name clients use (``--served-model-name``), else the package's
+        self.path = str(package_dir)
+        self.package = package_id(self.manifest)
         self.pipeline = load_pipeline(package, threads)
-        self.labels = {"model": self.name, "version": self.manifest.version}
+        self.labels = {"model": self.name, "version": self.manifest.version, "package": self.package}
+        # Every answer this runner computes names it (serving.http.Gate adds them to the response).
+        self.response_headers = [
+            (b"optiserve-model", self.name.encode()),
+            (b"optiserve-model-version", self.manifest.version.encode()),
+            (b"optiserve-package", self.package.encode()),
+            *([(b"optiserve-node", node.encode())] if (node := node_tag()) else []),
+        ]
+        self.inflight = 0  # requests between admission and answer: a draining runner is done when it reaches 0
+        self.traffic = Traffic()
         self._metrics = metrics()
-        self._metrics.model_info.labels(
-            **self.labels,
-            task=self.manifest.task,
-            runtime=self.manifest.runtime,
-            precision=self.manifest.precision,
-            device=self.pipeline.runtime.device,
-            chain=">".join(p.name for p in self.manifest.chain) or "none",
-        ).set(1)
+        self._info().set(1)
         self.hardware_warning = serving_mismatch(self.manifest.requires, self.manifest.hardware, detect())
         if self.hardware_warning:
             log.warning("%s: %s", self.name, self.hardware_warning)
@@ -85,6 +110,7 @@ class ModelRunner:
         # call): the tolerance between a cached answer and a fresh one. Measured in _calibrate.
         self.batch_mate_cosine = 1.0
         self.work = WorkMeter(self._calibrate())
+        self.warm_up()
         self._batcher = FairBatcher(
             self._run_batch, 32, 10.0, wait_s=self._batch_wait_s, on_start=self._queue_wait.observe
         )
@@ -141,6 +167,25 @@ class ModelRunner:
         units = stats.real_tokens if isinstance(self.pipeline, TextPipeline) else stats.items
         return seconds / max(units, 1)
 
+    def warm_up(self) -> None:
+        """Run the shapes this runner will serve before it takes traffic: one input at a short, a middle and the
+        longest length, and a full model call (``max_call_items``) at the middle length, so lazily compiled
+        kernels, captured graphs and allocations are in place. Raises whatever the runtime raises."""
+        run: Any = self.pipeline.run
+        settings = self.manifest.serving
+        encoder = self.pipeline.encoder
+        if encoder is None:
+            run(self._probe(1))
+            run(self._probe(settings.max_call_items), settings.max_call_items, settings.max_batch_tokens)
+            return
+        words = PROBE_TEXT.split()
+        lengths = sorted({8, min(64, encoder.max_length), encoder.max_length})
+        texts = [" ".join(words[i % len(words)] for i in range(length)) for length in lengths]
+        for text in texts:
+            run([self._probe_item(text)])
+        middle = self._probe_item(texts[len(texts) // 2])
+        run([middle] * settings.max_call_items, settings.max_call_items, settings.max_batch_tokens)
+
     def _probe(self, count: int) -> list[Any]:
         pipeline = self.pipeline
         if isinstance(pipeline, TextPipeline):
@@ -169,6 +214,21 @@ class ModelRunner:
         being fair across requests), or the queue would hold more than ``max_queued_items`` items (onto an
         empty queue, a request within ``max_request_s`` is always admitted); and
         :class:`DeadlineExceededError` when none of it started within ``queue_timeout_s``."""
+        self.inflight += 1
+        started = time.perf_counter()
+        try:
+            result = await self._infer(texts, cache)
+        except RequestTooLargeError:  # the request's fault, not the model's
+            raise
+        except Exception:
+            self.traffic.errors += 1
+            raise
+        finally:
+            self.inflight -= 1
+        self.traffic.record(time.perf_counter() - started)
+        return result
+
+    async def _infer(self, texts: list[Any], cache: CacheUse) -> InferResult:
         started = time.perf_counter()
         keys = [key_of(text) for text in texts]
         lookup = cache == "use" and self.cache.max_bytes > 0
@@ -290,6 +350,31 @@ class ModelRunner:
             },
         }
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every request admitted here is answered (True), or ``timeout_s`` passed (False)."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight or self._batcher.pending_items:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def close(self) -> None:
+        """Let go of the model: its worker thread ends, and its info metric says it is no longer served."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._info().set(0)
+
+    def _info(self) -> Any:
+        """This runner's ``optiserve_model_info`` series (1 while it serves)."""
+        return self._metrics.model_info.labels(
+            **self.labels,
+            task=self.manifest.task,
+            runtime=self.manifest.runtime,
+            precision=self.manifest.precision,
+            device=self.pipeline.runtime.device,
+            chain=">".join(p.name for p in self.manifest.chain) or "none",
+        )
+
     async def check_health(self) -> None:
         """Raise if the runtime can no longer compute."""
         run: Any = self.pipeline.run
@@ -306,6 +391,12 @@ def fingerprint(manifest: Manifest) -> str:
     files = ",".join(f"{f.path}={f.sha256}" for f in manifest.files)
     tokenizer = manifest.tokenizer.model_dump_json() if manifest.tokenizer else ""
     return hashlib.sha256(f"{files}|{manifest.pooling.model_dump_json()}|{tokenizer}".encode()).hexdigest()
+
+
+def package_id(manifest: Manifest) -> str:
+    """A package's short identity (12 hex digits of :func:`fingerprint`): what responses, metrics and
+    ``/v2/models/{m}/versions/{v}`` name it by, since two builds of one model usually share ``manifest.version``."""
+    return fingerprint(manifest)[:12]
 
 
 def node_tag(node_id: str | None = None) -> str | None:

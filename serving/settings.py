@@ -219,6 +219,21 @@ RAY_EXPOSE = _declare(
     "server",
 )
 
+DRAIN_S = _declare(
+    "OPTISERVE_DRAIN_S",
+    number(above=0),
+    30.0,
+    "stop and upgrade: seconds a replica has to finish the requests it holds before it is stopped",
+    "server",
+)
+DRAIN_GRACE_S = _declare(
+    "OPTISERVE_DRAIN_GRACE_S",
+    number(at_least=0),
+    5.0,
+    "stop: seconds between reporting not-ready and refusing new requests (load balancers deregister meanwhile)",
+    "server",
+)
+
 # -- the optimizer -----------------------------------------------------------------------------------------------
 CACHE = _declare("OPTISERVE_CACHE", text, "", "pass cache directory (unset: ~/.cache/optiserve/chain)", "optimizer")
 

@@ -1,6 +1,6 @@
 """Two Ray nodes started with ``ray start`` on 127.0.0.1 (benchmarks/cluster.py, run as its own process): GPU
-placement by resources, a proxy on every node, autoscaling 1 -> 2 -> 1 under a Locust step load, and the worker
-node lost under load.
+placement by resources, HAProxy on every node, autoscaling 1 -> 2 -> 1 under a Locust step load, and the worker
+node lost under load (no request fails) and replaced.
 
 Run alone with: .venv/bin/pytest -m cluster
 """
@@ -22,7 +22,7 @@ def test_two_nodes_place_by_resources_autoscale_and_survive_losing_one(minilm_pa
     run = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--package", str(minilm_packages.package.root),
-            "--load-s", "25", "--kill-at-s", "8", "--autoscale-s", "20", "--out", str(tmp_path),
+            "--load-s", "40", "--kill-at-s", "8", "--autoscale-s", "20", "--out", str(tmp_path),
         ],
         capture_output=True, text=True, timeout=540, cwd=ROOT,
     )  # fmt: skip
@@ -37,6 +37,9 @@ def test_two_nodes_place_by_resources_autoscale_and_survive_losing_one(minilm_pa
     assert scaling["max_replicas_seen"] == 2 and scaling["scale_up_s_after_load_rose"] is not None
     assert scaling["scale_down_s_after_load_stopped"] is not None and scaling["failures"] == 0
     loss = result["node_loss"]
-    assert loss["failed_before_kill"] == 0
-    assert loss["ok_after_10s"] > 0 and loss["failed_after_10s"] == 0  # the head's replica carries on
-    assert loss["failed"] < loss["requests"] / 4  # only what was in flight on (or routed to) the lost node
+    assert loss["served_by_lost_node_before_kill"] > 0  # the lost node was taking traffic
+    assert loss["ok_after_10s"] > 0  # the head's replica carries on
+    # A request whose replica died before answering is retried on the other one (HAProxy, serving/launcher.py):
+    # losing the node fails nothing, and a new node takes the lost replica back.
+    assert loss["failed"] == 0, loss
+    assert loss["replicas_back_s"] is not None

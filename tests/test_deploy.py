@@ -408,3 +408,18 @@ def test_dockerfile_installs_dependencies_before_the_source_in_a_builder_stage(f
     (project_version,) = re.findall(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
     for stage in (builder, runtime):
         assert f"ARG VERSION={project_version}" in stage
+
+
+def test_pods_give_stopping_replicas_the_grace_and_drain_time_optiserve_serve_gives(cluster: dict[str, Any]) -> None:
+    """preStop waits the deregistration grace (OPTISERVE_DRAIN_GRACE_S), then replicas drain for OPTISERVE_DRAIN_S;
+    the pod's termination grace period covers both, and HAProxy retries requests whose replica died."""
+    from serving import launcher, settings
+
+    for name, template in _pod_templates(cluster).items():
+        (container,) = template["spec"]["containers"]
+        env = {item["name"]: item["value"] for item in container["env"]}
+        grace = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+        assert grace == settings.DRAIN_GRACE_S.default, name
+        drain = float(env[settings.DRAIN_S.name])
+        assert template["spec"]["terminationGracePeriodSeconds"] >= grace + drain + 5, name
+        assert env["RAY_SERVE_HAPROXY_RETRY_ON"] == launcher.HAPROXY_RETRY_ON, name

@@ -189,6 +189,7 @@ def test_wrapper_defaults_are_the_launchers() -> None:
         return int(match.group(1))
 
     assert default("TIMEOUT_SERVER_S") == launcher.HAPROXY_TIMEOUT_SERVER_S
+    assert f'DEFAULT_RETRY_ON="{launcher.HAPROXY_RETRY_ON}"' in text
     assert default("TIMEOUT_CLIENT_S") == launcher.HAPROXY_TIMEOUT_CLIENT_S
     assert default("MAXCONN") == launcher.HAPROXY_MAXCONN
     assert default("HTTP_REQUEST_TIMEOUT_S") == launcher.settings.HTTP_REQUEST_TIMEOUT_S.default
