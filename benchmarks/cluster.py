@@ -269,12 +269,17 @@ def run(package: Path, load_s: float, kill_at_s: float, autoscale_s: float) -> d
             load = asyncio.create_task(closed_loop(f"http://127.0.0.1:{head_http}/v1/embeddings", load_s, 4, events))
             await asyncio.sleep(kill_at_s)
             nonlocal replacement
+            known = {node for _, _, node in events if node}  # the head's and the worker's
             killed = time.monotonic()
             kill_node(worker)
             figures["killed_at_s"] = kill_at_s
             replacement = await asyncio.to_thread(start_worker, gcs_port, free_port(), envs[1])
-            await asyncio.to_thread(wait_for, lambda: running_replicas("cpu") == 2, 120, "the lost replica replaced")
+            # back: a replica on the new node answers (and Ray runs two again)
+            await asyncio.to_thread(
+                wait_for, lambda: describe(head_http)["node"] not in known, 180, "a replica on the new node"
+            )
             back["replicas_back_s"] = time.monotonic() - killed
+            back["running_replicas_after"] = running_replicas("cpu")
             await load
 
         asyncio.run(load_kill_and_replace())

@@ -243,9 +243,11 @@ class InferenceService(ServedModels):
     @api.get("/v2/health/ready")
     async def ready(self) -> Response:
         # Ray routes to a replica only after its constructor and first reconfigure() loaded, verified and warmed up
-        # every package; a stopping server answers 503 while it still serves what is in flight.
+        # every package; a stopping server, or a replica whose model is stuck in a call, answers 503.
         if self.draining:
             return json_response({"ready": False, "reason": "the server is stopping"}, status=503)
+        if reason := self.stalled():  # Ray's health check replaces this replica soon; meanwhile, say so
+            return json_response({"ready": False, "reason": reason}, status=503)
         return json_response({"ready": True})
 
     @api.get("/v2/models/{name}")

@@ -73,6 +73,7 @@ CALIBRATION_ITEMS = 8
 DEFAULT_CACHE_MB = 64.0
 DETERMINISTIC_COSINE = 0.9999  # batch-mates moving an output less than this is rounding, not a different answer
 PROBE_TEXT = "a short sentence that checks how fast this replica computes"
+STALL_FACTOR = 3.0  # a model call running this many times max_request_s means the model is stuck
 
 
 class ModelRunner:
@@ -95,6 +96,7 @@ class ModelRunner:
             *([(b"optiserve-node", node.encode())] if (node := node_tag()) else []),
         ]
         self.inflight = 0  # requests between admission and answer: a draining runner is done when it reaches 0
+        self._call_started: float | None = None  # when the model call now running began (None: none runs)
         self.traffic = Traffic()
         self._metrics = metrics()
         self._info().set(1)
@@ -297,9 +299,13 @@ class ModelRunner:
         queued = m.queued_items.labels(**labels)
         queued.set(self._batcher.pending_items)  # set per batch, not per request: a metric write costs a syscall
         distinct = list(dict.fromkeys(texts)) if self.pipeline.encoder is not None else texts
-        outputs, stats = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.pipeline.run, distinct, settings.max_call_items, settings.max_batch_tokens
-        )
+        self._call_started = time.monotonic()
+        try:
+            outputs, stats = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.pipeline.run, distinct, settings.max_call_items, settings.max_batch_tokens
+            )
+        finally:
+            self._call_started = None
         elapsed = time.perf_counter() - started
         queued.set(self._batcher.pending_items - len(texts))  # this batch's items are answered next
         m.inference_duration.labels(**labels).observe(elapsed)
@@ -375,8 +381,19 @@ class ModelRunner:
             chain=">".join(p.name for p in self.manifest.chain) or "none",
         )
 
+    def stalled(self) -> str | None:
+        """Why this runner is stuck, or None: a model call running for more than ``STALL_FACTOR`` times the
+        longest a request may take (``max_request_s``; calls are bounded by ``max_batch_tokens``, far shorter)."""
+        if self._call_started is None:
+            return None
+        running = time.monotonic() - self._call_started
+        limit = STALL_FACTOR * self.settings.max_request_s
+        return f"{self.name}: a model call has run for {running:.0f} s (limit {limit:g} s)" if running > limit else None
+
     async def check_health(self) -> None:
-        """Raise if the runtime can no longer compute."""
+        """Raise if the runtime can no longer compute: it is stuck in a call, or a probe fails."""
+        if reason := self.stalled():
+            raise RuntimeError(reason)
         run: Any = self.pipeline.run
         await asyncio.get_running_loop().run_in_executor(self._executor, run, self._probe(1))
 

@@ -302,6 +302,13 @@ class ServedModels:
     def names(self, task: str | None = None) -> list[str]:
         return [name for name, runner in self.models.items() if task is None or runner.manifest.task == task]
 
+    def stalled(self) -> str | None:
+        """Why a model of this replica is stuck (readiness then answers 503), or None."""
+        for runner in [*self.models.values(), *self.canaries.values()]:
+            if reason := runner.stalled():
+                return reason
+        return None
+
     async def check_health(self) -> None:
         """Raise (so Ray Serve restarts the replica) if any model's runtime can no longer compute."""
         for runner in [*self.models.values(), *self.canaries.values()]:

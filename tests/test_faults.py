@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -98,5 +99,32 @@ def test_check_health_fails_when_the_runtime_breaks(minilm_packages) -> None:
         replica.pipeline.runtime.run = broken  # type: ignore[method-assign]
         with pytest.raises(RuntimeError, match="lost its session"):
             await replica.check_health()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_call_that_hangs_makes_the_replica_unready_and_unhealthy(minilm_packages) -> None:
+    """A model thread stuck in a call: readiness (ServedModels.stalled) and Ray's health check say so at once, so
+    health never stays green over a dead model; the request finishes if the call ever returns."""
+
+    async def scenario() -> None:
+        runner = ModelRunner(str(minilm_packages.package.root), threads=1)
+        runner.apply({"max_request_s": 0.05})  # stuck after STALL_FACTOR x 0.05 s
+        release = threading.Event()
+        real = runner.pipeline.runtime.run
+
+        def hang(*args: object, **kwargs: object) -> object:
+            release.wait(30)
+            return real(*args, **kwargs)
+
+        runner.pipeline.runtime.run = hang  # type: ignore[method-assign]
+        request = asyncio.create_task(runner.infer(["a sentence"]))
+        await asyncio.sleep(0.5)
+        assert "a model call has run" in (runner.stalled() or "")
+        with pytest.raises(RuntimeError, match="a model call has run"):
+            await asyncio.wait_for(runner.check_health(), 5)
+        release.set()
+        assert (await request).outputs.shape[0] == 1
+        assert runner.stalled() is None
 
     asyncio.run(scenario())
