@@ -58,8 +58,9 @@ def ingress_envs() -> tuple[dict[str, str], dict[str, str]]:
     retries of requests whose replica died), with each node's own ports: on one machine the two nodes' HAProxy
     stats, metrics and fallback ports, and their replicas' port ranges, must differ."""
     from serving.launcher import DIRECT_INGRESS_VARIABLES, ingress_environment
+    from serving.settings import LAUNCHER_SET
 
-    head = {k: v for k, v in ingress_environment("haproxy").items() if not k.startswith("OPTISERVE_LAUNCHER")}
+    head = {k: v for k, v in ingress_environment("haproxy").items() if k != LAUNCHER_SET.name}
     worker = dict(head)
     for name in ("STATS_PORT", "METRICS_PORT"):
         worker[f"RAY_SERVE_HAPROXY_{name}"] = str(free_port())

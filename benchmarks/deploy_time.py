@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/deploy_time.py                  # writes runs/deploy/deploy.json and .md
 
-Serves the default package (the default recipe on the bundled MiniLM; built into runs/soak/package if missing,
-shared with benchmarks/soak.py) with 2 single-thread replicas, then alternates a deploy of a copy of it (another
-path: every replica loads, verifies, warms up and swaps in a new model, then drains the old one) and a rollback,
-``--rounds`` times, with a light closed-loop load running (2 clients, one sentence per request) so drains have
-something to finish. Per change: the total (the command's wait, from the application update until every replica
-reports the new package with nothing left loading or draining), and the slowest replica's load + warm-up and
-drain, as the replicas report them. Copies the Markdown to benchmarks/results/deploy.md.
+Serves the default package (`make demo`'s optimized one, else the default recipe on the bundled MiniLM, built
+into runs/soak/package as benchmarks/soak.py does) with 2 single-thread replicas, then alternates a deploy of a
+copy of it (another path: every replica loads, verifies, warms up and swaps in a new model, then drains the old
+one) and a rollback, ``--rounds`` times, with a light closed-loop load running (2 clients, one sentence per
+request) so drains have something to finish. Per change: the total (the command's wait, from the application
+update until every replica reports the new package with nothing left loading or draining), and the slowest
+replica's load + warm-up and drain, as the replicas report them. Copies the Markdown to benchmarks/results/deploy.md.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.request_path import cpu_description  # noqa: E402
-from optimizers.chain import optimize  # noqa: E402
-from optimizers.source import bundled_model_dir  # noqa: E402
+from benchmarks.soak import DEFAULT_PACKAGE, default_package  # noqa: E402
 from serving import control  # noqa: E402
 from serving.launcher import start  # noqa: E402
 from serving.ports import free_port  # noqa: E402
@@ -50,10 +49,7 @@ def _load(url: str, stop: threading.Event, statuses: list[int]) -> None:
             statuses.append(client.post(f"{url}/v1/embeddings", json={"input": "a sentence to embed"}).status_code)
 
 
-def run(out: Path, rounds: int) -> dict[str, Any]:
-    package = ROOT / "runs" / "soak" / "package"
-    if not (package / "manifest.json").exists():
-        optimize(bundled_model_dir(), package)
+def run(out: Path, package: Path, rounds: int) -> dict[str, Any]:
     copy = out / "package-copy"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(package, copy)
@@ -130,9 +126,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/deploy"))
+    parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE, help="(built if missing)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.out, args.rounds)
+    result = run(args.out, default_package(args.package), args.rounds)
     (args.out / "deploy.json").write_text(json.dumps(result, indent=2) + "\n")
     text = render(result)
     (args.out / "deploy.md").write_text(text + "\n")

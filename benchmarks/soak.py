@@ -6,9 +6,9 @@ and after each change, from the server's own metrics and /proc.
 
     .venv/bin/python benchmarks/soak.py --minutes 60            # writes runs/soak/soak.json and soak.md
 
-The knee: the requests/s of a closed-loop Locust run (16 users, 20 s) on the same mixed load. The package is built
-first (optiserve optimize, default recipe) if runs/soak/package does not exist. Locust runs on the same cores as
-the server.
+The knee: the requests/s of a closed-loop Locust run (16 users, 20 s) on the same mixed load. The package: `make
+demo`'s optimized one (the default recipe), else the default recipe is run into runs/soak/package first. Locust
+runs on the same cores as the server.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from serving.ports import free_port  # noqa: E402
 
 REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"
 PROXY_TITLE = "ProxyActor"
+DEFAULT_PACKAGE = ROOT / "runs" / "demo" / "packages" / "optimized"
 KNEE_USERS = 16
 KNEE_S = 20
 
@@ -136,10 +137,18 @@ def _change(what: str, started: float, action: Any) -> dict[str, Any]:
     }
 
 
-def soak(out: Path, minutes: float, max_inputs: int, window_s: float, fraction: float) -> dict[str, Any]:
-    package = out / "package"
-    if not (package / "manifest.json").exists():
-        optimize(bundled_model_dir(), package)
+def default_package(path: Path) -> Path:
+    """``path`` if it holds a package (``make demo`` writes the default one to runs/demo/packages/optimized),
+    else the default recipe on the bundled model, written to runs/soak/package once."""
+    if (path / "manifest.json").exists():
+        return path
+    built = ROOT / "runs" / "soak" / "package"
+    if not (built / "manifest.json").exists():
+        optimize(bundled_model_dir(), built)
+    return built
+
+
+def soak(out: Path, package: Path, minutes: float, max_inputs: int, window_s: float, fraction: float) -> dict[str, Any]:
     upgrade = out / "package-v2"
     shutil.rmtree(upgrade, ignore_errors=True)
     shutil.copytree(package, upgrade)
@@ -221,9 +230,11 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5, help="the load's share of the knee's requests/s")
     parser.add_argument("--window", type=float, default=30.0, help="seconds per reported window")
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
+    parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE, help="(built if missing)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(render(soak(args.out, args.minutes, args.inputs, args.window, args.fraction)))
+    package = default_package(args.package)
+    print(render(soak(args.out, package, args.minutes, args.inputs, args.window, args.fraction)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Render docs/reliability.md from the figures the reliability tests and the soak wrote.
 
-.venv/bin/pytest -s tests/test_faults.py tests/test_hardening.py tests/test_fuzz.py   # runs/reliability/figures.json
-.venv/bin/python benchmarks/soak.py --minutes 10                                      # runs/soak/soak.json
+.venv/bin/pytest -s tests/test_faults.py tests/test_hardening.py tests/test_fuzz.py \
+    tests/test_operations.py tests/test_cluster.py                                    # runs/reliability/figures.json
+.venv/bin/python benchmarks/soak.py --minutes 60                                      # runs/soak/soak.json
 .venv/bin/python scripts/reliability_report.py                                        # docs/reliability.md
 """
 
@@ -72,13 +73,21 @@ def render(figures: dict, soak: dict) -> str:
             "tests/test_fuzz.py",
         ),
         (
-            f"Soak: {soak['minutes']:g} min mixed load, {soak['users']} users, 1..{soak['max_inputs']} inputs/request",
-            f"{s['requests']:.0f} requests, {s['errors']:.0f} errors; replica memory {s['rss_start_mb']:.0f} -> "
-            f"{s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%); server p50 {s['p50_first_ms']:.0f} -> "
-            f"{s['p50_last_ms']:.0f} ms, p99 {s['p99_first_ms']:.0f} -> {s['p99_last_ms']:.0f} ms",
+            f"Soak: {soak['minutes']:g} min at half the knee ({soak['rate']:.0f} of {soak['knee_rps']:.0f} req/s), "
+            f"1..{soak['max_inputs']} inputs/request, an upgrade and a rollback",
+            f"{s['requests']:.0f} requests, {s['failed']:.0f} failed; replica memory {s['rss_start_mb']:.0f} -> "
+            f"{s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%); open files and threads per replica: "
+            + "; ".join(
+                f"{c['what']} {c['fds_before']} -> {c['fds_after']} and {c['threads_before']} -> {c['threads_after']}"
+                for c in soak["changes"]
+            )
+            + f"; server p99 {s['p99_first_ms']:.0f} -> {s['p99_last_ms']:.0f} ms",
             "benchmarks/soak.py",
         ),
     ]
+    day2, day2_commits = operations_rows(figures)
+    rows += day2
+    commits += day2_commits
     lines = [
         "# Reliability figures",
         "",
@@ -91,10 +100,73 @@ def render(figures: dict, soak: dict) -> str:
         "|---|---|---|---|",
         *[f"| {a} | {b} | `{c}` | {commit} |" for (a, b, c), commit in zip(rows, commits, strict=True)],
         "",
-        "Not covered by a live test: a replica whose runtime breaks is restarted by Ray Serve when `check_health` "
-        "raises (tested at the replica level in `tests/test_faults.py`; the restart itself is Ray's).",
+        "Not covered by a live test: a replica whose runtime breaks or hangs is restarted by Ray Serve when "
+        "`check_health` raises (tested at the replica level in `tests/test_faults.py`; the restart itself is Ray's).",
     ]
     return "\n".join(lines)
+
+
+def operations_rows(figures: dict) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Rows for the day-2 figures the tests wrote (tests/test_operations.py, tests/test_cluster.py), where present."""
+    rows: list[tuple[str, str, str]] = []
+    commits: list[str] = []
+    if upgrade := figures.get("upgrade_rollback"):
+        rows.append(
+            (
+                "Upgrade to a package of another width, then rollback, under Locust (4 users, 1..4 inputs)",
+                f"{upgrade['locust_requests']:.0f} Locust requests, {upgrade['failed']} failed; upgrade "
+                f"{upgrade['upgrade']['seconds']:.1f} s, rollback {upgrade['rollback']['seconds']:.1f} s; every answer "
+                "of a second client named the package whose vector width it carried; same replica processes throughout",
+                "tests/test_operations.py",
+            )
+        )
+        commits.append(upgrade.get("commit", "not recorded"))
+    if refused := figures.get("refused_deploys"):
+        rows.append(
+            (
+                "Deploys refused: a corrupt file, a package that fails its warm-up",
+                f"exit 1 with one line each; {refused['answers_meanwhile']} answers meanwhile, all 200 from the "
+                "running package",
+                "tests/test_operations.py",
+            )
+        )
+        commits.append(refused.get("commit", "not recorded"))
+    if canary := figures.get("canary"):
+        promoted = canary["promoted"]
+        rows.append(
+            (
+                "Canaries at 50%: one whose outputs disagree, one re-optimized from the same source",
+                f"rolled back (exit 3): {canary['rolled_back'].split('rolled back: ')[-1]}; promoted: cosine mean "
+                f"{promoted['agreement']['cosine_mean']:.4f}, {promoted['window']['canary']['requests']:.0f} canary "
+                f"requests in the window, {promoted['window']['canary']['errors']:.0f} errors; no client request "
+                "failed",
+                "tests/test_operations.py",
+            )
+        )
+        commits.append(canary.get("commit", "not recorded"))
+    if drain := figures.get("sigterm_drain"):
+        rows.append(
+            (
+                "SIGTERM with 3 requests in flight",
+                f"answers {drain['answers']}; readiness {drain['not_ready_answer']} before the port closed; exit 0 "
+                f"{drain['stopped_s']:.1f} s after the signal",
+                "tests/test_operations.py",
+            )
+        )
+        commits.append(drain.get("commit", "not recorded"))
+    if (cluster := figures.get("cluster")) and "served_by_lost_node_before_kill" in cluster.get("node_loss", {}):
+        loss = cluster["node_loss"]
+        rows.append(
+            (
+                "Worker node's processes SIGKILLed under load (4 clients, HAProxy on both nodes)",
+                f"{loss['requests']} requests, {loss['failed']} failed; {loss['served_by_lost_node_before_kill']} "
+                f"answered by the lost node before the kill; a replica on a replacement node answering "
+                f"{loss['replicas_back_s']:.1f} s after the kill",
+                "tests/test_cluster.py",
+            )
+        )
+        commits.append(cluster.get("commit", "not recorded"))
+    return rows, commits
 
 
 def kept_sections(previous: str) -> str:

@@ -99,7 +99,6 @@ class ModelRunner:
         self._call_started: float | None = None  # when the model call now running began (None: none runs)
         self.traffic = Traffic()
         self._metrics = metrics()
-        self._info().set(1)
         self.hardware_warning = serving_mismatch(self.manifest.requires, self.manifest.hardware, detect())
         if self.hardware_warning:
             log.warning("%s: %s", self.name, self.hardware_warning)
@@ -111,7 +110,7 @@ class ModelRunner:
         # How far an output moves when its input shares a model call with others (dynamic int8 quantizes per
         # call): the tolerance between a cached answer and a fresh one. Measured in _calibrate.
         self.batch_mate_cosine = 1.0
-        self.work = WorkMeter(self._calibrate())
+        self.work = self._calibrate()
         self.warm_up()
         self._batcher = FairBatcher(
             self._run_batch, 32, 10.0, wait_s=self._batch_wait_s, on_start=self._queue_wait.observe
@@ -119,6 +118,7 @@ class ModelRunner:
         self.cache = ResponseCache(0, fingerprint(self.manifest))
         self._evictions_seen = 0
         self.apply({})
+        self._info().set(1)  # only now: a package that fails its warm-up is never described as served
         log.info(
             "model ready: %s %s (%s, %s, %s on %s; %.2g s of work per %s)",
             self.name,
@@ -153,21 +153,29 @@ class ModelRunner:
     def _batch_wait_s(self) -> float:
         return self._wait.wait_s() if self.settings.adaptive_wait else self.settings.batch_wait_timeout_s
 
-    def _calibrate(self) -> float:
-        """Seconds of work per unit (token or item), timed on a small probe batch after a warm-up call; the
-        estimate then follows the batches served (:class:`WorkMeter`)."""
+    def _calibrate(self) -> WorkMeter:
+        """The work estimate to start from: a one-input call and a probe batch, each timed after a warm-up call,
+        give the fixed cost per call and the cost per unit (token or item); the estimate then follows the batches
+        served (:class:`WorkMeter`)."""
         probe = self._probe(CALIBRATION_ITEMS)
         run: Any = self.pipeline.run
-        alone, _ = run(probe[:1])
+        run(probe[:1])  # the first call may compile
         started = time.perf_counter()
-        _, stats = run(probe)
-        seconds = max(time.perf_counter() - started, 1e-6)
+        alone, one = run(probe[:1])
+        one_s = time.perf_counter() - started
+        started = time.perf_counter()
+        _, many = run(probe)
+        many_s = max(time.perf_counter() - started, 1e-6)
         if isinstance(self.pipeline, TextPipeline):
             longer = (f"{PROBE_TEXT} {PROBE_TEXT[: 7 * i]}" for i in range(1, 8))
             mates, _ = run([self._probe_item(PROBE_TEXT), *map(self._probe_item, longer)])
             self.batch_mate_cosine = _cosine(alone[0], mates[0])
-        units = stats.real_tokens if isinstance(self.pipeline, TextPipeline) else stats.items
-        return seconds / max(units, 1)
+        text = isinstance(self.pipeline, TextPipeline)
+        one_units, many_units = (max(s.real_tokens if text else s.items, 1) for s in (one, many))
+        per_unit = (many_s - one_s) / (many_units - one_units) if many_units > one_units else 0.0
+        if per_unit <= 0:  # too fast to tell apart: all of it per unit, which errs towards more work
+            return WorkMeter(many_s / many_units)
+        return WorkMeter(per_unit, max(one_s - per_unit * one_units, 0.0))
 
     def warm_up(self) -> None:
         """Run the shapes this runner will serve before it takes traffic: one input at a short, a middle and the
@@ -260,7 +268,7 @@ class ModelRunner:
         """Admit ``texts`` by their estimated work and run them through the batcher."""
         settings, batcher = self.settings, self._batcher
         units = self.units(texts)
-        seconds = self.work.seconds(sum(units))
+        seconds = self.work.seconds(sum(units), -(-len(texts) // settings.max_batch_size))
         if seconds > settings.max_request_s:
             raise RequestTooLargeError(
                 f"this request is about {seconds:.1f} s of work ({len(texts)} inputs, about {sum(units)} "
@@ -269,7 +277,9 @@ class ModelRunner:
                 "inputs per request"
             )
         if batcher.pending_items:
-            ahead_s = self.work.seconds(batcher.units_ahead(len(texts)))
+            ahead_s = self.work.seconds(
+                batcher.units_ahead(len(texts)), -(-(batcher.pending_items + len(texts)) // settings.max_batch_size)
+            )
             if ahead_s > settings.max_queued_s:
                 raise OverloadedError(f"about {ahead_s:.2f} s of work is ahead (limit {settings.max_queued_s:g} s)")
             if batcher.pending_items + len(texts) > settings.max_queued_items:

@@ -29,29 +29,62 @@ RunBatch = Callable[[list[Any]], Awaitable[list[Any]]]
 
 
 class WorkMeter:
-    """Seconds of model work per unit (a token for text, an item for tensors), smoothed over recent batches.
+    """Seconds of model work, fitted over recent batches as a fixed cost per batch plus a cost per unit (a token for
+    text, an item for tensors): ``seconds = overhead_s + units * seconds_per_unit``.
 
-    One batch moves the estimate at most ``MAX_STEP`` times up or down: the first batch of a new shape can be
-    many times slower (OpenVINO and oneDNN compile kernels per shape), and one such outlier must not make the
-    replica refuse requests as if it had become that slow."""
+    A proportional estimate (seconds / units of the last batches) reads a run of tiny requests, whose batches are
+    nearly all fixed cost, as a model that became many times slower per token, and then refuses an ordinary burst
+    as too much work. The fit keeps the two apart. Until the recent batches differ enough in size to separate them
+    (``MIN_SPREAD``), both costs keep the calibrated proportion and follow how fast the batches actually ran. One
+    batch moves either cost at most ``MAX_STEP`` times: the first batch of a new shape can be many times slower
+    (OpenVINO and oneDNN compile kernels per shape)."""
 
     MAX_STEP = 4.0
+    WINDOW = 64  # batches the fit looks back on
+    MIN_SPREAD = 2.0  # the largest recent batch must have this many times the units of the smallest to fit both
 
-    def __init__(self, seconds_per_unit: float, smoothing: float = 0.2) -> None:
-        if seconds_per_unit <= 0:
-            raise ValueError(f"seconds_per_unit must be > 0, got {seconds_per_unit}")
+    def __init__(self, seconds_per_unit: float, overhead_s: float = 0.0) -> None:
+        if seconds_per_unit <= 0 or overhead_s < 0:
+            raise ValueError(f"need seconds_per_unit > 0 and overhead_s >= 0, got {seconds_per_unit}, {overhead_s}")
         self.seconds_per_unit = seconds_per_unit
-        self.smoothing = smoothing
+        self.overhead_s = overhead_s
+        self._calibrated = (overhead_s, seconds_per_unit)
+        self._batches: deque[tuple[int, float]] = deque(maxlen=self.WINDOW)
 
     def record(self, units: int, seconds: float) -> None:
         """Fold one batch (``units`` of work done in ``seconds``) into the estimate."""
-        if units > 0 and seconds > 0:
-            current = self.seconds_per_unit
-            observed = min(max(seconds / units, current / self.MAX_STEP), current * self.MAX_STEP)
-            self.seconds_per_unit += self.smoothing * (observed - current)
+        if units <= 0 or seconds <= 0:
+            return
+        self._batches.append((units, seconds))
+        overhead, per_unit = self._fit()
+        self.overhead_s = self._bounded(overhead, self.overhead_s) if self.overhead_s else overhead
+        self.seconds_per_unit = self._bounded(per_unit, self.seconds_per_unit)
 
-    def seconds(self, units: int) -> float:
-        return units * self.seconds_per_unit
+    def _fit(self) -> tuple[float, float]:
+        """(overhead_s, seconds_per_unit): by least squares over the window where its batches differ enough in
+        size, both kept positive; else the calibrated pair scaled by how much slower or faster the recent batches
+        ran than it predicts (their median ratio: one outlier does not move it)."""
+        units = [u for u, _ in self._batches]
+        if len(units) >= 3 and max(units) >= self.MIN_SPREAD * min(units):
+            n = len(units)
+            mean_u = sum(units) / n
+            mean_s = sum(s for _, s in self._batches) / n
+            var = sum((u - mean_u) ** 2 for u in units)
+            slope = sum((u - mean_u) * (s - mean_s) for u, s in self._batches) / var
+            intercept = mean_s - slope * mean_u
+            if slope > 0 and intercept >= 0:
+                return intercept, slope
+        overhead, per_unit = self._calibrated
+        ratios = sorted(s / (overhead + u * per_unit) for u, s in self._batches)
+        ratio = ratios[len(ratios) // 2]
+        return overhead * ratio, per_unit * ratio
+
+    def _bounded(self, new: float, current: float) -> float:
+        return min(max(new, current / self.MAX_STEP), current * self.MAX_STEP)
+
+    def seconds(self, units: int, batches: int = 1) -> float:
+        """The work of ``units`` run in ``batches`` batches (each pays the fixed cost once)."""
+        return batches * self.overhead_s + units * self.seconds_per_unit
 
 
 @dataclass(eq=False)

@@ -245,3 +245,22 @@ async def _big_then_small(url: str, big: dict, small: list[dict]) -> list[tuple[
             return response.status_code, time.monotonic()
 
         return list(await asyncio.gather(post(big, 0.0), *(post(body, 0.2) for body in small)))
+
+
+def test_a_run_of_tiny_requests_then_an_ordinary_burst_are_all_admitted(minilm_packages) -> None:
+    """The sequence seen in an earlier round (a server sent "a", "b c" while another started on the same cores):
+    60 requests of a few tokens, then 96 ordinary sentences at once. A per-token estimate learned from the tiny
+    batches (nearly all fixed cost) refused the burst as overloaded; the fixed-plus-per-token fit admits it."""
+    from serving.errors import OverloadedError
+    from serving.replica import ModelRunner
+
+    async def scenario() -> list[object]:
+        runner = ModelRunner(str(minilm_packages.package.root), threads=1)
+        for text in ["a", "b c"] * 30:
+            await runner.infer([text], cache="bypass")
+        burst = [runner.infer([f"{i} {LONG_TEXT[:200]}"], cache="bypass") for i in range(96)]
+        return list(await asyncio.gather(*burst, return_exceptions=True))
+
+    results = asyncio.run(scenario())
+    assert [r for r in results if isinstance(r, OverloadedError)] == []
+    assert all(not isinstance(r, BaseException) for r in results), results

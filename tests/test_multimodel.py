@@ -151,14 +151,18 @@ def test_metrics_show_batches_per_model_and_the_token_budget_held(both) -> None:
     samples = _metric_samples(both)
 
     def buckets(name: str, model: str) -> dict[float, float]:
-        return {float(s.labels["le"]): s.value for s in samples[name] if s.labels["model"] == model}
+        summed: dict[float, float] = {}  # over the packages that served the model (upgrades in place)
+        for sample in samples[name]:
+            if sample.labels["model"] == model:
+                summed[float(sample.labels["le"])] = summed.get(float(sample.labels["le"]), 0.0) + sample.value
+        return summed
 
     batch_sizes = buckets("optiserve_batch_size_bucket", MODEL)
     assert batch_sizes[float("inf")] > batch_sizes[1.0], "some dynamic batches held more than one item"
     calls = buckets("optiserve_model_call_padded_tokens_bucket", MODEL)
     assert calls[float("inf")] > 0 and calls[float(CALL_TOKEN_BUDGET)] == calls[float("inf")]
     assert buckets("optiserve_batch_size_bucket", CLASSIFIER)[float("inf")] >= 1
-    info = {s.labels["model"]: s.labels for s in samples["optiserve_model_info"]}
+    info = {s.labels["model"]: s.labels for s in samples["optiserve_model_info"] if s.value == 1}
     assert info[CLASSIFIER]["task"] == "classification" and info[MODEL]["task"] == "embedding"
 
 

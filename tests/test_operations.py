@@ -63,11 +63,14 @@ def address(server, minilm_packages):
 
 class HeaderCheck:
     """A closed loop of single-sentence requests recording, for each answer, its status, the package its headers
-    name and the width of the vector it carries."""
+    name and the width of the vector it carries. With ``versions``, KServe requests that ask for each of those
+    packages in turn (``/v2/models/{m}/versions/{package}/infer``) instead; ``asked`` records which."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, versions: tuple[str, ...] = ()) -> None:
         self.url = url
+        self.versions = versions
         self.answers: list[tuple[int, str | None, int]] = []
+        self.asked: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -84,8 +87,19 @@ class HeaderCheck:
             i = 0
             while not self._stop.is_set():
                 i += 1
-                response = client.post(f"{self.url}/v1/embeddings", json={"input": TEXTS[i % len(TEXTS)]})
-                width = len(response.json()["data"][0]["embedding"]) if response.status_code == 200 else 0
+                text = TEXTS[i % len(TEXTS)]
+                if self.versions:
+                    version = self.versions[i % len(self.versions)]
+                    self.asked.append(version)
+                    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+                    url = f"{self.url}/v2/models/{MINILM}/versions/{version}/infer"
+                    response = client.post(url, json=body)
+                    ok = response.status_code == 200
+                    width = response.json()["outputs"][0]["shape"][-1] if ok else 0
+                else:
+                    response = client.post(f"{self.url}/v1/embeddings", json={"input": text})
+                    ok = response.status_code == 200
+                    width = len(response.json()["data"][0]["embedding"]) if ok else 0
                 self.answers.append((response.status_code, response.headers.get("optiserve-package"), width))
 
 
@@ -99,6 +113,10 @@ def test_upgrade_and_rollback_under_load_fail_no_request_and_each_answer_names_i
     results: dict[str, Any] = {}
     config = LoadTestConfig(host=server.url, out_dir=tmp_path, users=4, duration_s=40, max_inputs=4, label="upgrade")
     load = threading.Thread(target=lambda: results.update(summary=run_loadtest(config)), daemon=True)
+    replicas_before = {
+        (r["replica"], r["pid"])
+        for r in json.loads(optiserve("status", "--address", address, "--json").stdout)["replicas"]
+    }
     with HeaderCheck(server.url) as check:
         load.start()
         time.sleep(8)
@@ -128,6 +146,8 @@ def test_upgrade_and_rollback_under_load_fail_no_request_and_each_answer_names_i
     state = json.loads(status.stdout)
     assert [p["package"] for p in state["packages"]] == [v1]
     assert all(r["models"][MINILM]["serving"]["package"] == v1 for r in state["replicas"])
+    # The same replica processes served throughout: the packages were swapped in place, nothing restarted.
+    assert {(r["replica"], r["pid"]) for r in state["replicas"]} == replicas_before
 
 
 def _with_token_limit(package: Path, into: Path, max_length: int) -> Path:
@@ -178,7 +198,8 @@ def test_canary_that_disagrees_is_rolled_back_and_one_within_limits_is_promoted(
     baseline = load_package(stable.root.parent / "baseline")  # same source model, re-optimized differently
     disagreeing = _with_token_limit(stable.root, tmp_path / "truncating", 8)  # same source, outputs disagree
     limits = ["--canary-window", "6", "--canary-min-requests", "5", "--address", address, "--json"]
-    with HeaderCheck(server.url) as check:
+    v1, v2 = package_id(stable.manifest), package_id(baseline.manifest)
+    with HeaderCheck(server.url) as check, HeaderCheck(server.url, versions=(v1, v2)) as by_version:
         time.sleep(1)
         rolled_back = optiserve("deploy", str(disagreeing), "--canary", "0.5", *limits)
         promoted = optiserve("deploy", str(baseline.root), "--canary", "0.5", *limits)
@@ -194,6 +215,12 @@ def test_canary_that_disagrees_is_rolled_back_and_one_within_limits_is_promoted(
     packages = [package for _, package, _ in check.answers]
     assert {status for status, _, _ in check.answers} == {200}
     assert package_id(baseline.manifest) in packages and packages[-1] == package_id(baseline.manifest)
+    # A client asking for a package by its id got that package whenever it was live: both during the canary.
+    pairs = zip(by_version.asked, by_version.answers, strict=False)
+    answered = [(asked, status, package) for asked, (status, package, _) in pairs]
+    assert all(package == asked for asked, status, package in answered if status == 200)
+    assert {status for _, status, _ in answered} <= {200, 404}
+    assert {asked for asked, status, _ in answered if status == 200} == {v1, v2}
     metrics = httpx.get(f"{server.url}/metrics").text
     assert (
         'outcome="rolled_back",package="' + package_id(read_manifest(disagreeing)) + '",reason="agreement"' in metrics

@@ -124,17 +124,37 @@ def test_the_batch_waits_to_fill_only_as_long_as_asked() -> None:
 
 
 def test_the_work_meter_follows_what_batches_cost() -> None:
-    meter = WorkMeter(seconds_per_unit=1e-3, smoothing=0.5)
+    meter = WorkMeter(seconds_per_unit=1e-3)
     assert meter.seconds(100) == pytest.approx(0.1)
     for _ in range(20):
         meter.record(units=100, seconds=1.0)  # ten times slower than calibrated
     assert meter.seconds(100) == pytest.approx(1.0, rel=1e-3)
     meter.record(units=0, seconds=5.0)  # nothing to learn from
+    meter.record(units=100, seconds=1000.0)  # one batch that compiled its kernels: the median ignores it
     assert meter.seconds(100) == pytest.approx(1.0, rel=1e-3)
-    meter.record(units=100, seconds=1000.0)  # one batch that compiled its kernels: a bounded step, not 1000x
-    assert meter.seconds(100) == pytest.approx(1.0 + 0.5 * (4.0 - 1.0), rel=1e-3)
     with pytest.raises(ValueError):
         WorkMeter(0.0)
+
+
+def test_a_run_of_tiny_requests_does_not_make_an_ordinary_burst_look_like_more_work() -> None:
+    """The sequence that 503'd an ordinary burst: many requests of a few tokens (batches that are nearly all fixed
+    cost), then 96 sentences. A model of 5 ms per call plus 20 us per token, calibrated 20% off."""
+
+    def cost(units: int) -> float:
+        return 0.005 + 2e-5 * units
+
+    meter = WorkMeter(seconds_per_unit=1.2 * 2e-5, overhead_s=0.8 * 0.005)
+    for units in [3, 4, 3, 5, 4, 3] * 10:  # "a", "b c", ...
+        meter.record(units, cost(units))
+    burst = 96 * 40
+    truth = 3 * 0.005 + burst * 2e-5  # 96 sentences of 40 tokens, in 3 batches
+    assert 0.7 * truth < meter.seconds(burst, batches=3) < 1.5 * truth  # off by the calibration's error at most
+    proportional = cost(4) / 4 * burst  # what seconds/units of those batches predicted
+    assert proportional > 10 * meter.seconds(burst, batches=3)
+    for units in [3, 40, 400, 1200] * 5:  # mixed sizes: the fit separates the two costs
+        meter.record(units, cost(units))
+    assert meter.overhead_s == pytest.approx(0.005, rel=0.05)
+    assert meter.seconds_per_unit == pytest.approx(2e-5, rel=0.05)
 
 
 def test_work_ahead_of_a_new_request_counts_a_big_request_only_item_for_item() -> None:

@@ -36,8 +36,11 @@ def _post(server, body: object, **kwargs) -> httpx.Response:
 
 
 def _batch_buckets(server, model: str = MODEL) -> dict[str, float]:
-    samples = _metric_samples(server)["optiserve_batch_size_bucket"]
-    return {s.labels["le"]: s.value for s in samples if s.labels["model"] == model}
+    buckets: dict[str, float] = {}
+    for sample in _metric_samples(server)["optiserve_batch_size_bucket"]:
+        if sample.labels["model"] == model:  # summed over the packages that served it (upgrades in place)
+            buckets[sample.labels["le"]] = buckets.get(sample.labels["le"], 0.0) + sample.value
+    return buckets
 
 
 def _metric_samples(server) -> dict[str, list]:
@@ -222,10 +225,11 @@ def test_health_and_metrics_endpoints(server) -> None:
         "optiserve_model_info",
     ):
         assert name in samples, name
-    (info,) = [s.labels for s in samples["optiserve_model_info"] if s.labels["model"] == MODEL]
+    served = [s.labels for s in samples["optiserve_model_info"] if s.value == 1]
+    (info,) = [labels for labels in served if labels["model"] == MODEL]
     assert info["runtime"] == "onnxruntime" and info["chain"].startswith("export_onnx")
-    # only the served package is described (model info of replaced replicas is dropped with them)
-    assert {s.labels["model"] for s in samples["optiserve_model_info"]} == {MODEL}
+    # only the served package is described with 1 (packages replaced in place say 0; replaced replicas' go away)
+    assert {labels["model"] for labels in served} == {MODEL}
     embeddings = [s for s in samples["optiserve_requests_total"] if s.labels["route"] == "/v1/embeddings"]
     assert "200" in {s.labels["code"] for s in embeddings}
     # answered requests carry the model they ran on (requests refused before naming a model carry model="")
