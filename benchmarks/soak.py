@@ -6,7 +6,8 @@ and after each change, from the server's own metrics and /proc.
 
     .venv/bin/python benchmarks/soak.py --minutes 60            # writes runs/soak/soak.json and soak.md
 
-The knee: the requests/s of a closed-loop Locust run (16 users, 20 s) on the same mixed load. The package: `make
+The response cache is off (the load repeats the held-out set: with it, most answers would be cache hits). The
+knee: the requests/s of a closed-loop Locust run (16 users, 20 s) on the same mixed load. The package: `make
 demo`'s optimized one (the default recipe), else the default recipe is run into runs/soak/package first. Locust
 runs on the same cores as the server.
 """
@@ -156,7 +157,7 @@ def soak(out: Path, package: Path, minutes: float, max_inputs: int, window_s: fl
     windows: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
     try:
-        server.deploy(package)
+        server.deploy(package, {"cache_mb": 0})  # the load repeats its held-out sentences: no cache, real work
         knee = run_loadtest(
             LoadTestConfig(host=server.url, out_dir=out, users=KNEE_USERS, duration_s=KNEE_S, max_inputs=max_inputs,
                            plots=False, label="knee")
