@@ -41,6 +41,7 @@ REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"
 PROXY_TITLE = "ProxyActor"
 DEFAULT_PACKAGE = ROOT / "runs" / "demo" / "packages" / "optimized"
 KNEE_USERS = 16
+WARM_UP_S = 300.0  # memory is compared from the first window after this
 KNEE_S = 20
 
 
@@ -93,8 +94,9 @@ def render(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` (commit {result['commit']}); machine: {result['machine']}.",
         "",
         f"Requests {s['requests']:.0f} (Locust {s['locust_requests']:.0f}), failed {s['failed']:.0f}; replica memory "
-        f"{s['rss_start_mb']:.0f} -> {s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%, first steady window to "
-        f"last); p50 {s['p50_first_ms']:.1f} -> {s['p50_last_ms']:.1f} ms, p99 {s['p99_first_ms']:.1f} -> "
+        f"{s['rss_start_mb']:.0f} -> {s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%, first window after "
+        f"{s['warm_up_s']:.0f} s of warm-up to the last; at most {s['rss_max_mb']:.0f} MB); "
+        f"p50 {s['p50_first_ms']:.1f} -> {s['p50_last_ms']:.1f} ms, p99 {s['p99_first_ms']:.1f} -> "
         f"{s['p99_last_ms']:.1f} ms (server side).",
         "",
         "| change | at s | took s | replica open files before -> after | threads before -> after |",
@@ -149,6 +151,27 @@ def default_package(path: Path) -> Path:
     return built
 
 
+def summarize(windows: list[dict[str, Any]], locust_requests: float, locust_failures: float) -> dict[str, Any]:
+    """Totals, and memory and latency from the first window after warm-up (``WARM_UP_S``: the replicas' memory
+    grows while allocators and kernels settle) to the last full one."""
+    steady = [w for w in windows[:-1] if w["t_s"] >= WARM_UP_S] or windows
+    first, last = steady[0], steady[-1]
+    return {
+        "requests": sum(w["requests"] for w in windows),
+        "locust_requests": locust_requests,
+        "failed": locust_failures + sum(w["errors"] for w in windows),
+        "warm_up_s": WARM_UP_S,
+        "rss_start_mb": first["replica_rss_mb"],
+        "rss_end_mb": last["replica_rss_mb"],
+        "rss_growth_pct": 100 * (last["replica_rss_mb"] / first["replica_rss_mb"] - 1),
+        "rss_max_mb": max(w["replica_rss_mb"] for w in steady),
+        "p50_first_ms": first["p50_ms"],
+        "p50_last_ms": last["p50_ms"],
+        "p99_first_ms": first["p99_ms"],
+        "p99_last_ms": last["p99_ms"],
+    }
+
+
 def soak(out: Path, package: Path, minutes: float, max_inputs: int, window_s: float, fraction: float) -> dict[str, Any]:
     upgrade = out / "package-v2"
     shutil.rmtree(upgrade, ignore_errors=True)
@@ -192,20 +215,7 @@ def soak(out: Path, package: Path, minutes: float, max_inputs: int, window_s: fl
         client = final_stats(Path(f"{cfg.json_prefix}.json"))
     finally:
         server.stop()
-    steady = windows[2:-1] if len(windows) >= 4 else windows  # skip warm-up and ramp-down windows
-    first, last = steady[0], steady[-1]
-    summary = {
-        "requests": sum(w["requests"] for w in windows),
-        "locust_requests": client["requests"],
-        "failed": client["failures"] + sum(w["errors"] for w in windows),
-        "rss_start_mb": first["replica_rss_mb"],
-        "rss_end_mb": last["replica_rss_mb"],
-        "rss_growth_pct": 100 * (last["replica_rss_mb"] / first["replica_rss_mb"] - 1),
-        "p50_first_ms": first["p50_ms"],
-        "p50_last_ms": last["p50_ms"],
-        "p99_first_ms": first["p99_ms"],
-        "p99_last_ms": last["p99_ms"],
-    }
+    summary = summarize(windows, client["requests"], client["failures"])
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     result = {
         "minutes": minutes,
@@ -232,7 +242,17 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30.0, help="seconds per reported window")
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE, help="(built if missing)")
+    parser.add_argument("--render", type=Path, metavar="SOAK_JSON", help="only summarize and render a finished run")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(args.render.read_text())
+        s = result["summary"]
+        errors = sum(w["errors"] for w in result["windows"])
+        result["summary"] = summarize(result["windows"], s["locust_requests"], s["failed"] - errors)
+        args.render.write_text(json.dumps(result, indent=2) + "\n")
+        args.render.with_suffix(".md").write_text(render(result) + "\n")
+        print(render(result))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     package = default_package(args.package)
     print(render(soak(args.out, package, args.minutes, args.inputs, args.window, args.fraction)))

@@ -295,7 +295,11 @@ class Server:
         balancer takes to stop sending new requests here."""
         if self.spec is None or self._stopped:
             return
-        self.spec = replace(self.spec, draining=True, generation=self.spec.generation + 1)
+        try:  # what is served now (an `optiserve deploy` may have changed it since this process deployed)
+            current = control.load_spec()
+        except OptiserveError:
+            current = self.spec
+        self.spec = replace(current, draining=True, generation=current.generation + 1)
         control.apply(self.spec)
         log.info("draining: not ready; new requests are refused in %g s", grace_s)
         time.sleep(grace_s)

@@ -376,7 +376,9 @@ class ModelRunner:
         return True
 
     def close(self) -> None:
-        """Let go of the model: its worker thread ends, and its info metric says it is no longer served."""
+        """Let go of the model (on the event loop): the batch worker task and the model thread end, and the info
+        metric says it is no longer served. Without the first, the loop kept every replaced model alive."""
+        self._batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._info().set(0)
 

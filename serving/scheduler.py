@@ -149,6 +149,13 @@ class FairBatcher:
             if not request.future.done() or request.future.cancelled():
                 self._forget(request)  # the client went away: drop what has not run
 
+    def close(self) -> None:
+        """Stop the worker task (call it on the event loop, once nothing is queued): the loop then holds nothing
+        of this batcher, and so nothing of the model its ``run_batch`` belongs to."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+
     def _forget(self, request: _Request) -> None:
         """Take a request's unscheduled items out of the queue's accounting and mark it gone."""
         if request.gone:

@@ -20,19 +20,24 @@ state to Ray's key-value store (:func:`serving.control.replica_key`) on every ch
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import json
 import logging
 import os
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from serving.errors import OptiserveError
 from serving.package import read_manifest
 from serving.replica import ModelRunner, node_tag, package_id
 
 log = logging.getLogger("optiserve")
+T = TypeVar("T")
 CONTROL_KEYS = ("packages", "generation", "draining", "rollout", "models")
 AGREEMENT_INPUTS = 256  # held-out inputs a canary and the stable package are compared on
 
@@ -99,6 +104,7 @@ class ServedModels:
         self._overrides: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self._configured = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loading: set[tuple[str, str]] = set()  # (model, path) being loaded: a repeated target waits for it
         for slot in slots_from(package_dirs, served_names):
             if slot.name in self._target:
                 raise ValueError(f"two packages serve the model name {slot.name!r}; names must be unique")
@@ -121,8 +127,8 @@ class ServedModels:
         if unknown:
             raise ValueError(f"user_config.models names {unknown}, not served here ({sorted(target)})")
         self._overrides = (config, per_model)
-        for name, runner in self.models.items():
-            runner.apply(self._settings_for(name))
+        for runner in [*self.models.values(), *self.canaries.values()]:
+            runner.apply(self._settings_for(runner.name))
         self._target = target
         if rollout:
             record_rollout(rollout)
@@ -138,8 +144,18 @@ class ServedModels:
 
     def _work_towards(self, target: dict[str, Slot]) -> list[Any]:
         """The changes (coroutines) that take this replica from what it serves to ``target``."""
-        work = [self._change(slot) for slot in target.values() if self._differs(slot.name, slot.path)]
-        work += [self._load_canary(s) for s in target.values() if s.canary and self._differs(s.name, s.canary, True)]
+        work = [
+            self._change(slot)
+            for slot in target.values()
+            if self._differs(slot.name, slot.path) and (slot.name, slot.path) not in self._loading
+        ]
+        work += [
+            self._load_canary(slot)
+            for slot in target.values()
+            if slot.canary
+            and self._differs(slot.name, slot.canary, True)
+            and (slot.name, slot.canary) not in self._loading
+        ]
         for name in [n for n in self.canaries if not target.get(n) or target[n].canary is None]:
             if (stable := target.get(name)) is None or self.canaries[name].path != stable.path:  # else: promoted
                 work.append(self._retire(self.canaries.pop(name), self.states.get(name)))
@@ -189,8 +205,10 @@ class ServedModels:
         state.failed = None
         self.report()
         started = time.perf_counter()
+        self._loading.add((name, path))
         try:
-            runner = await asyncio.to_thread(ModelRunner, path, self.threads, name)
+            runner = await _in_own_thread(ModelRunner, path, self.threads, name)
+            runner.apply(self._settings_for(name))
         except Exception as exc:
             message = f"{path} did not load and warm up: {' '.join(str(exc).split()) or type(exc).__name__}"
             log.error("%s: %s", name, message)
@@ -200,6 +218,8 @@ class ServedModels:
             if not self._configured:
                 raise
             return None
+        finally:
+            self._loading.discard((name, path))
         state.loading = None
         return runner, time.perf_counter() - started
 
@@ -214,7 +234,7 @@ class ServedModels:
         if self._target.get(slot.name) != slot or stable is None:  # superseded while it loaded
             runner.close()
             return
-        measured = await asyncio.to_thread(agreement, stable, runner)
+        measured = await _in_own_thread(agreement, stable, runner)
         self.canaries[slot.name] = runner
         state = self.states[slot.name]
         state.canary = {**_describe(runner), "agreement": measured, "load_and_warm_up_s": round(load_s, 3)}
@@ -263,6 +283,9 @@ class ServedModels:
         started = time.perf_counter()
         drained = await runner.drain(self.drain_s)
         runner.close()
+        # The runner and its batcher refer to each other: a collection frees the model's memory now, not at some
+        # later one; soon, once the task that holds the runner has ended (once per change). Then the trim.
+        asyncio.get_running_loop().call_later(0.1, _release_memory)
         if not drained:
             log.warning("%s: package %s held requests past %g s; released", runner.name, runner.package, self.drain_s)
         if state is not None:
@@ -319,6 +342,26 @@ class ServedModels:
         from serving.control import withdraw_replica_state
 
         withdraw_replica_state()
+
+
+def _release_memory() -> None:
+    """Collect the released model, then hand the freed memory back to the system (glibc keeps freed memory in its
+    arenas: without the trim a replica stays a model larger after its first change)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
+
+
+async def _in_own_thread(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on a thread of its own that ends with it (``asyncio.to_thread``'s pool keeps its
+    threads: a replica would hold one more thread after each change)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optiserve-load")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+    finally:
+        executor.shutdown(wait=False)
 
 
 def agreement(stable: ModelRunner, canary: ModelRunner) -> dict[str, Any] | None:
