@@ -148,9 +148,10 @@ def test_a_run_of_tiny_requests_does_not_make_an_ordinary_burst_look_like_more_w
         meter.record(units, cost(units))
     burst = 96 * 40
     truth = 3 * 0.005 + burst * 2e-5  # 96 sentences of 40 tokens, in 3 batches
-    assert 0.7 * truth < meter.seconds(burst, batches=3) < 1.5 * truth  # off by the calibration's error at most
+    estimate = meter.seconds(burst, batches=3)  # a model estimate from the numbers above, not a measured time
+    assert 0.7 * truth < estimate < 1.5 * truth  # off by the calibration's error at most
     proportional = cost(4) / 4 * burst  # what seconds/units of those batches predicted
-    assert proportional > 10 * meter.seconds(burst, batches=3)
+    assert proportional > 10 * estimate
     for units in [3, 40, 400, 1200] * 5:  # mixed sizes: the fit separates the two costs
         meter.record(units, cost(units))
     assert meter.overhead_s == pytest.approx(0.005, rel=0.05)
