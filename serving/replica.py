@@ -173,8 +173,8 @@ class ModelRunner:
         text = isinstance(self.pipeline, TextPipeline)
         one_units, many_units = (max(s.real_tokens if text else s.items, 1) for s in (one, many))
         per_unit = (many_s - one_s) / (many_units - one_units) if many_units > one_units else 0.0
-        if per_unit <= 0:  # too fast to tell apart: all of it per unit, which errs towards more work
-            return WorkMeter(many_s / many_units)
+        if per_unit <= 0:  # too close to tell apart: the one-input call is the fixed cost, the rest (a tenth at least)
+            per_unit = max(many_s - one_s, 0.1 * many_s) / many_units
         return WorkMeter(per_unit, max(one_s - per_unit * one_units, 0.0))
 
     def warm_up(self) -> None:

@@ -35,9 +35,10 @@ class WorkMeter:
     A proportional estimate (seconds / units of the last batches) reads a run of tiny requests, whose batches are
     nearly all fixed cost, as a model that became many times slower per token, and then refuses an ordinary burst
     as too much work. The fit keeps the two apart. Until the recent batches differ enough in size to separate them
-    (``MIN_SPREAD``), both costs keep the calibrated proportion and follow how fast the batches actually ran. One
-    batch moves either cost at most ``MAX_STEP`` times: the first batch of a new shape can be many times slower
-    (OpenVINO and oneDNN compile kernels per shape)."""
+    (``MIN_SPREAD``), the calibrated pair follows how the batches actually ran: the fixed cost alone where they are
+    mostly fixed cost (tiny requests say nothing about the cost per token), both in proportion otherwise. One batch
+    moves either cost at most ``MAX_STEP`` times: the first batch of a new shape can be many times slower (OpenVINO
+    and oneDNN compile kernels per shape)."""
 
     MAX_STEP = 4.0
     WINDOW = 64  # batches the fit looks back on
@@ -62,8 +63,9 @@ class WorkMeter:
 
     def _fit(self) -> tuple[float, float]:
         """(overhead_s, seconds_per_unit): by least squares over the window where its batches differ enough in
-        size, both kept positive; else the calibrated pair scaled by how much slower or faster the recent batches
-        ran than it predicts (their median ratio: one outlier does not move it)."""
+        size, both kept positive; else from the calibrated pair and how the recent batches ran against it (medians:
+        one outlier does not move it): batches mostly fixed cost change the fixed cost by what they took more or
+        less; larger ones scale both."""
         units = [u for u, _ in self._batches]
         if len(units) >= 3 and max(units) >= self.MIN_SPREAD * min(units):
             n = len(units)
@@ -75,6 +77,10 @@ class WorkMeter:
             if slope > 0 and intercept >= 0:
                 return intercept, slope
         overhead, per_unit = self._calibrated
+        typical = sorted(units)[len(units) // 2]
+        if overhead >= typical * per_unit:  # small batches, mostly fixed cost: what they add is fixed cost too
+            residuals = sorted(s - overhead - u * per_unit for u, s in self._batches)
+            return max(overhead + residuals[len(residuals) // 2], overhead / self.MAX_STEP), per_unit
         ratios = sorted(s / (overhead + u * per_unit) for u, s in self._batches)
         ratio = ratios[len(ratios) // 2]
         return overhead * ratio, per_unit * ratio
