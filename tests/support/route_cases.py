@@ -52,7 +52,9 @@ CASES = [
     Case("embeddings-prompt", "POST", "/v1/embeddings", 200, {"input": "x", "prompt_name": "query"}),
     Case("classify", "POST", "/v1/classify", 200, {"model": CLASSIFY, "input": ["good", "bad"]}),
     Case("rerank", "POST", "/v1/rerank", 200, {"query": "q", "documents": ["a", "b", "c"], "top_n": 2}),
-    Case("rerank-unversioned", "POST", "/rerank", 200, {"query": "q", "documents": [{"text": "a"}], "raw_scores": True}),
+    Case(
+        "rerank-unversioned", "POST", "/rerank", 200, {"query": "q", "documents": [{"text": "a"}], "raw_scores": True}
+    ),
     Case("models", "GET", "/v1/models", 200),
     # -- OpenAI-style errors
     Case("not-json", "POST", "/v1/embeddings", 400, content=b"{nope", headers={"content-type": "application/json"}),
@@ -61,9 +63,15 @@ CASES = [
     Case("unknown-model", "POST", "/v1/embeddings", 404, {"model": "nope", "input": "x"}, error_code="model_not_found"),
     Case("wrong-task", "POST", "/v1/classify", 400, {"model": EMBED, "input": "x"}, error_code="wrong_task"),
     Case("tensor-model-text", "POST", "/v1/classify", 400, {"model": TENSOR, "input": "x"}, error_code="wrong_input"),
-    Case("bad-dimensions", "POST", "/v1/embeddings", 422, {"input": "x", "dimensions": 9999}, error_code="invalid_value"),
-    Case("unknown-prompt", "POST", "/v1/embeddings", 400, {"input": "x", "prompt_name": "?"}, error_code="unknown_prompt"),
-    Case("too-long", "POST", "/v1/embeddings", 422, {"input": LONG_TEXT, "truncate": False}, error_code="input_too_long"),
+    Case(
+        "bad-dimensions", "POST", "/v1/embeddings", 422, {"input": "x", "dimensions": 9999}, error_code="invalid_value"
+    ),
+    Case(
+        "unknown-prompt", "POST", "/v1/embeddings", 400, {"input": "x", "prompt_name": "?"}, error_code="unknown_prompt"
+    ),
+    Case(
+        "too-long", "POST", "/v1/embeddings", 422, {"input": LONG_TEXT, "truncate": False}, error_code="input_too_long"
+    ),
     Case("too-many-inputs", "POST", "/v1/embeddings", 413, {"input": ["x"] * 5000}),
     Case("empty-input", "POST", "/v1/embeddings", 422, {"input": []}),
     Case("rerank-no-documents", "POST", "/v1/rerank", 422, {"query": "q", "documents": []}),
@@ -94,8 +102,13 @@ CASES = [
         },
     ),
     Case("infer-tensor", "POST", f"/v2/models/{TENSOR}/infer", 200, _tensor(3)),
-    Case("infer-binary-out", "POST", f"/v2/models/{TENSOR}/infer", 200,
-         {**_tensor(1), "parameters": {"binary_data_output": True}}),
+    Case(
+        "infer-binary-out",
+        "POST",
+        f"/v2/models/{TENSOR}/infer",
+        200,
+        {**_tensor(1), "parameters": {"binary_data_output": True}},
+    ),
     Case("metrics", "GET", "/metrics", 200),
     Case("openapi", "GET", "/openapi.json", 200),
     # -- KServe v2 errors (KServe bodies: {"error": message})
@@ -104,15 +117,41 @@ CASES = [
     Case("kserve-infer-unknown", "POST", "/v2/models/nope/infer", 404, _texts("a")),
     Case("kserve-not-json", "POST", f"/v2/models/{EMBED}/infer", 400, content=b"[1,"),
     Case("kserve-no-inputs", "POST", f"/v2/models/{EMBED}/infer", 400, {"inputs": []}),
-    Case("kserve-wrong-input", "POST", f"/v2/models/{EMBED}/infer", 400,
-         {"inputs": [{"name": "other", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}),
+    Case(
+        "kserve-wrong-input",
+        "POST",
+        f"/v2/models/{EMBED}/infer",
+        400,
+        {"inputs": [{"name": "other", "shape": [1], "datatype": "BYTES", "data": ["a"]}]},
+    ),
     Case("kserve-bad-shape", "POST", f"/v2/models/{TENSOR}/infer", 400, _tensor(2, (1, 8, 9))),
-    Case("kserve-shape-data", "POST", f"/v2/models/{TENSOR}/infer", 400,
-         {"inputs": [{"name": "input", "shape": [2, *TENSOR_SHAPE], "datatype": "FP32", "data": [1.0]}]}),
-    Case("kserve-bad-parameter", "POST", f"/v2/models/{EMBED}/infer", 400,
-         {**_texts("a"), "parameters": {"dimensions": "wide"}}),
-    Case("kserve-parameter-task", "POST", f"/v2/models/{CLASSIFY}/infer", 400,
-         {**_texts("a"), "parameters": {"dimensions": 8}}),
-    Case("kserve-bad-length-header", "POST", f"/v2/models/{TENSOR}/infer", 400, _tensor(1),
-         headers={"inference-header-content-length": "zz"}),
+    Case(
+        "kserve-shape-data",
+        "POST",
+        f"/v2/models/{TENSOR}/infer",
+        400,
+        {"inputs": [{"name": "input", "shape": [2, *TENSOR_SHAPE], "datatype": "FP32", "data": [1.0]}]},
+    ),
+    Case(
+        "kserve-bad-parameter",
+        "POST",
+        f"/v2/models/{EMBED}/infer",
+        400,
+        {**_texts("a"), "parameters": {"dimensions": "wide"}},
+    ),
+    Case(
+        "kserve-parameter-task",
+        "POST",
+        f"/v2/models/{CLASSIFY}/infer",
+        400,
+        {**_texts("a"), "parameters": {"dimensions": 8}},
+    ),
+    Case(
+        "kserve-bad-length-header",
+        "POST",
+        f"/v2/models/{TENSOR}/infer",
+        400,
+        _tensor(1),
+        headers={"inference-header-content-length": "zz"},
+    ),
 ]
