@@ -31,11 +31,14 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from corpus import load_split  # noqa: E402
-from optimizers.chain import BudgetNotMetError, Candidate, OutputsEvaluator, optimize  # noqa: E402
+from modelpkg.hardware import detect  # noqa: E402
+from modelpkg.manifest import Fidelity  # noqa: E402
+from optimizers.candidate import Candidate  # noqa: E402
+from optimizers.chain import optimize  # noqa: E402
+from optimizers.evaluate import OutputsEvaluator  # noqa: E402
 from optimizers.fidelity import output_fidelity  # noqa: E402
+from optimizers.selection import BudgetNotMetError  # noqa: E402
 from optimizers.source import SourceModel, bundled_model_dir  # noqa: E402
-from serving.hardware import detect  # noqa: E402
-from serving.package import Fidelity  # noqa: E402
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "chain_cpu.md"
 ST_VENV_PYTHON = ROOT / ".venv-st" / "bin" / "python"

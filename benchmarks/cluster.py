@@ -57,8 +57,8 @@ def ingress_envs() -> tuple[dict[str, str], dict[str, str]]:
     """HAProxy on every node, as `optiserve serve` runs it (serving.launcher: the wrapper, its timeouts and its
     retries of requests whose replica died), with each node's own ports: on one machine the two nodes' HAProxy
     stats, metrics and fallback ports, and their replicas' port ranges, must differ."""
+    from modelpkg.settings import LAUNCHER_SET
     from serving.launcher import DIRECT_INGRESS_VARIABLES, ingress_environment
-    from serving.settings import LAUNCHER_SET
 
     head = {k: v for k, v in ingress_environment("haproxy").items() if k != LAUNCHER_SET.name}
     worker = dict(head)

@@ -25,13 +25,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from corpus import load_split  # noqa: E402
-from optimizers.chain import OutputsEvaluator  # noqa: E402
+from modelpkg.hardware import detect  # noqa: E402
+from modelpkg.manifest import FidelityBudget  # noqa: E402
+from modelpkg.runtimes.torch import load_model  # noqa: E402
+from optimizers.evaluate import OutputsEvaluator  # noqa: E402
 from optimizers.passes.base import Artifact, PassContext, get_pass  # noqa: E402
 from optimizers.passes.low_rank import factorize_model  # noqa: E402
 from optimizers.source import SourceModel, bundled_model_dir  # noqa: E402
-from serving.hardware import detect  # noqa: E402
-from serving.package import FidelityBudget  # noqa: E402
-from serving.runtimes.torch import load_model  # noqa: E402
 
 CONFIG = {"hidden_size": 768, "num_hidden_layers": 4, "num_attention_heads": 12, "intermediate_size": 3072}
 

@@ -4,7 +4,7 @@
 
 x86 CPUs without VNNI multiply int8 as pairs of u8 x s8 products summed into a saturating int16 (``vpmaddubsw``);
 quantizers can keep weights to 7 bits there (ONNX Runtime's ``reduce_range``, NNCF's overflow fix on every layer).
-optiserve's ONNX Runtime passes do so by themselves on such CPUs (``serving.hardware.int8_saturates``); its NNCF
+optiserve's ONNX Runtime passes do so by themselves on such CPUs (``modelpkg.hardware.int8_saturates``); its NNCF
 pass keeps NNCF's default (the first layer only) unless ``overflow_fix: enable`` is set. This script quantizes the
 bundled MiniLM-L6 (and, with ``--families``, the tiny random-weight encoders of tests/test_families.py) with dynamic
 and static int8 (ONNX Runtime) and NNCF int8 (OpenVINO), each both ways, as configured (no accuracy search), and
@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from corpus import load_split  # noqa: E402
+from modelpkg.hardware import detect, int8_saturates  # noqa: E402
 from optimizers.chain import optimize  # noqa: E402
 from optimizers.source import bundled_model_dir  # noqa: E402
-from serving.hardware import detect, int8_saturates  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "int8_saturation.md"
 RECIPE = """name: int8-saturation

@@ -64,8 +64,8 @@ COMPONENTS = (
     ("optiserve: routes (serving/app.py)", "serving/app.py"),
     ("optiserve: replica and batching", ("serving/replica.py", "serving/scheduler.py", "serve/batching.py")),
     ("optiserve: response cache", "serving/response_cache.py"),
-    ("optiserve: pipeline and tokenization", ("serving/pipeline.py", "serving/tokenizer.py", "tokenizers")),
-    ("model runtime (onnxruntime)", ("onnxruntime", "serving/runtimes")),
+    ("optiserve: pipeline and tokenization", ("modelpkg/pipeline.py", "modelpkg/tokenizer.py", "tokenizers")),
+    ("model runtime (onnxruntime)", ("onnxruntime", "modelpkg/runtimes")),
     ("metrics (prometheus_client)", "prometheus_client"),
     ("pydantic", "pydantic"),
     ("FastAPI and Starlette", ("fastapi", "starlette")),
@@ -100,10 +100,10 @@ def tiny_package(out: Path) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
+    from modelpkg.manifest import FidelityBudget
     from optimizers.chain import optimize
     from optimizers.recipe import load_recipe
     from optimizers.source import bundled_model_dir
-    from serving.package import FidelityBudget
 
     source = out / "tiny-source"
     torch.manual_seed(0)

@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from corpus import load_split  # noqa: E402
+from modelpkg.hardware import detect  # noqa: E402
+from modelpkg.pipeline import TextPipeline  # noqa: E402
 from optimizers.chain import optimize  # noqa: E402
 from optimizers.fidelity import kendall_tau, rerank_pairs  # noqa: E402
 from optimizers.report import render_markdown  # noqa: E402
 from optimizers.source import bundled_model_dir  # noqa: E402
 from serving.api import rerank_scores  # noqa: E402
-from serving.hardware import detect  # noqa: E402
-from serving.pipeline import TextPipeline  # noqa: E402
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "rerank_cpu.md"
 BATCH = 32

@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.request_path import cpu_description, locust, noop_app, tiny_package  # noqa: E402
 from corpus import load_split  # noqa: E402
 from loadtests.runner import LoadTestConfig, run_loadtest  # noqa: E402
+from modelpkg.package import load_package  # noqa: E402
+from modelpkg.pipeline import TextPipeline  # noqa: E402
 from optimizers.source import bundled_model_dir  # noqa: E402
-from serving.package import load_package  # noqa: E402
-from serving.pipeline import TextPipeline  # noqa: E402
 
 PROFILES = {"single": 1, "mixed": 16}
 ZIPF_S = 1.1

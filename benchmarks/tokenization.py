@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from corpus import load_split  # noqa: E402
-from serving.package import load_package  # noqa: E402
-from serving.pipeline import TextPipeline  # noqa: E402
+from modelpkg.package import load_package  # noqa: E402
+from modelpkg.pipeline import TextPipeline  # noqa: E402
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "tokenization.md"
 

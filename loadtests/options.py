@@ -1,5 +1,5 @@
 """The Locust files' own command-line options, shown by ``locust --help`` and in Locust's web UI; each defaults to
-its ``OPTISERVE_*`` variable (``serving/settings.py``), which ``optiserve loadtest`` sets for every Locust process.
+its ``OPTISERVE_*`` variable (``loadtests/settings.py``), which ``optiserve loadtest`` sets for every Locust process.
 
     locust -f loadtests/embeddings.py --host http://127.0.0.1:8000 --inputs 4 --api-key KEY --payload my.txt
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from locust import events
 
-from serving import settings
+from loadtests import settings
 
 
 @events.init_command_line_parser.add_listener

@@ -2,7 +2,7 @@
 own inputs file), request headers, and the pacing that turns closed-loop users into a target request rate.
 
 Each value comes from Locust's command line / web UI (``loadtests/options.py``) when Locust parsed it, else from
-its ``OPTISERVE_*`` variable (``serving/settings.py``). This module does not import Locust: the CLI uses it too."""
+its ``OPTISERVE_*`` variable (``loadtests/settings.py``). This module does not import Locust: the CLI uses it too."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from corpus import load_split
-from serving import settings
-from serving.errors import OptiserveError
+from loadtests import settings
+from modelpkg.errors import OptiserveError
 
 _USER_NUMBERS = itertools.count()
 INPUTS_ENV = settings.INPUTS.name

@@ -303,7 +303,7 @@ def start_locust(cfg: LoadTestConfig) -> LocustProcesses:
         with _log_path(cfg).open("w") as log:
             proc = subprocess.Popen(_locust_command(cfg, []), env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         return LocustProcesses(proc)
-    from serving.ports import free_port
+    from loadtests.ports import free_port
 
     port = str(free_port())
     master_role = ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port]

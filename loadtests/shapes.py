@@ -22,7 +22,7 @@ from pathlib import Path
 
 from locust import LoadTestShape
 
-from serving import settings
+from loadtests import settings
 
 SPAWN_RATE = 100.0  # users started per second: stages change at once
 

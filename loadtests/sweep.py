@@ -12,8 +12,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from loadtests import settings
 from loadtests.runner import LoadTestConfig, LoadTestSummary, run_loadtest
-from serving import settings
 
 SWEEP_LEGEND = {
     "users": "concurrent Locust users of the step (closed loop: each sends its next request when the last returns)",

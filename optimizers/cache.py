@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from serving import settings
-from serving.hashing import sha256_file, sha256_tree
+from modelpkg import settings
+from modelpkg.hashing import sha256_file, sha256_tree
 
 log = logging.getLogger(__name__)
 ENTRY_FILE = "entry.json"

@@ -4,7 +4,7 @@ each as the server runs it, and write the fastest candidate within the fidelity 
 Data flows one way: source → (per candidate) passes, each through the content-addressed cache
 (:mod:`optimizers.runner`) → fidelity on the held-out split and profile, as served (:mod:`optimizers.evaluate`)
 → selection, Pareto front and report (:mod:`optimizers.selection`) → package (:mod:`optimizers.packaging`).
-This module only orchestrates; it re-exports the names callers import from ``optimizers.chain``.
+This module only orchestrates.
 """
 
 from __future__ import annotations
@@ -16,21 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from modelpkg.errors import OptiserveError
+from modelpkg.hardware import HardwareProfile, detect
+from modelpkg.manifest import FidelityBudget, ServingDefaults
+from modelpkg.package import ModelPackage
+from modelpkg.runtimes.base import default_threads
 from optimizers.cache import StepCache
+from optimizers.candidate import Candidate
 from optimizers.datasets import Splits, load_dataset, rerank_splits, user_text
-from optimizers.evaluate import OutputsEvaluator, evaluate, quick_measure, runtime_options, token_p99
-from optimizers.fidelity import fidelity_score
-from optimizers.packaging import relied_on_features, write_candidate_package
+from optimizers.evaluate import OutputsEvaluator, evaluate, quick_measure, token_p99
+from optimizers.packaging import write_candidate_package
 from optimizers.passes.base import PassContext
 from optimizers.profile import replica_layout, serving_defaults
 from optimizers.recipe import PlannedCandidate, Recipe, load_recipe, plan
 from optimizers.report import write_report
 from optimizers.runner import StepRunner, build_candidate, source_artifact, tuned_groups
 from optimizers.selection import (
-    SPEED_TIE,
-    BudgetNotMetError,
-    Candidate,
-    Status,
     budget_not_met,
     build_report,
     mark_pareto,
@@ -38,31 +39,6 @@ from optimizers.selection import (
 )
 from optimizers.source import SourceModel
 from optimizers.tuning import Trial, tune
-from serving.errors import OptiserveError
-from serving.hardware import HardwareProfile, detect
-from serving.package import FidelityBudget, ModelPackage, ServingDefaults
-from serving.runtimes.base import default_threads
-
-__all__ = [
-    "SPEED_TIE",
-    "BudgetNotMetError",
-    "Candidate",
-    "ChainResult",
-    "OutputsEvaluator",
-    "Status",
-    "StepRunner",
-    "build_candidate",
-    "build_report",
-    "evaluate",
-    "fidelity_score",
-    "mark_pareto",
-    "optimize",
-    "relied_on_features",
-    "runtime_options",
-    "select",
-    "source_artifact",
-    "write_candidate_package",
-]
 
 log = logging.getLogger(__name__)
 STAGES = 5  # the headings optimize() logs, "[n/5] ..."

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from corpus import load_split, load_train_extra
-from serving.errors import OptiserveError
-from serving.hashing import sha256_file
+from modelpkg.errors import OptiserveError
+from modelpkg.hashing import sha256_file
 
 USER_DATA_SEED = 0
 MIN_USER_LINES = 100  # at least 10 validation, 10 calibration, 20 held-out and 60 training texts

@@ -13,20 +13,27 @@ from typing import Any
 
 import numpy as np
 
+from modelpkg.hardware import HardwareProfile
+from modelpkg.manifest import (
+    Fidelity,
+    FidelityBudget,
+    OnnxRuntimeOptions,
+    OpenVINOOptions,
+    ServingDefaults,
+    TorchOptions,
+)
+from modelpkg.pipeline import Pipeline, TensorPipeline, TextPipeline
+from modelpkg.runtimes.factory import create_runtime
+from modelpkg.tokenizer import TextEncoder
 from optimizers.cache import content_hash
+from optimizers.candidate import Candidate
 from optimizers.fidelity import output_fidelity, retrieval_queries
 from optimizers.passes.base import Artifact
 from optimizers.profile import PeakMemory, best_row, profile_pipeline, serving_defaults
 from optimizers.recipe import PlannedCandidate, Recipe
 from optimizers.runner import StepRunner, build_candidate, source_artifact
-from optimizers.selection import Candidate
 from optimizers.source import SourceModel
 from optimizers.tuning import Trial, budget_violation
-from serving.hardware import HardwareProfile
-from serving.package import Fidelity, FidelityBudget, OnnxRuntimeOptions, OpenVINOOptions, ServingDefaults, TorchOptions
-from serving.pipeline import Pipeline, TensorPipeline, TextPipeline
-from serving.runtimes import create_runtime
-from serving.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)
 QUICK_PROFILE_ITEMS = 64

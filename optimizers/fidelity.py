@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serving.package import Fidelity, WidthFidelity, cut_vectors
+from modelpkg.manifest import Fidelity, WidthFidelity
+from modelpkg.pipeline import cut_vectors
 
 Task = Literal["embedding", "classification", "rerank", "tensor"]
 NEIGHBOURS = 10

@@ -11,28 +11,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
+from modelpkg.errors import OptiserveError
+from modelpkg.hardware import HardwareProfile, detect
+from modelpkg.manifest import FidelityBudget, Manifest, OnnxRuntimeOptions, ServingDefaults, Source, TensorSpec
+from modelpkg.package import ModelPackage, load_package, staged_package_dir, utc_now, write_package
+from optimizers.candidate import Candidate
 from optimizers.evaluate import runtime_options
 from optimizers.passes.base import Artifact
 from optimizers.passes.export_onnx import OUTPUT_NAMES
 from optimizers.profile import serving_defaults
 from optimizers.report import write_report
-from optimizers.selection import Candidate
 from optimizers.source import SourceModel
-from serving.errors import OptiserveError
-from serving.hardware import HardwareProfile, detect
-from serving.package import (
-    FidelityBudget,
-    Manifest,
-    ModelPackage,
-    OnnxRuntimeOptions,
-    ServingDefaults,
-    Source,
-    TensorSpec,
-    load_package,
-    staged_package_dir,
-    utc_now,
-    write_package,
-)
 
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "openvino", "nncf")
 MODEL_INPUTS = [

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.package import ProfileRow, ReplicaLayout, ServingDefaults
-from serving.pipeline import TensorPipeline, TextPipeline
+from modelpkg.manifest import ProfileRow, ReplicaLayout, ServingDefaults
+from modelpkg.pipeline import TensorPipeline, TextPipeline
 
 MIN_BATCHES = 8  # dynamic batches per call size, so that p99 is not just the single slowest one
 DYNAMIC_BATCH = ServingDefaults().max_batch_size

@@ -27,10 +27,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from modelpkg.errors import OptiserveError
+from modelpkg.hardware import FEATURES
+from modelpkg.manifest import FidelityBudget
 from optimizers.passes.base import Format, PassConfig, get_pass
-from serving.errors import OptiserveError
-from serving.hardware import FEATURES
-from serving.package import FidelityBudget
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 

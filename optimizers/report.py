@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modelpkg.manifest import Fidelity
 from optimizers.fidelity import fidelity_score
-from serving.package import Fidelity
 
 NAN = float("nan")
 

@@ -14,13 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from modelpkg.hardware import HardwareProfile, missing_features
+from modelpkg.manifest import PassRecord
 from optimizers.cache import StepCache, content_hash, data_fingerprint, library_versions, step_key
+from optimizers.candidate import Candidate
 from optimizers.passes.base import Artifact, PassContext, PassFailedError, PassUnavailableError, get_pass
 from optimizers.recipe import PlannedCandidate, Step
-from optimizers.selection import Candidate
 from optimizers.source import SourceModel
-from serving.hardware import HardwareProfile, missing_features
-from serving.package import PassRecord
 
 log = logging.getLogger(__name__)
 

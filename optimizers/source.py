@@ -20,10 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from serving.errors import OptiserveError
-from serving.hashing import sha256_file, sha256_tree
-from serving.package import PoolingSpec, Task, TensorSpec, TokenizerSpec
-from serving.tokenizer import TEXT_INPUTS, model_input_names
+from modelpkg.errors import OptiserveError
+from modelpkg.hashing import sha256_file, sha256_tree
+from modelpkg.manifest import PoolingSpec, Task, TensorSpec, TokenizerSpec
+from modelpkg.tokenizer import TEXT_INPUTS, model_input_names
 
 DEFAULT_MAX_LENGTH = 256
 # sentence-transformers' Pooling config: the legacy boolean keys, and the modes of its ``pooling_mode`` key

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelpkg.manifest import Fidelity, FidelityBudget
+from optimizers.budget import admits, judging_limits
 from optimizers.fidelity import fidelity_score
 from optimizers.recipe import PlannedCandidate, TuneSpec
-from serving.package import Fidelity, FidelityBudget
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ def budget_violation(budget: FidelityBudget, fidelity: Fidelity | None) -> float
     """How far ``fidelity`` is outside the budget, summed over the broken limits (0 when within)."""
     if fidelity is None:
         return 1.0
-    gap = sum(max(0.0, limit - value) for _, value, limit in budget.judging_limits(fidelity))
-    return gap if gap > 0 or budget.admits(fidelity) else 1e-6  # other limits broken: infeasible all the same
+    gap = sum(max(0.0, limit - value) for _, value, limit in judging_limits(budget, fidelity))
+    return gap if gap > 0 or admits(budget, fidelity) else 1e-6  # other limits broken: infeasible all the same
 
 
 def _sampler(spec: TuneSpec, budget_constraint: Callable[[Any], list[float]]) -> Any:

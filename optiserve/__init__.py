@@ -1,5 +1,6 @@
-"""optiserve command line: the one place that sees the optimizer chain, the server and the load tests."""
+"""optiserve command line: the one place that imports the optimizer chain, the server and the load tests (and the
+core they share, :mod:`modelpkg`)."""
 
-from serving.version import __version__
+from modelpkg.version import __version__
 
 __all__ = ["__version__"]

@@ -19,14 +19,15 @@ import urllib.error
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadtests import settings as loadtest_settings
+from modelpkg import settings
+from modelpkg.errors import OptiserveError
+from modelpkg.version import __version__
 from optiserve import exit_codes, quiet
-from serving import settings
 from serving.control import CanaryLimits
-from serving.errors import OptiserveError
-from serving.version import __version__
 
 if TYPE_CHECKING:
-    from optimizers.selection import Candidate
+    from optimizers.candidate import Candidate
 
 log = logging.getLogger("optiserve")
 DESCRIPTION = (
@@ -90,10 +91,11 @@ def _widths(text: str) -> tuple[int, ...]:
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from optimizers.chain import BudgetNotMetError, optimize
+    from modelpkg.manifest import FidelityBudget
+    from optimizers.chain import optimize
     from optimizers.recipe import load_recipe
+    from optimizers.selection import BudgetNotMetError
     from optimizers.source import bundled_model_dir
-    from serving.package import FidelityBudget
 
     recipe = load_recipe(args.recipe)
     limits = {
@@ -273,7 +275,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _measured_layout(package_dirs: list[Path], cores: int) -> tuple[int | None, int]:
     """(threads per replica, replicas) for a local server with no --replicas/--threads: what the first package's
     chain measured on its machine (``serving.replica_layout``), applied to this one's cores; else (None, 1)."""
-    from serving.package import load_package
+    from modelpkg.package import load_package
 
     try:
         layout = load_package(package_dirs[0]).manifest.serving.replica_layout
@@ -309,7 +311,11 @@ def _check_bind(host: str, port: int) -> None:
 
 def _shape_env(args: argparse.Namespace) -> dict[str, str]:
     env = {}
-    for option, setting in (("stages", settings.STAGES), ("ramp", settings.RAMP), ("spike", settings.SPIKE)):
+    for option, setting in (
+        ("stages", loadtest_settings.STAGES),
+        ("ramp", loadtest_settings.RAMP),
+        ("spike", loadtest_settings.SPIKE),
+    ):
         if getattr(args, option):
             env[setting.name] = getattr(args, option)
     return env
@@ -542,25 +548,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inputs",
         type=int,
-        default=settings.INPUTS.get(),
-        help=settings.INPUTS.help("each request carries 1..N sentences (default: 1)"),
+        default=loadtest_settings.INPUTS.get(),
+        help=loadtest_settings.INPUTS.help("each request carries 1..N sentences (default: 1)"),
     )
     p.add_argument(
         "--model",
-        default=settings.MODEL.get() or None,
-        help=settings.MODEL.help("model name to send (default: none, the server's own)"),
+        default=loadtest_settings.MODEL.get() or None,
+        help=loadtest_settings.MODEL.help("model name to send (default: none, the server's own)"),
     )
     p.add_argument(
         "--rate",
         type=float,
-        default=settings.RATE.get() or None,
-        help=settings.RATE.help("target requests/s over all users (default: closed loop)"),
+        default=loadtest_settings.RATE.get() or None,
+        help=loadtest_settings.RATE.help("target requests/s over all users (default: closed loop)"),
     )
     p.add_argument("--shape", choices=["step", "ramp", "spike"], help="a Locust load shape (loadtests/shapes.py)")
-    p.add_argument("--stages", help=settings.STAGES.help("step shape: users:seconds,… (e.g. 1:10,2:10,4:10)"))
-    p.add_argument("--ramp", help=settings.RAMP.help("ramp shape: from:to:seconds (e.g. 1:16:60)"))
+    p.add_argument("--stages", help=loadtest_settings.STAGES.help("step shape: users:seconds,… (e.g. 1:10,2:10,4:10)"))
+    p.add_argument("--ramp", help=loadtest_settings.RAMP.help("ramp shape: from:to:seconds (e.g. 1:16:60)"))
     p.add_argument(
-        "--spike", help=settings.SPIKE.help("spike shape: base:spike:before_s:during_s:after_s (e.g. 2:16:20:10:20)")
+        "--spike",
+        help=loadtest_settings.SPIKE.help("spike shape: base:spike:before_s:during_s:after_s (e.g. 2:16:20:10:20)"),
     )
     p.add_argument("--sweep", metavar="USERS", help="goodput sweep over user counts, e.g. 1,2,4,8,16")
     p.add_argument("--max-step-s", type=float, default=30.0, help="sweep: longest hold per step (seconds)")
@@ -576,22 +583,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--header",
         action="append",
-        default=[line for line in settings.HEADERS.get().splitlines() if line.strip()],
+        default=[line for line in loadtest_settings.HEADERS.get().splitlines() if line.strip()],
         metavar="'NAME: VALUE'",
-        help=settings.HEADERS.help("extra request header, repeatable (e.g. 'X-Tenant: a')"),
+        help=loadtest_settings.HEADERS.help("extra request header, repeatable (e.g. 'X-Tenant: a')"),
     )
     p.add_argument(
         "--api-key",
-        default=settings.API_KEY.get() or None,
+        default=loadtest_settings.API_KEY.get() or None,
         metavar="KEY",
-        help=settings.API_KEY.help("sent as 'Authorization: Bearer KEY' (a token-protected server)"),
+        help=loadtest_settings.API_KEY.help("sent as 'Authorization: Bearer KEY' (a token-protected server)"),
     )
     p.add_argument(
         "--payload",
         type=Path,
-        default=Path(settings.PAYLOAD.get()) if settings.PAYLOAD.get() else None,
+        default=Path(loadtest_settings.PAYLOAD.get()) if loadtest_settings.PAYLOAD.get() else None,
         metavar="FILE",
-        help=settings.PAYLOAD.help("your inputs: .txt one per line, or .jsonl with a text field (default: corpus)"),
+        help=loadtest_settings.PAYLOAD.help(
+            "your inputs: .txt one per line, or .jsonl with a text field (default: corpus)"
+        ),
     )
     p.add_argument(
         "--no-server-metrics",

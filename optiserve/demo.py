@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.runner import LoadTestConfig, LoadTestSummary, goodput_rps, inputs_phrase, run_loadtest
+from modelpkg.package import ModelPackage, load_package
 from optimizers.chain import optimize
 from optimizers.source import bundled_model_dir
 from serving.launcher import DEFAULT_HOST, start
-from serving.package import ModelPackage, load_package
 from serving.ports import free_port
 
 log = logging.getLogger("optiserve")

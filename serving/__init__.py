@@ -1,4 +1,6 @@
-"""optiserve serving: model packages, runtimes, and the Ray Serve application.
+"""optiserve serving: the Ray Serve application and its protocols (OpenAI, KServe v2, rerank), batching,
+admission, metrics, the launcher and the control plane for deploys.
 
-This package reads model packages; it never imports :mod:`optimizers`.
+It imports the core (:mod:`modelpkg`: packages, runtimes, settings, errors) and never ``optimizers``,
+``loadtests`` or ``optiserve``.
 """

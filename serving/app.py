@@ -34,7 +34,13 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving import http, kserve, kserve_spec, settings
+from modelpkg import settings
+from modelpkg.manifest import ServingDefaults
+from modelpkg.package import load_package
+from modelpkg.pipeline import DimensionsError, UnknownPromptError, apply_prompt, check_dimensions, cut_to
+from modelpkg.settings import DRAIN_S
+from modelpkg.version import __version__
+from serving import http, kserve, kserve_spec
 from serving.api import (
     TASK_ROUTES,
     ApiError,
@@ -50,11 +56,8 @@ from serving.api import (
 )
 from serving.control import DEPLOYMENT_NAME
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
-from serving.package import DimensionsError, ServingDefaults, UnknownPromptError, load_package
 from serving.replica import CacheUse, InferResult, ModelRunner
 from serving.served import CONTROL_KEYS, ServedModels
-from serving.settings import DRAIN_S
-from serving.version import __version__
 
 SERVER_VERSION = __version__
 MAX_ONGOING_REQUESTS = 1024
@@ -186,14 +189,14 @@ class InferenceService(ServedModels):
         runner = self._resolve(request, body.model, "embedding", "/v1/embeddings")
         manifest = runner.manifest
         try:
-            manifest.check_dimensions(body.dimensions)  # before any work
-            texts = manifest.apply_prompt(body.texts(), body.prompt_name, body.prompt)
+            check_dimensions(manifest, body.dimensions)  # before any work
+            texts = apply_prompt(manifest, body.texts(), body.prompt_name, body.prompt)
         except DimensionsError as exc:
             raise ApiError(422, str(exc), "invalid_request_error", "invalid_value") from None
         except UnknownPromptError as exc:
             raise ApiError(400, str(exc), "invalid_request_error", "unknown_prompt") from None
         result = await self._infer(runner, texts, request, body.truncate)
-        vectors = manifest.cut_vectors(result.outputs, body.dimensions)
+        vectors = cut_to(manifest, result.outputs, body.dimensions)
         return json_response(
             embeddings_body(runner.name, vectors, result.tokens, result.truncated, body.encoding_format)
         )

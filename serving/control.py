@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from serving.errors import OptiserveError
+from modelpkg.errors import OptiserveError
 
 log = logging.getLogger("optiserve")
 APP_NAME = "optiserve"
@@ -261,7 +261,7 @@ class Outcome:
 
 def _expected(packages: list[dict[str, Any]]) -> dict[str, tuple[str, str | None]]:
     """Each model's package id and its canary's (None without one), as replicas report them."""
-    from serving.package import read_manifest
+    from modelpkg.package import read_manifest
     from serving.replica import package_id
 
     def identity(path: str) -> str:
@@ -329,10 +329,10 @@ def deploy(
     timeout_s: float = DEPLOY_TIMEOUT_S,
 ) -> tuple[DeploySpec, Outcome]:
     """Serve ``package_dirs`` on the running server (replacing the models of the same names, adding others) and
-    wait until every replica does. Raises :class:`~serving.errors.PackageError` before changing anything when a
+    wait until every replica does. Raises :class:`~modelpkg.errors.PackageError` before changing anything when a
     package does not verify here, and :class:`DeployError` (after restoring the previous set) when a replica
     could not load or warm it up."""
-    from serving.package import load_package
+    from modelpkg.package import load_package
 
     names = list(served_names or [])
     if len(names) > len(package_dirs):
@@ -473,7 +473,7 @@ def canary(
     """Serve ``package_dir`` as a canary of the model of its name beside the running package, judge it live
     (:func:`judge_canary`) and promote it or withdraw it. Returns the reason and figures of a promotion; raises
     :class:`CanaryRolledBackError` for a withdrawal, :class:`DeployError` when it did not load or warm up."""
-    from serving.package import load_package
+    from modelpkg.package import load_package
 
     package = load_package(package_dir)
     name = served_name or package.manifest.name

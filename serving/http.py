@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from modelpkg.errors import DeadlineExceededError, OverloadedError, RequestTooLargeError
 from serving.api import MAX_JSON_CONTAINERS, TOO_MANY_INPUTS, ApiError, json_containers, shorten
-from serving.errors import DeadlineExceededError, OverloadedError, RequestTooLargeError
 from serving.limits import LIMITS
 from serving.metrics import NO_MODEL, metrics
 

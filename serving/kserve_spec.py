@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from modelpkg.manifest import Manifest
+from modelpkg.pipeline import DimensionsError, UnknownPromptError, apply_prompt, check_dimensions, cut_to
 from serving import kserve
 from serving.api import check_texts, rerank_scores, softmax
-from serving.package import DimensionsError, Manifest, UnknownPromptError
 from serving.replica import InferResult, ModelRunner
 
 TEXT_INPUT = "text"  # the one input of a text model
@@ -100,7 +101,7 @@ def request_options(parsed: kserve.InferRequest, manifest: Manifest) -> TextOpti
         raise kserve.bad_request(f"parameters {sorted(given)} apply to text models; {manifest.name!r} takes tensors")
     options = TextOptions(**given)
     try:
-        manifest.check_dimensions(options.dimensions)
+        check_dimensions(manifest, options.dimensions)
     except DimensionsError as exc:
         raise kserve.bad_request(f"parameters.{exc}") from None
     return options
@@ -123,7 +124,7 @@ def request_items(
             return items
         options = options or TextOptions()
         try:
-            return manifest.apply_prompt(items, options.prompt_name, options.prompt)
+            return apply_prompt(manifest, items, options.prompt_name, options.prompt)
         except UnknownPromptError as exc:
             raise kserve.bad_request(str(exc)) from None
     spec = manifest.inputs[0]
@@ -163,4 +164,4 @@ def output_tensors(
             kserve.OutputTensor("label", "BYTES", predicted),
         ]
     dimensions = options.dimensions if options is not None else None
-    return [kserve.OutputTensor("embedding", "FP32", runner.manifest.cut_vectors(result.outputs, dimensions))]
+    return [kserve.OutputTensor("embedding", "FP32", cut_to(runner.manifest, result.outputs, dimensions))]

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving import control, settings
-from serving.errors import OptiserveError
+from modelpkg import settings
+from modelpkg.errors import OptiserveError
+from serving import control
 from serving.limits import FORWARDED_ENV
 from serving.metrics import MULTIPROC_ENV
 
 if TYPE_CHECKING:
-    from serving.package import Manifest
+    from modelpkg.manifest import Manifest
 
 log = logging.getLogger("optiserve")
 DEFAULT_HOST = "127.0.0.1"
@@ -255,7 +256,7 @@ class Server:
         from ``env``; ``options`` go to :func:`serving.app.build_app` (``num_gpus``, ``num_replicas``,
         ``autoscaling_config``). A change of packages or of ``overrides`` alone reaches running replicas in
         place (:mod:`serving.served`); other changes start new replicas before the old ones stop."""
-        from serving.package import read_manifest
+        from modelpkg.package import read_manifest
 
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
         env_vars.update(env or {})
@@ -399,11 +400,11 @@ def warn_about_hardware(
     package_dirs: Sequence[Path | str], served_names: list[str | None] | None = None
 ) -> list[Manifest]:
     """Verify each package before Ray starts (the directory exists, the package loads, model names differ;
-    :class:`~serving.errors.PackageError` otherwise), and say once (here, besides each replica's log) when this
+    :class:`~modelpkg.errors.PackageError` otherwise), and say once (here, besides each replica's log) when this
     machine lacks a hardware feature a package's profile relied on. Returns the manifests, in order."""
-    from serving.errors import PackageError
-    from serving.hardware import detect, serving_mismatch
-    from serving.package import load_package
+    from modelpkg.errors import PackageError
+    from modelpkg.hardware import detect, serving_mismatch
+    from modelpkg.package import load_package
 
     manifests: list[Manifest] = []
     names: list[str] = []

@@ -1,5 +1,5 @@
 """Server limits and access control, read from the environment once per replica process (through
-``serving.settings``, where each variable, its default and its meaning are declared; ``docs/limits.md`` lists
+``modelpkg.settings``, where each variable, its default and its meaning are declared; ``docs/limits.md`` lists
 them and a test checks the two agree).
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from serving import settings
+from modelpkg import settings
 
 DEFAULT_MAX_BODY_BYTES: int = settings.MAX_BODY_BYTES.default
 DEFAULT_MAX_INPUTS: int = settings.MAX_INPUTS.default

@@ -22,16 +22,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from modelpkg.errors import OverloadedError, RequestTooLargeError
+from modelpkg.hardware import detect, serving_mismatch
+from modelpkg.manifest import Manifest, ServingDefaults
+from modelpkg.package import load_package
+from modelpkg.pipeline import TextPipeline, load_pipeline
+from modelpkg.runtimes.base import assigned_gpus
+from modelpkg.tokenizer import TextItem, item_chars
 from serving.batching import AdaptiveWait
-from serving.errors import OverloadedError, RequestTooLargeError
-from serving.hardware import detect, serving_mismatch
 from serving.metrics import metrics
-from serving.package import Manifest, ServingDefaults, load_package
-from serving.pipeline import TextPipeline, load_pipeline
 from serving.response_cache import ResponseCache, key_of
-from serving.runtimes.base import assigned_gpus
 from serving.scheduler import FairBatcher, WorkMeter
-from serving.tokenizer import TextItem, item_chars
 
 log = logging.getLogger("optiserve")
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.errors import DeadlineExceededError
+from modelpkg.errors import DeadlineExceededError
 
 RunBatch = Callable[[list[Any]], Awaitable[list[Any]]]
 

@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from serving.errors import OptiserveError
-from serving.package import read_manifest
+from modelpkg.errors import OptiserveError
+from modelpkg.package import read_manifest
 from serving.replica import ModelRunner, node_tag, package_id
 
 log = logging.getLogger("optiserve")
@@ -89,8 +89,8 @@ class ServedModels:
     def __init__(
         self, package_dirs: list[str], threads: int | None = None, served_names: list[str | None] | None = None
     ) -> None:
+        from modelpkg.settings import DRAIN_S
         from serving.limits import LIMITS
-        from serving.settings import DRAIN_S
 
         self.limits = LIMITS  # this process's limits (methods of Serve's ingress class must not read globals)
         self.drain_s = DRAIN_S.get()

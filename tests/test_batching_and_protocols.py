@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
+from modelpkg.runtimes.base import CPU_PROVIDER, assigned_gpus, choose_onnx_providers, choose_torch_device
 from serving.api import ApiError
 from serving.batching import MIN_SAMPLES, AdaptiveWait
 from serving.kserve import HEADER_LENGTH, OutputTensor, infer_response, parse_infer_request, text_input
-from serving.runtimes.base import CPU_PROVIDER, assigned_gpus, choose_onnx_providers, choose_torch_device
 
 
 def _fed(fixed_s: float, per_token_s: float, max_wait_s: float = 0.01) -> AdaptiveWait:

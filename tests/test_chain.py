@@ -9,15 +9,16 @@ import onnx
 import pytest
 
 from corpus import CALIBRATION_SIZE, HELDOUT_SIZE, VALIDATION_SIZE, load_split
+from modelpkg.manifest import Fidelity, FidelityBudget
+from modelpkg.pipeline import TextPipeline, plan_chunks
+from modelpkg.runtimes.onnx import OnnxRuntime
+from modelpkg.runtimes.torch import TorchRuntime
+from modelpkg.tokenizer import TextEncoder
+from optimizers.budget import admits, violations
 from optimizers.fidelity import nn_agreement, output_fidelity
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.passes.quantize import QuantizeDynamicConfig, quantize_dynamic
 from optimizers.source import SourceModel, bundled_model_dir
-from serving.package import Fidelity, FidelityBudget
-from serving.pipeline import TextPipeline, plan_chunks
-from serving.runtimes.onnx import OnnxRuntime
-from serving.runtimes.torch import TorchRuntime
-from serving.tokenizer import TextEncoder
 
 TEXTS = load_split("heldout")[:24]
 
@@ -130,12 +131,12 @@ def test_task_fidelity_nearest_neighbours_and_labelled_accuracy() -> None:
 
 def test_budget_admits_only_candidates_within_every_limit() -> None:
     budget = FidelityBudget(min_cosine_mean=0.99, min_cosine_min=0.95)
-    assert budget.admits(Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.96, samples=10))
-    assert not budget.admits(Fidelity(cosine_mean=0.985, cosine_p1=0.97, cosine_min=0.96, samples=10))
-    assert not budget.admits(Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.90, samples=10))
+    assert admits(budget, Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.96, samples=10))
+    assert not admits(budget, Fidelity(cosine_mean=0.985, cosine_p1=0.97, cosine_min=0.96, samples=10))
+    assert not admits(budget, Fidelity(cosine_mean=0.995, cosine_p1=0.97, cosine_min=0.90, samples=10))
     strict = FidelityBudget(min_nn_agreement_at10=0.9, max_abs_error=0.01)
     near = Fidelity(cosine_mean=1, cosine_p1=1, cosine_min=1, samples=10, nn_agreement_at10=0.85, max_abs_error=0.02)
-    assert strict.violations(near) == ["nn_agreement_at10 0.8500 < 0.9", "max_abs_error 0.0200 > 0.01"]
+    assert violations(strict, near) == ["nn_agreement_at10 0.8500 < 0.9", "max_abs_error 0.0200 > 0.01"]
 
 
 @pytest.mark.parametrize(("max_items", "max_tokens"), [(1, 10_000), (4, 10_000), (8, 60), (32, 1)])
@@ -170,10 +171,10 @@ def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     budget = FidelityBudget()
     names = [c.name for c in result.candidates]
     assert names == ["torch-fp32", "onnx-fp32", "int8-dynamic"]
-    admitted = [c for c in result.candidates if budget.admits(c.fidelity)]
+    admitted = [c for c in result.candidates if admits(budget, c.fidelity)]
     assert result.selected is max(admitted, key=lambda c: c.items_per_s)
     manifest = result.package.manifest
-    assert manifest.fidelity == result.selected.fidelity and budget.admits(manifest.fidelity)
+    assert manifest.fidelity == result.selected.fidelity and admits(budget, manifest.fidelity)
     assert [p.name for p in manifest.chain][:1] == ["export_onnx"] or manifest.runtime == "torch"
     assert manifest.serving.max_call_items == max(manifest.profile, key=lambda r: r.items_per_s).call_items
     assert (result.package.root / "report.md").read_text().startswith("# Optimization report")

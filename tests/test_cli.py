@@ -16,14 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from optimizers.chain import Candidate, write_candidate_package
+from modelpkg.package import ModelPackage
+from modelpkg.version import __version__
+from optimizers.candidate import Candidate
+from optimizers.packaging import write_candidate_package
 from optimizers.passes.base import Artifact
 from optimizers.source import SourceModel
 from optiserve import exit_codes
 from optiserve.cli import DESCRIPTION, build_parser, main
-from serving.package import ModelPackage
 from serving.ports import free_port
-from serving.version import __version__
 
 SHUTDOWN_TIMEOUT_S = 120
 ROOT = Path(__file__).resolve().parent.parent

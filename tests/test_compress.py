@@ -75,7 +75,7 @@ def test_a_distill_step_with_two_ways_to_make_the_student_is_refused_at_load(tmp
 def test_low_rank_factorizes_then_exports_and_picks_the_smallest_rank_within_budget(tiny_source, tmp_path) -> None:
     import onnx
 
-    from serving.package import FidelityBudget
+    from modelpkg.manifest import FidelityBudget
 
     context = _context(tiny_source, tmp_path, FidelityBudget(min_cosine_mean=0.5, min_cosine_min=0.0))
     out = _run("low_rank", Artifact(tiny_source.path, "hf"), context, rank_ratios=(0.5, 0.25))
@@ -87,8 +87,8 @@ def test_low_rank_factorizes_then_exports_and_picks_the_smallest_rank_within_bud
 
 
 def test_low_rank_fails_naming_the_closest_when_no_rank_fits(tiny_source, tmp_path) -> None:
+    from modelpkg.manifest import FidelityBudget
     from optimizers.passes.base import PassFailedError
-    from serving.package import FidelityBudget
 
     context = _context(tiny_source, tmp_path, FidelityBudget(max_abs_error=1e-9))
     with pytest.raises(PassFailedError, match=r"closest: 0\.5 of full rank") as failure:
@@ -113,7 +113,7 @@ def test_fake_quantized_weights_take_at_most_255_levels_per_channel_and_activati
 def test_qat_distillation_trains_through_fake_quantization_and_saves_plain_weights(tiny_source, tmp_path) -> None:
     from safetensors import safe_open
 
-    from serving.runtimes.torch import load_model
+    from modelpkg.runtimes.torch import load_model
 
     context = _context(tiny_source, tmp_path)
     out = _run("distill", Artifact(tiny_source.path, "hf"), context, layers=1, epochs=2, qat=True)
@@ -135,8 +135,8 @@ def test_bf16_distillation_trains_under_autocast_and_saves_fp32_weights(tiny_sou
 
 
 def test_distillation_keeps_the_layers_named_and_learns_their_hidden_states(tiny_source, tmp_path) -> None:
+    from modelpkg.runtimes.torch import load_model
     from optimizers.passes.distill import layer_outputs
-    from serving.runtimes.torch import load_model
 
     context = _context(tiny_source, tmp_path)
     out = _run("distill", Artifact(tiny_source.path, "hf"), context, keep_layers=(1,), hidden_weight=1.0, epochs=2)

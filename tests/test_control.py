@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from modelpkg.errors import OptiserveError
 from serving import control
-from serving.errors import OptiserveError
 from serving.served import Slot
 
 

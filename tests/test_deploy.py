@@ -73,7 +73,7 @@ def test_args_are_accepted_by_app_builder_and_metrics_dir_is_consistent(app_conf
 
 
 def test_user_config_keys_are_serving_defaults_and_batches_can_fill(app_config: dict[str, Any]) -> None:
-    from serving.package import ServingDefaults
+    from modelpkg.manifest import ServingDefaults
 
     model = _deployment(app_config, "InferenceService")
     user_config = model["user_config"]
@@ -413,7 +413,8 @@ def test_dockerfile_installs_dependencies_before_the_source_in_a_builder_stage(f
 def test_pods_give_stopping_replicas_the_grace_and_drain_time_optiserve_serve_gives(cluster: dict[str, Any]) -> None:
     """preStop waits the deregistration grace (OPTISERVE_DRAIN_GRACE_S), then replicas drain for OPTISERVE_DRAIN_S;
     the pod's termination grace period covers both, and HAProxy retries requests whose replica died."""
-    from serving import launcher, settings
+    from modelpkg import settings
+    from serving import launcher
 
     for name, template in _pod_templates(cluster).items():
         (container,) = template["spec"]["containers"]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from modelpkg.package import load_package
+from modelpkg.pipeline import TensorPipeline
 from optimizers.chain import optimize
 from optimizers.datasets import digits
-from serving.package import load_package
-from serving.pipeline import TensorPipeline
 from tests.test_server import MODEL
 
 ROOT = Path(__file__).resolve().parent.parent

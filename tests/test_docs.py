@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from serving import limits, settings
-from serving.package import ServingDefaults
+from loadtests import settings as loadtest_settings  # declares the load tests' variables
+from modelpkg import settings
+from modelpkg.manifest import ServingDefaults
+from serving import limits
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "limits.md").read_text()
 
@@ -42,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_setting_is_in_the_docs_table_with_its_default() -> None:
     section = DOC[DOC.index("## Every environment variable") :]
-    assert settings.table() in section, "docs/limits.md's table is stale: paste serving.settings.table()"
+    assert settings.table() in section, "docs/limits.md's table is stale: paste modelpkg.settings.table()"
 
 
 def test_every_optiserve_variable_the_code_names_is_a_declared_setting() -> None:
@@ -58,7 +60,7 @@ def test_every_optiserve_variable_the_code_names_is_a_declared_setting() -> None
 
 def test_a_bad_value_names_the_variable_and_what_it_takes() -> None:
     with pytest.raises(settings.SettingError, match=r"OPTISERVE_SWEEP_WINDOW_S='soon': must be a number"):
-        settings.SWEEP_WINDOW_S.get({"OPTISERVE_SWEEP_WINDOW_S": "soon"})
+        loadtest_settings.SWEEP_WINDOW_S.get({"OPTISERVE_SWEEP_WINDOW_S": "soon"})
     assert settings.RAY_LOGS.get({"OPTISERVE_RAY_LOGS": ""}) is False  # empty is unset
 
 

@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 from corpus import load_split
+from modelpkg.errors import OptiserveError
+from modelpkg.manifest import Fidelity, FidelityBudget
+from modelpkg.package import ModelPackage
+from modelpkg.pipeline import TextPipeline, UnknownPromptError, apply_prompt
+from modelpkg.runtimes.onnx import OnnxRuntime
+from modelpkg.tokenizer import TextEncoder
+from optimizers.budget import admits, judging_limits, violations
 from optimizers.fidelity import output_fidelity, recall_at_k, retrieval_queries
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.source import SourceModel, resolve_model_id
-from serving.errors import OptiserveError
-from serving.package import Fidelity, FidelityBudget, ModelPackage, UnknownPromptError
-from serving.pipeline import TextPipeline
-from serving.runtimes.onnx import OnnxRuntime
-from serving.tokenizer import TextEncoder
 from tests._families import FAMILIES, build_family
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -70,9 +72,9 @@ def _torch_reference(root: Path, texts: list[str], prompt_name: str | None) -> n
 
 def _package(source: SourceModel, onnx_file: Path, out: Path) -> ModelPackage:
     """The exported model as a package, written as the chain writes its selected candidate."""
+    from optimizers.candidate import Candidate
     from optimizers.packaging import write_candidate_package
     from optimizers.passes.base import Artifact
-    from optimizers.selection import Candidate
 
     return write_candidate_package(source, Candidate("onnx-fp32", Artifact(onnx_file, "onnx", "fp32"), []), out)
 
@@ -106,7 +108,7 @@ def test_family_exports_packages_and_serves_like_sentence_transformers(
     served, _ = pipeline.run(TEXTS, max_items=4)
     expected = _reference(root, TEXTS)
     assert _cosine(served, expected).min() >= 0.999
-    prompted, _ = pipeline.run(manifest.apply_prompt(TEXTS[:8], "query"), max_items=4)
+    prompted, _ = pipeline.run(apply_prompt(manifest, TEXTS[:8], "query"), max_items=4)
     assert _cosine(prompted, _reference(root, TEXTS[:8], prompt_name="query")).min() >= 0.999
     assert not np.allclose(prompted, served[:8], atol=1e-4)  # the prompt changes the vectors
 
@@ -180,12 +182,12 @@ def test_prompts_in_the_manifest(family_dirs: dict[str, Path], tmp_path: Path) -
     source = SourceModel.load(family_dirs["bert"])
     onnx_file = export_onnx(source, tmp_path / "model.onnx", TEXTS[:4], ExportOnnxConfig())
     manifest = _package(source, onnx_file, tmp_path / "package").manifest
-    assert manifest.apply_prompt(["a b"], "passage") == ["passage: a b"]
-    assert manifest.apply_prompt(["a b"]) == ["a b"]  # no default prompt declared
+    assert apply_prompt(manifest, ["a b"], "passage") == ["passage: a b"]
+    assert apply_prompt(manifest, ["a b"]) == ["a b"]  # no default prompt declared
     with_default = manifest.model_copy(update={"default_prompt_name": "query"})
-    assert with_default.apply_prompt(["a b"]) == ["query: a b"]
+    assert apply_prompt(with_default, ["a b"]) == ["query: a b"]
     with pytest.raises(UnknownPromptError, match="no prompt 'doc'; its prompts: passage, query"):
-        manifest.apply_prompt(["a b"], "doc")
+        apply_prompt(manifest, ["a b"], "doc")
     raw = json.loads(manifest.model_dump_json(exclude={"prompts", "default_prompt_name"}))
     assert type(manifest).model_validate(raw).prompts == {}
 
@@ -260,10 +262,10 @@ def test_recall_at_10_and_its_budget() -> None:
     assert fidelity.recall_at_10 < 0.5 and fidelity.judged_by == ("cosine_mean", "cosine_min", "recall_at_10")
     assert FidelityBudget(min_cosine_mean=0.9, min_cosine_min=0.9).admits(fidelity)
     strict = FidelityBudget(min_cosine_mean=0.9, min_cosine_min=0.9, min_recall_at_10=0.9)
-    assert [name for name, _, _ in strict.judging_limits(fidelity)] == ["cosine_mean", "cosine_min", "recall_at_10"]
-    assert strict.violations(fidelity) == [f"recall_at_10 {fidelity.recall_at_10:.4f} < 0.9"]
+    assert [name for name, _, _ in judging_limits(strict, fidelity)] == ["cosine_mean", "cosine_min", "recall_at_10"]
+    assert violations(strict, fidelity) == [f"recall_at_10 {fidelity.recall_at_10:.4f} < 0.9"]
     unmeasured = Fidelity(cosine_mean=1.0, cosine_p1=1.0, cosine_min=1.0, samples=1)
-    assert strict.admits(unmeasured) and unmeasured.judged_by == ("cosine_mean", "cosine_min")
+    assert admits(strict, unmeasured) and unmeasured.judged_by == ("cosine_mean", "cosine_min")
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from corpus import load_split
+from modelpkg.package import ModelPackage
+from modelpkg.pipeline import TextPipeline, apply_prompt
 from optimizers.chain import optimize
-from serving.package import ModelPackage
-from serving.pipeline import TextPipeline
 from tests._families import build_family
 
 pytestmark = pytest.mark.serve
@@ -70,7 +70,7 @@ def test_a_family_package_serves_its_pipeline_s_vectors_with_and_without_a_promp
     served = _vectors(families, {"input": TEXTS, "model": name})
     assert _cosines(served, direct.run_as_served(TEXTS, settings)).min() >= 0.999
     prompted = _vectors(families, {"input": TEXTS[:4], "model": name, "prompt_name": "query"})
-    expected = direct.run_as_served(package.manifest.apply_prompt(TEXTS[:4], "query"), settings)
+    expected = direct.run_as_served(apply_prompt(package.manifest, TEXTS[:4], "query"), settings)
     assert _cosines(prompted, expected).min() >= 0.999
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from loadtests.scrape import requests_by_code, scrape
-from serving import settings
+from modelpkg import settings
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(1800)]
 ROUND_TIMEOUT_S = 600

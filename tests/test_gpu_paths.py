@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from corpus import load_split
+from modelpkg.manifest import TorchOptions
+from modelpkg.runtimes.buckets import ShapeBuckets, pad_to
+from modelpkg.runtimes.cuda_graphs import CudaGraphs
+from modelpkg.runtimes.factory import create_runtime
+from modelpkg.runtimes.torch import TorchRuntime
+from modelpkg.tokenizer import TextEncoder
 from optimizers.source import SourceModel
-from serving.package import TorchOptions
-from serving.runtimes import create_runtime
-from serving.runtimes.buckets import ShapeBuckets, pad_to
-from serving.runtimes.cuda_graphs import CudaGraphs
-from serving.runtimes.torch import TorchRuntime
-from serving.tokenizer import TextEncoder
 
 TEXTS = load_split("heldout")[:5]
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
@@ -61,10 +61,11 @@ def test_gpu_options_on_cpu_run_eagerly_and_say_why(tiny_source) -> None:
 def test_cuda_graph_pass_records_its_options_in_the_package(tiny_model_dir, tmp_path, monkeypatch) -> None:
     """With CUDA reported present (the GPU is the boundary that is missing here), the pass records the buckets;
     the package carries them; on this CPU the replica's runtime runs eagerly and says so."""
-    from optimizers.chain import optimize, write_candidate_package
+    from modelpkg.package import load_package
+    from modelpkg.runtimes.factory import load_runtime
+    from optimizers.chain import optimize
+    from optimizers.packaging import write_candidate_package
     from optimizers.recipe import Recipe
-    from serving.package import load_package
-    from serving.runtimes import load_runtime
 
     monkeypatch.setattr("optimizers.passes.gpu.require_cuda", lambda: None)
     recipe = Recipe.model_validate(
@@ -102,13 +103,14 @@ def test_a_tensorrt_package_records_its_options_carries_its_engines_and_says_why
 ) -> None:
     """The engines themselves need a GPU; here the pass's output is stood in for by the exported model and a
     placeholder engine file (the boundary: no TensorRT on this machine)."""
-    from optimizers.chain import Candidate, write_candidate_package
+    from modelpkg.package import load_package
+    from modelpkg.runtimes.factory import load_runtime
+    from modelpkg.runtimes.onnx_options import with_tensorrt_options
+    from optimizers.candidate import Candidate
+    from optimizers.packaging import write_candidate_package
     from optimizers.passes.base import Artifact
     from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
     from optimizers.passes.gpu import TensorRTConfig, tensorrt_options
-    from serving.package import load_package
-    from serving.runtimes import load_runtime
-    from serving.runtimes.onnx_options import with_tensorrt_options
 
     built = tmp_path / "trt"
     model = export_onnx(tiny_source, built / "model.onnx", TEXTS, ExportOnnxConfig())

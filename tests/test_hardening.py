@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from serving.errors import PackageError
+from modelpkg.errors import PackageError
+from modelpkg.runtimes.onnx import check_external_data
 from serving.limits import ServerLimits
-from serving.runtimes.onnx import check_external_data
 from tests._load import post_concurrently
 
 TOKEN = "s3cret-token"
@@ -251,7 +251,7 @@ def test_a_run_of_tiny_requests_then_an_ordinary_burst_are_all_admitted(minilm_p
     """The sequence seen in an earlier round (a server sent "a", "b c" while another started on the same cores):
     60 requests of a few tokens, then 96 ordinary sentences at once. A per-token estimate learned from the tiny
     batches (nearly all fixed cost) refused the burst as overloaded; the fixed-plus-per-token fit admits it."""
-    from serving.errors import OverloadedError
+    from modelpkg.errors import OverloadedError
     from serving.replica import ModelRunner
 
     async def scenario() -> list[object]:

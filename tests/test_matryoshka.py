@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelpkg.errors import OptiserveError
+from modelpkg.pipeline import DimensionsError, check_dimensions, cut_to, cut_vectors
 from optimizers.source import SourceModel
-from serving.errors import OptiserveError
-from serving.package import DimensionsError, cut_vectors
 from tests._families import build_family
 
 
@@ -51,10 +51,10 @@ def test_a_package_says_which_dimensions_it_can_give(matryoshka_source: Path, tm
     manifest = optimize(matryoshka_source, tmp_path / "package", profile_items=16, recipe=recipe).package.manifest
     assert manifest.matryoshka_dims == [32, 16, 8]
     vectors = np.ones((2, 32), dtype=np.float32)
-    assert manifest.cut_vectors(vectors, None) is vectors and manifest.cut_vectors(vectors, 32) is vectors
-    assert manifest.cut_vectors(vectors, 12).shape == (2, 12)  # any width below the model's, not only declared ones
+    assert cut_to(manifest, vectors, None) is vectors and cut_to(manifest, vectors, 32) is vectors
+    assert cut_to(manifest, vectors, 12).shape == (2, 12)  # any width below the model's, not only declared ones
     with pytest.raises(DimensionsError, match="at most 32"):
-        manifest.check_dimensions(33)
+        check_dimensions(manifest, 33)
     plain = manifest.model_copy(update={"matryoshka_dims": []})
     with pytest.raises(DimensionsError, match="declares no Matryoshka widths"):
-        plain.check_dimensions(16)
+        check_dimensions(plain, 16)

@@ -13,9 +13,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from corpus import load_split
+from modelpkg.package import load_package
+from modelpkg.pipeline import TextPipeline
 from serving.api import softmax
-from serving.package import load_package
-from serving.pipeline import TextPipeline
 from tests._load import post_concurrently
 from tests.conftest import CLASSIFIER_LABELS
 from tests.test_server import MODEL, _cosines, _metric_samples

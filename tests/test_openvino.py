@@ -9,12 +9,16 @@ import httpx
 import numpy as np
 import pytest
 
-from optimizers.chain import Candidate, OutputsEvaluator, optimize, relied_on_features, write_candidate_package
+from modelpkg.hardware import HardwareProfile, _cpuinfo, detect, serving_mismatch
+from modelpkg.manifest import FidelityBudget, PackageError
+from modelpkg.package import load_package
+from modelpkg.pipeline import TextPipeline
+from optimizers.candidate import Candidate
+from optimizers.chain import optimize
+from optimizers.evaluate import OutputsEvaluator
+from optimizers.packaging import relied_on_features, write_candidate_package
 from optimizers.passes.base import Artifact, PassFailedError, PassUnavailableError
 from optimizers.recipe import Recipe, RecipeError, load_recipe
-from serving.hardware import HardwareProfile, _cpuinfo, detect, serving_mismatch
-from serving.package import FidelityBudget, PackageError, load_package
-from serving.pipeline import TextPipeline
 from tests.test_passes import TEXTS, _context, _run, tiny_onnx  # noqa: F401  (tiny_onnx is a fixture)
 from tests.test_server import _cosines
 

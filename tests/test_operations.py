@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from loadtests.runner import LoadTestConfig, run_loadtest
+from modelpkg.package import ModelPackage, load_package, read_manifest, write_package
 from optiserve import exit_codes
-from serving.package import ModelPackage, load_package, read_manifest, write_package
 from serving.ports import free_port
 from serving.replica import package_id
 

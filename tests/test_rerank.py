@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from corpus import load_split
+from modelpkg.manifest import FidelityBudget
+from modelpkg.pipeline import TextPipeline
+from optimizers.budget import violations
 from optimizers.chain import ChainResult, optimize
 from optimizers.fidelity import RERANK_GROUP, kendall_tau, ranking_fidelity, rerank_pairs
 from optimizers.source import SourceModel
 from serving.api import RerankRequest, rerank_body, rerank_scores
-from serving.package import FidelityBudget
-from serving.pipeline import TextPipeline
 from serving.response_cache import key_of
 from tests._families import build_cross_encoder
 
@@ -49,7 +50,7 @@ def test_ranking_fidelity_judges_by_kendall_tau_and_the_top_document() -> None:
     assert same.judged_by == ("kendall_tau", "top1_agreement") and same.score == same.kendall_tau
     reversed_ = ranking_fidelity(reference, -reference)
     assert reversed_.kendall_tau == pytest.approx(-1.0) and reversed_.top1_agreement == 0.0
-    assert FidelityBudget().violations(reversed_) == ["kendall_tau -1.0000 < 0.95", "top1_agreement 0.0000 < 0.99"]
+    assert violations(FidelityBudget(), reversed_) == ["kendall_tau -1.0000 < 0.95", "top1_agreement 0.0000 < 0.99"]
 
 
 def test_pairs_have_cache_keys_of_their_own() -> None:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from corpus import load_split
+from modelpkg.package import ModelPackage
+from modelpkg.pipeline import TextPipeline
 from optimizers.chain import optimize
 from serving.api import rerank_scores
 from serving.limits import LIMITS
-from serving.package import ModelPackage
-from serving.pipeline import TextPipeline
 from tests._families import build_cross_encoder
 
 pytestmark = pytest.mark.serve

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from serving.errors import DeadlineExceededError
+from modelpkg.errors import DeadlineExceededError
 from serving.scheduler import FairBatcher, WorkMeter
 
 

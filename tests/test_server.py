@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from corpus import load_split
-from serving.package import load_package
-from serving.pipeline import TextPipeline
+from modelpkg.package import load_package
+from modelpkg.pipeline import TextPipeline
 from tests._load import post_concurrently
 from tests.test_cli import serve_in_subprocess, torch_package, vector_width
 

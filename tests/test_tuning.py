@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from modelpkg.manifest import Fidelity, FidelityBudget
 from optimizers.chain import optimize
 from optimizers.recipe import Recipe, RecipeError, load_recipe, plan
 from optimizers.tuning import budget_violation
-from serving.package import Fidelity, FidelityBudget
 
 pytest.importorskip("optuna", reason="optuna is not installed")
 

@@ -30,9 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from optimizers.chain import BudgetNotMetError, OutputsEvaluator, optimize  # noqa: E402
+from modelpkg.tokenizer import EncodedBatch  # noqa: E402
+from optimizers.chain import optimize  # noqa: E402
+from optimizers.evaluate import OutputsEvaluator  # noqa: E402
+from optimizers.selection import BudgetNotMetError  # noqa: E402
 from optimizers.source import SourceModel, bundled_model_dir  # noqa: E402
-from serving.tokenizer import EncodedBatch  # noqa: E402
 
 LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "transformers", "ray")
 

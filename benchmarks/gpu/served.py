@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from loadtests.runner import LoadTestConfig, client_stats, start_locust, wait_locust  # noqa: E402
+from modelpkg.package import load_package  # noqa: E402
 from serving.launcher import start  # noqa: E402
-from serving.package import load_package  # noqa: E402
 from serving.ports import free_port  # noqa: E402
 
 

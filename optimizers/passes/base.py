@@ -16,9 +16,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from modelpkg.errors import OptiserveError
+from modelpkg.manifest import Fidelity, FidelityBudget
 from optimizers.source import SourceModel
-from serving.errors import OptiserveError
-from serving.package import Fidelity, FidelityBudget
 
 Format = Literal["hf", "onnx", "module", "openvino"]
 OPENVINO_MODEL = "model.xml"  # inside an ``openvino`` artifact's directory, beside its weights ``model.bin``
@@ -36,7 +36,7 @@ class PassConfig(BaseModel):
 class Artifact:
     """A model at one point of a chain: a Hugging Face directory (``hf``, run by torch), a plain PyTorch
     ``module`` directory (``optimizers.modules``), an ONNX file, or an OpenVINO IR directory (``openvino``).
-    ``options`` are the runtime's settings: ``serving.package.TorchOptions`` fields for torch,
+    ``options`` are the runtime's settings: ``modelpkg.manifest.TorchOptions`` fields for torch,
     ``OpenVINOOptions`` fields for OpenVINO."""
 
     path: Path
@@ -100,7 +100,7 @@ def model_feeds(source: SourceModel, items: list[Any]) -> dict[str, np.ndarray]:
     if source.tokenizer is None:
         assert source.input is not None
         return {source.input.name: np.stack(items).astype(np.float32)}
-    from serving.tokenizer import TextEncoder
+    from modelpkg.tokenizer import TextEncoder
 
     encoder = TextEncoder.from_spec(source.path, source.tokenizer)
     batch = encoder.pad(encoder.encode(items))

@@ -27,10 +27,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
+from modelpkg.manifest import LOGIT_TASKS, Task
 from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, out_path, register, torch_inputs
 from optimizers.passes.qat import QAT_SCHEME, fake_quantized
 from optimizers.source import SourceModel
-from serving.package import LOGIT_TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def layer_dropped_student(teacher_dir: Path, task: str, keep: int | tuple[int, .
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from serving.runtimes.torch import load_encoder
+    from modelpkg.runtimes.torch import load_encoder
 
     if task in LOGIT_TASKS:
         model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
@@ -320,7 +320,7 @@ def _student(
         student = build_module(source.path, spec)
         save_module(student, spec, source.path, target)
         return student.train(), {"student_class": config.student_class, "student_kwargs": config.student_kwargs}
-    from serving.runtimes.torch import load_model
+    from modelpkg.runtimes.torch import load_model
 
     if config.student_from_input:
         shutil.copytree(student_input, target, dirs_exist_ok=True)
@@ -343,7 +343,7 @@ def _teacher(source: SourceModel) -> Any:
         from optimizers.modules import load_module
 
         return load_module(source.path)
-    from serving.runtimes.torch import load_model
+    from modelpkg.runtimes.torch import load_model
 
     return load_model(source.path, source.task, source.pooling)
 

@@ -42,7 +42,7 @@ def _torch_model(source: SourceModel) -> object:
         from optimizers.modules import load_module
 
         return load_module(source.path)
-    from serving.runtimes.torch import load_model
+    from modelpkg.runtimes.torch import load_model
 
     return load_model(source.path, source.task, source.pooling)
 

@@ -8,6 +8,8 @@ import shutil
 
 from pydantic import Field
 
+from modelpkg.manifest import BATCH_BUCKETS, SEQUENCE_BUCKETS, TensorRTOptions
+from modelpkg.runtimes.onnx_options import ENGINE_CACHE, tensorrt_provider_options
 from optimizers.passes.base import (
     Artifact,
     PassConfig,
@@ -18,8 +20,6 @@ from optimizers.passes.base import (
     out_path,
     register,
 )
-from serving.package import BATCH_BUCKETS, SEQUENCE_BUCKETS, TensorRTOptions
-from serving.runtimes.onnx_options import ENGINE_CACHE, tensorrt_provider_options
 
 
 def require_cuda() -> None:
@@ -128,7 +128,7 @@ def torch_compile(artifact: Artifact, config: TorchCompileConfig, context: PassC
 def cuda_graphs(artifact: Artifact, config: CudaGraphsConfig, context: PassContext) -> PassOutput:
     """Capture CUDA graphs per bucketed (batch, sequence) shape for the torch runtime."""
     require_cuda()
-    from serving.runtimes.buckets import ShapeBuckets
+    from modelpkg.runtimes.buckets import ShapeBuckets
 
     ShapeBuckets(config.batch_buckets, config.sequence_buckets)  # validates the buckets
     return _with_options(

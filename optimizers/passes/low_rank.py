@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from modelpkg.manifest import Fidelity
+from optimizers.budget import admits, violations
 from optimizers.fidelity import fidelity_score
 from optimizers.passes.base import (
     Artifact,
@@ -25,7 +27,6 @@ from optimizers.passes.base import (
     register,
 )
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
-from serving.package import Fidelity
 
 log = logging.getLogger(__name__)
 Target = Literal["ffn", "attention"]
@@ -85,7 +86,7 @@ def factorize_model(model: Any, ratio: float, targets: tuple[Target, ...]) -> di
 @register("low_rank", LowRankConfig, accepts=("hf",), produces="onnx", uses_budget=True, libraries=("torch", "onnx"))
 def low_rank(artifact: Artifact, config: LowRankConfig, context: PassContext) -> PassOutput:
     """Factorize linear layers by truncated SVD, the smallest rank within the fidelity budget; export to ONNX."""
-    from serving.runtimes.torch import load_model
+    from modelpkg.runtimes.torch import load_model
 
     source = context.source_for(artifact)
     if source.task != "embedding":
@@ -98,13 +99,13 @@ def low_rank(artifact: Artifact, config: LowRankConfig, context: PassContext) ->
         export_onnx(source, final, context.validation[:8], ExportOnnxConfig(), model=model)
         fidelity = context.evaluate(Artifact(final, "onnx", artifact.precision))
         how = f"rank {ratio} of full ({shape['macs_remaining']} of the multiply-adds)"
-        within = context.budget.admits(fidelity)
+        within = admits(context.budget, fidelity)
         tries.append({**shape, "how": how, "fidelity": fidelity.model_dump(exclude_none=True), "within_budget": within})
         log.info("low_rank %.3f: %s of the multiply-adds, %s", ratio, shape["macs_remaining"], fidelity)
         if tries[-1]["within_budget"]:
             return PassOutput(Artifact(final, "onnx", artifact.precision), {"tries": tries, "chosen": shape})
     closest = max(tries, key=lambda t: fidelity_score(t["fidelity"]))
-    broken = "; ".join(context.budget.violations(Fidelity(**closest["fidelity"])))
+    broken = "; ".join(violations(context.budget, Fidelity(**closest["fidelity"])))
     raise PassFailedError(
         f"low_rank: no rank within the fidelity budget; closest: {closest['ratio']} of full rank "
         f"({closest['macs_remaining']} of the multiply-adds; {broken})",

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from modelpkg.manifest import Fidelity
+from optimizers.budget import admits, violations
 from optimizers.passes.base import (
     OPENVINO_MODEL,
     Artifact,
@@ -29,7 +31,6 @@ from optimizers.passes.base import (
     out_path,
     register,
 )
-from serving.package import Fidelity
 
 log = logging.getLogger(__name__)
 InferencePrecision = Literal["f32", "bf16"]
@@ -188,7 +189,7 @@ def _record(fidelity: Fidelity, context: PassContext, how: str) -> dict[str, Any
     return {
         "how": how,
         "fidelity": fidelity.model_dump(exclude_none=True),
-        "within_budget": context.budget.admits(fidelity),
+        "within_budget": admits(context.budget, fidelity),
     }
 
 
@@ -221,8 +222,8 @@ def nncf_quantize(artifact: Artifact, config: NNCFQuantizeConfig, context: PassC
     tries = [first]
     if not first["within_budget"] and config.accuracy_control:
         unquantized = context.evaluate(artifact)
-        if not context.budget.admits(unquantized):
-            broken = "; ".join(context.budget.violations(unquantized))
+        if not admits(context.budget, unquantized):
+            broken = "; ".join(violations(context.budget, unquantized))
             raise PassFailedError(
                 f"nncf_quantize: its input is already outside the fidelity budget ({broken})", {"tries": tries}
             )
@@ -244,7 +245,7 @@ def nncf_quantize(artifact: Artifact, config: NNCFQuantizeConfig, context: PassC
         quantized, latest = judged(restored, "nncf.quantize_with_accuracy_control")
         tries.append(latest)
     if config.accuracy_control and not tries[-1]["within_budget"]:
-        broken = "; ".join(context.budget.violations(Fidelity(**tries[-1]["fidelity"])))
+        broken = "; ".join(violations(context.budget, Fidelity(**tries[-1]["fidelity"])))
         raise PassFailedError(
             f"nncf_quantize: no int8 model within the fidelity budget after {len(tries)} tries ({broken})",
             {"tries": tries},

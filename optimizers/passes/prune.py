@@ -158,7 +158,7 @@ def prune(artifact: Artifact, config: PruneConfig, context: PassContext) -> Pass
     """Remove the least important FFN neurons of every layer physically, re-fitting each layer's output."""
     import torch
 
-    from serving.runtimes.torch import load_model
+    from modelpkg.runtimes.torch import load_model
 
     source = context.source_for(artifact)
     original = load_model(source.path, source.task, source.pooling)

@@ -19,6 +19,9 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
+from modelpkg.hardware import int8_saturates
+from modelpkg.manifest import Fidelity
+from optimizers.budget import admits, violations
 from optimizers.passes.base import (
     Artifact,
     PassConfig,
@@ -29,8 +32,6 @@ from optimizers.passes.base import (
     out_path,
     register,
 )
-from serving.hardware import int8_saturates
-from serving.package import Fidelity
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("onnx", "onnxruntime")
@@ -183,7 +184,7 @@ def accuracy_aware(
             "per_channel": cfg.per_channel,
             "excluded": list(cfg.nodes_to_exclude),
             "fidelity": fidelity.model_dump(exclude_none=True),
-            "within_budget": context.budget.admits(fidelity),
+            "within_budget": admits(context.budget, fidelity),
         }
         log.info("%s: per_channel=%s excluded=%d → %s", kind, cfg.per_channel, len(cfg.nodes_to_exclude), fidelity)
         return tried
@@ -192,8 +193,8 @@ def accuracy_aware(
     details: dict[str, Any] = {"tries": tries}
     if not tries[0]["within_budget"] and config.accuracy_aware:
         unquantized = context.evaluate(artifact)
-        if not context.budget.admits(unquantized):  # e.g. a distilled student: keeping nodes fp32 cannot help
-            broken = "; ".join(context.budget.violations(unquantized))
+        if not admits(context.budget, unquantized):  # e.g. a distilled student: keeping nodes fp32 cannot help
+            broken = "; ".join(violations(context.budget, unquantized))
             raise PassFailedError(f"{kind}: its input is already outside the fidelity budget ({broken})", details)
         losses = sensitivity(artifact.path, config, quantize, context)
         ranked = sorted(losses, key=lambda n: -losses[n])
@@ -206,7 +207,7 @@ def accuracy_aware(
                 break
     if config.accuracy_aware and not tries[-1]["within_budget"]:
         closest = max(tries, key=lambda t: 1 - _fidelity_loss(Fidelity(**t["fidelity"])))
-        broken = "; ".join(context.budget.violations(Fidelity(**closest["fidelity"])))
+        broken = "; ".join(violations(context.budget, Fidelity(**closest["fidelity"])))
         raise PassFailedError(
             f"{kind}: no configuration within the fidelity budget after {len(tries)} tries; closest: "
             f"per_channel={closest['per_channel']} with {len(closest['excluded'])} nodes in fp32 ({broken})",

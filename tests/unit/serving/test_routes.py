@@ -92,13 +92,14 @@ def _rounded(value: Any) -> Any:
     if isinstance(value, list):
         return [_rounded(v) for v in value]
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items() if k not in {"id", "created", "fingerprint"}}
+        return {k: _rounded(v) for k, v in value.items() if k not in {"id", "created", "fingerprint", "batching"}}
     return value
 
 
 def record(response: httpx.Response) -> dict[str, Any]:
     """What a refactor must keep: status, the headers clients read, and the body (floats rounded; /metrics as
-    its metric names, since counts depend on what ran before)."""
+    its metric names, since counts depend on what ran before; the batching values the chain measured per build
+    left out)."""
     headers = {k: response.headers[k] for k in KEPT_HEADERS if k in response.headers}
     body: Any
     if response.headers.get("content-type", "").startswith("application/json"):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.package import OpenVINOOptions
-from serving.runtimes.base import ModelRuntime
-from serving.runtimes.buckets import pad_to
-from serving.tokenizer import EncodedBatch
+from modelpkg.manifest import OpenVINOOptions
+from modelpkg.runtimes.base import ModelRuntime
+from modelpkg.runtimes.buckets import pad_to
+from modelpkg.tokenizer import EncodedBatch
 
 log = logging.getLogger(__name__)
 # OpenVINO compiles kernels per input shape on first use (a new shape costs 2-4x a cached one); padding the

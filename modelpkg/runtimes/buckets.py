@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.package import BATCH_BUCKETS, SEQUENCE_BUCKETS
-from serving.tokenizer import EncodedBatch
+from modelpkg.manifest import BATCH_BUCKETS, SEQUENCE_BUCKETS
+from modelpkg.tokenizer import EncodedBatch
 
 
 @dataclass(frozen=True)

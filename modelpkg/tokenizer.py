@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from serving.package import TokenizerSpec
+from modelpkg.manifest import TokenizerSpec
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # One input of a text model: a text, or a (query, document) pair for a reranker, encoded as one sequence with the

@@ -1,63 +1,26 @@
-"""The model package: a directory with ``manifest.json`` and the files it lists.
+"""The model package's manifest: what a package holds and how it is served, as pydantic models (``manifest.json``).
 
-A package is self-describing (what model, made how, run with what runtime, served how) and verifiable: the
-manifest records the sha256 of every file, and :func:`load_package` refuses a package whose files are missing,
-changed, unlisted, outside the directory, or pickled.
-
-Layout written by :func:`write_package`::
-
-    manifest.json
-    model.onnx | model/ (config.json, model.safetensors) | model.xml + model.bin (OpenVINO IR)
-    tokenizer/tokenizer.json          (text models)
-    report.json, report.md, *.png     (optional)
+This is the contract between the optimizer that writes packages and the server that reads them; reading and
+writing the files is :mod:`modelpkg.package`, shaping a request's texts and vectors is :mod:`modelpkg.pipeline`,
+and judging a fidelity against a budget is the optimizer's (``optimizers/budget.py``).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.errors import OptiserveError, PackageError
-from serving.hardware import FEATURES, HardwareProfile
-from serving.hashing import sha256_file
+from modelpkg.hardware import FEATURES, HardwareProfile
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-# Files that can execute code when loaded. A package never carries them.
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
 
 
 Task = Literal["embedding", "classification", "rerank"]
 # Tasks whose model ends in a classification head (``*ForSequenceClassification``, output ``logits``): a classifier
 # (two or more labels) or a cross-encoder reranker (one relevance logit per (query, document) pair).
 LOGIT_TASKS: tuple[Task, ...] = ("classification", "rerank")
-
-
-class UnknownPromptError(OptiserveError, ValueError):
-    """A request named a prompt the package does not declare."""
-
-
-class DimensionsError(OptiserveError, ValueError):
-    """A request asked for an embedding width the package cannot give."""
-
-
-def cut_vectors(vectors: np.ndarray, width: int, normalize: bool = True) -> np.ndarray:
-    """The first ``width`` values of each row (a Matryoshka prefix), re-normalized to unit length if
-    ``normalize``."""
-    cut = np.ascontiguousarray(vectors[:, :width], dtype=np.float32)
-    if normalize:
-        cut /= np.linalg.norm(cut, axis=1, keepdims=True).clip(min=1e-12)
-    return cut
 
 
 class _Strict(BaseModel):
@@ -165,32 +128,6 @@ class FidelityBudget(_Strict):
         default=None, ge=0.0, le=1.0, description="text embeddings, optional: the retrieval check's recall@10"
     )
 
-    def admits(self, fidelity: Fidelity) -> bool:
-        return not self.violations(fidelity)
-
-    def judging_limits(self, fidelity: Fidelity) -> list[tuple[str, float, float]]:
-        """(name, value, lower limit) of each number that judges ``fidelity`` (``Fidelity.judged_by``) and that
-        this budget limits (the optional limits, such as ``min_recall_at_10``, only when set)."""
-        limits = [(name, getattr(fidelity, name), getattr(self, f"min_{name}")) for name in fidelity.judged_by]
-        return [(name, value, limit) for name, value, limit in limits if limit is not None]
-
-    def violations(self, fidelity: Fidelity) -> list[str]:
-        """Each limit ``fidelity`` breaks, as text (empty when within budget)."""
-        checks: list[tuple[str, float | None, float | None, bool]] = [  # name, value, limit, higher is better
-            (name, value, limit, True) for name, value, limit in self.judging_limits(fidelity)
-        ]
-        # measured for embeddings only (None, so not checked, for classifiers)
-        checks.append(("nn_agreement_at10", fidelity.nn_agreement_at10, self.min_nn_agreement_at10, True))
-        checks.append(("labelled_accuracy", fidelity.labelled_accuracy, self.min_labelled_accuracy, True))
-        checks.append(("max_abs_error", fidelity.max_abs_error, self.max_abs_error, False))
-        broken = []
-        for name, value, limit, higher in checks:
-            if limit is None or value is None:
-                continue
-            if (value < limit) if higher else (value > limit):
-                broken.append(f"{name} {value:.4f} {'<' if higher else '>'} {limit}")
-        return broken
-
 
 class ProfileRow(_Strict):
     """Throughput and per-call latency when held-out texts arrive in dynamic batches of ``batch_size`` and run in
@@ -248,7 +185,7 @@ class ServingDefaults(_Strict):
 
 
 # The default CUDA graph shape buckets (batch rows, sequence tokens), here once: the manifest's torch options, the
-# cuda_graphs pass and serving.runtimes.buckets.ShapeBuckets take them from here.
+# cuda_graphs pass and modelpkg.runtimes.buckets.ShapeBuckets take them from here.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 SEQUENCE_BUCKETS = (16, 32, 64, 128, 256)
 
@@ -411,178 +348,3 @@ class Manifest(_Strict):
         if self.task == "rerank":
             return 1
         return self.embedding_dim if self.embedding_dim is not None else len(self.labels)
-
-    def cut_vectors(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-        """``vectors`` cut to their first ``dimensions`` values (``None`` or the full width: unchanged), then
-        re-normalized to unit length where the package's vectors are normalized, as Matryoshka models are used.
-        Raises :class:`DimensionsError` for a width this package cannot give (:meth:`check_dimensions`)."""
-        self.check_dimensions(dimensions)
-        if dimensions is None or dimensions == self.output_dim:
-            return vectors
-        return cut_vectors(vectors, dimensions, self.pooling.normalize)
-
-    def check_dimensions(self, dimensions: int | None) -> None:
-        """Raise :class:`DimensionsError` unless this package can give vectors of ``dimensions`` values: its own
-        width (or ``None``), or, where it declares Matryoshka widths, any width below it."""
-        width = self.output_dim
-        if dimensions is None or dimensions == width:
-            return
-        if not self.matryoshka_dims:
-            raise DimensionsError(
-                f"dimensions: model {self.name!r} returns {width} and declares no Matryoshka widths (its vectors "
-                f"cannot be cut), so dimensions must be {width}; got {dimensions}"
-            )
-        if not 0 < dimensions < width:
-            raise DimensionsError(f"dimensions: model {self.name!r} returns at most {width}; got {dimensions}")
-
-    def apply_prompt(self, texts: list[str], prompt_name: str | None = None, prompt: str | None = None) -> list[str]:
-        """``texts`` with the named prompt prepended, as sentence-transformers' ``encode(prompt_name=...)`` does,
-        or with the text ``prompt`` (``encode(prompt=...)``); neither: the default prompt where the package
-        declares one, else ``texts`` unchanged. Raises :class:`UnknownPromptError` for a name the package does
-        not declare (or for both at once)."""
-        if prompt is not None:
-            if prompt_name is not None:
-                raise UnknownPromptError("give a prompt_name or a prompt text, not both")
-            return [prompt + text for text in texts]
-        name = prompt_name if prompt_name is not None else self.default_prompt_name
-        if name is None:
-            return list(texts)
-        if name not in self.prompts:
-            known = ", ".join(sorted(self.prompts)) or "none"
-            raise UnknownPromptError(f"model {self.name!r} has no prompt {name!r}; its prompts: {known}")
-        return [self.prompts[name] + text for text in texts]
-
-
-@dataclass(frozen=True)
-class ModelPackage:
-    """A verified package on disk."""
-
-    root: Path
-    manifest: Manifest
-
-    def path(self, relative: str) -> Path:
-        return self.root / relative
-
-    @property
-    def model_file(self) -> Path:
-        return self.root / self.manifest.model_path
-
-
-def _confined(root: Path, relative: str) -> Path:
-    """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and links that leave the package."""
-    pure = PurePosixPath(relative)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise PackageError(f"package path {relative!r} must be relative and stay inside the package")
-    resolved = (root / pure).resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise PackageError(f"package path {relative!r} resolves outside the package ({resolved})")
-    return resolved
-
-
-def _refuse_pickle(relative: str, manifest: Manifest) -> None:
-    if relative in manifest.weights_files:  # OpenVINO IR weights: read as raw tensors by the .xml, never unpickled
-        return
-    if PurePosixPath(relative).suffix.lower() in PICKLE_SUFFIXES:
-        raise PackageError(
-            f"package file {relative!r} is a pickle-capable format; packages carry only ONNX, safetensors, "
-            "JSON and text files"
-        )
-
-
-def _listed_files(root: Path) -> list[str]:
-    files = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    return sorted(f for f in files if f != MANIFEST_NAME)  # only the top-level manifest is exempt
-
-
-def write_package(root: Path, manifest: Manifest) -> ModelPackage:
-    """Hash every file already placed under ``root`` and write ``manifest.json`` beside them."""
-    entries = []
-    for relative in _listed_files(root):
-        _refuse_pickle(relative, manifest)
-        path = _confined(root, relative)
-        entries.append(FileEntry(path=relative, sha256=sha256_file(path), size=path.stat().st_size))
-    for required in manifest.required_files:
-        if not (root / required).exists():
-            raise PackageError(f"package is missing {required!r}, which its manifest names")
-    final = manifest.model_copy(update={"files": entries, "schema_version": SCHEMA_VERSION})
-    (root / MANIFEST_NAME).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return ModelPackage(root=root, manifest=final)
-
-
-def load_package(root: Path | str) -> ModelPackage:
-    """Read and verify a package. Raises :class:`PackageError` naming the first problem found."""
-    manifest = read_manifest(root)
-    _verify_files(Path(root), manifest)
-    return ModelPackage(root=Path(root), manifest=manifest)
-
-
-def read_manifest(root: Path | str) -> Manifest:
-    """A package's manifest, checked against the schema but without hashing its files (:func:`load_package`
-    does both). Raises :class:`PackageError`."""
-    root = Path(root)
-    manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise PackageError(f"{root} is not a model package: {MANIFEST_NAME} not found")
-    try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{manifest_path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
-        found = raw.get("schema_version") if isinstance(raw, dict) else None
-        raise PackageError(f"{manifest_path}: schema_version {found!r} is not supported (expected {SCHEMA_VERSION})")
-    try:
-        manifest = Manifest.model_validate(raw)
-    except ValidationError as exc:
-        raise PackageError(f"{manifest_path} does not match the manifest schema:\n{exc}") from None
-    return manifest
-
-
-def _verify_files(root: Path, manifest: Manifest) -> None:
-    listed = {entry.path for entry in manifest.files}
-    for entry in manifest.files:
-        _refuse_pickle(entry.path, manifest)
-        path = _confined(root, entry.path)
-        if not path.is_file():
-            raise PackageError(f"package {root} is incomplete: {entry.path!r} is missing")
-        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
-            raise PackageError(f"package {root} was modified after it was written: {entry.path!r} fails its sha256")
-    unlisted = sorted(set(_listed_files(root)) - listed)
-    if unlisted:
-        raise PackageError(f"package {root} holds files its manifest does not list: {unlisted[:5]}")
-    for required in manifest.required_files:
-        _confined(root, required)
-        if not any(path == required or path.startswith(required.rstrip("/") + "/") for path in listed):
-            raise PackageError(f"package {root}: {required!r} is named by the manifest but not listed in its files")
-
-
-@contextmanager
-def staged_package_dir(final: Path) -> Iterator[Path]:
-    """An empty directory beside ``final`` to assemble a package in; on success it replaces ``final`` (which must
-    be absent or hold a package), so a half-written package is never at ``final``."""
-    if final.exists() and not _is_package(final):
-        raise PackageError(f"refusing to replace {final}: it exists and is not a model package")
-    staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = final.with_name(f".{final.name}.previous-{os.getpid()}")
-    if final.exists():
-        final.rename(previous)
-    staging.rename(final)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
-def _is_package(path: Path) -> bool:
-    try:
-        raw = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "schema_version" in raw and "files" in raw
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

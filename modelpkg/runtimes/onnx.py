@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.runtimes.base import CPU_PROVIDER, ModelRuntime
-from serving.runtimes.onnx_options import Provider, provider_name
-from serving.tokenizer import EncodedBatch
+from modelpkg.runtimes.base import CPU_PROVIDER, ModelRuntime
+from modelpkg.runtimes.onnx_options import Provider, provider_name
+from modelpkg.tokenizer import EncodedBatch
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def check_external_data(model_path: Path) -> None:
     import onnx
     from onnx.external_data_helper import _get_all_tensors  # initializers, attributes and subgraphs
 
-    from serving.errors import PackageError
+    from modelpkg.errors import PackageError
 
     root = model_path.parent.resolve()
     model = onnx.load(str(model_path), load_external_data=False)

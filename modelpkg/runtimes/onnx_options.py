@@ -1,12 +1,12 @@
 """ONNX Runtime provider settings a package records and a replica applies: the TensorRT provider's options with
-the engine cache the package carries. Kept apart from ``serving.runtimes.onnx`` so the chain's ``tensorrt`` pass
+the engine cache the package carries. Kept apart from ``modelpkg.runtimes.onnx`` so the chain's ``tensorrt`` pass
 can build with exactly these options without importing ONNX Runtime at import time."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from serving.package import OnnxRuntimeOptions, TensorRTOptions
+from modelpkg.manifest import OnnxRuntimeOptions, TensorRTOptions
 
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 ENGINE_CACHE = "trt_cache"  # the engine cache directory, beside model.onnx in a package

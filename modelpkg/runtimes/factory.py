@@ -6,16 +6,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from serving.errors import PackageError
-from serving.package import ModelPackage, OnnxRuntimeOptions, OpenVINOOptions, PoolingSpec, TorchOptions
-from serving.runtimes.base import (
+from modelpkg.errors import PackageError
+from modelpkg.manifest import OnnxRuntimeOptions, OpenVINOOptions, PoolingSpec, TorchOptions
+from modelpkg.package import ModelPackage
+from modelpkg.runtimes.base import (
     ModelRuntime,
     assigned_gpus,
     choose_onnx_providers,
     choose_torch_device,
     default_threads,
 )
-from serving.runtimes.onnx_options import TENSORRT_PROVIDER
+from modelpkg.runtimes.onnx_options import TENSORRT_PROVIDER
 
 log = logging.getLogger("optiserve")
 
@@ -42,8 +43,8 @@ def create_runtime(
                 "(or 'optiserve[gpu]' for the CUDA/TensorRT build)"
             ) from None
 
-        from serving.runtimes.onnx import OnnxRuntime
-        from serving.runtimes.onnx_options import with_tensorrt_options
+        from modelpkg.runtimes.onnx import OnnxRuntime
+        from modelpkg.runtimes.onnx_options import with_tensorrt_options
 
         options = onnxruntime_options or OnnxRuntimeOptions()
         choice = choose_onnx_providers(gpus or [], ort.get_available_providers())
@@ -59,7 +60,7 @@ def create_runtime(
     if runtime == "torch":
         import torch
 
-        from serving.runtimes.torch import TorchRuntime
+        from modelpkg.runtimes.torch import TorchRuntime
 
         choice = choose_torch_device(gpus or [], torch.cuda.is_available())
         if gpus:
@@ -70,7 +71,7 @@ def create_runtime(
         torch_runtime.device_reason = "; ".join(filter(None, (choice.reason, torch_runtime.skipped_options)))
         return torch_runtime
     if runtime == "openvino":
-        from serving.runtimes.openvino import OpenVINORuntime
+        from modelpkg.runtimes.openvino import OpenVINORuntime
 
         openvino_runtime = OpenVINORuntime(model_path, threads, openvino_options, pad_token_id)
         if gpus:

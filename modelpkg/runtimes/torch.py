@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.package import LOGIT_TASKS, PoolingSpec, TorchOptions
-from serving.runtimes.base import ModelRuntime
-from serving.runtimes.buckets import ShapeBuckets
-from serving.runtimes.cuda_graphs import CudaGraphs
-from serving.tokenizer import EncodedBatch, model_input_names
+from modelpkg.manifest import LOGIT_TASKS, PoolingSpec, TorchOptions
+from modelpkg.runtimes.base import ModelRuntime
+from modelpkg.runtimes.buckets import ShapeBuckets
+from modelpkg.runtimes.cuda_graphs import CudaGraphs
+from modelpkg.tokenizer import EncodedBatch, model_input_names
 
 
 def _keywords(

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.runtimes.buckets import ShapeBuckets, pad_to
-from serving.tokenizer import TEXT_INPUTS, EncodedBatch
+from modelpkg.runtimes.buckets import ShapeBuckets, pad_to
+from modelpkg.tokenizer import TEXT_INPUTS, EncodedBatch
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 3

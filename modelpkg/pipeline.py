@@ -1,6 +1,9 @@
 """Text in, one output row per text (embedding or logits): tokenize, group by length, run the runtime, restore
 order. Packages without a tokenizer take tensors: :class:`TensorPipeline` stacks the rows and runs them.
 
+It also shapes a request around the model call: a declared prompt before (:func:`apply_prompt`), a Matryoshka
+width after (:func:`cut_to`).
+
 The same pipeline runs inside a server replica (on each dynamic batch), in the optimizer chain's profiler and
 in its fidelity check, so what the chain measures is what the server does.
 """
@@ -12,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.errors import PackageError
-from serving.package import ModelPackage, ServingDefaults
-from serving.runtimes import ModelRuntime, load_runtime
-from serving.tokenizer import TextEncoder, TextItem
+from modelpkg.errors import OptiserveError, PackageError
+from modelpkg.manifest import Manifest, ServingDefaults
+from modelpkg.package import ModelPackage
+from modelpkg.runtimes.base import ModelRuntime
+from modelpkg.runtimes.factory import load_runtime
+from modelpkg.tokenizer import TextEncoder, TextItem
 
 
 @dataclass(frozen=True)
@@ -139,3 +144,68 @@ def load_pipeline(package: ModelPackage, threads: int | None = None) -> Pipeline
     if package.manifest.takes_text:
         return TextPipeline.from_package(package, threads)
     return TensorPipeline.from_package(package, threads)
+
+
+# -- request shaping: prompts and Matryoshka widths, before and after the model runs ---------------------------
+
+
+class UnknownPromptError(OptiserveError, ValueError):
+    """A request named a prompt the package does not declare."""
+
+
+class DimensionsError(OptiserveError, ValueError):
+    """A request asked for an embedding width the package cannot give."""
+
+
+def apply_prompt(
+    manifest: Manifest, texts: list[str], prompt_name: str | None = None, prompt: str | None = None
+) -> list[str]:
+    """``texts`` with the named prompt prepended, as sentence-transformers' ``encode(prompt_name=...)`` does, or
+    with the text ``prompt`` (``encode(prompt=...)``); neither: the default prompt where the package declares one,
+    else ``texts`` unchanged. Raises :class:`UnknownPromptError` for a name the package does not declare (or for
+    both at once)."""
+    if prompt is not None:
+        if prompt_name is not None:
+            raise UnknownPromptError("give a prompt_name or a prompt text, not both")
+        return [prompt + text for text in texts]
+    name = prompt_name if prompt_name is not None else manifest.default_prompt_name
+    if name is None:
+        return list(texts)
+    if name not in manifest.prompts:
+        known = ", ".join(sorted(manifest.prompts)) or "none"
+        raise UnknownPromptError(f"model {manifest.name!r} has no prompt {name!r}; its prompts: {known}")
+    return [manifest.prompts[name] + text for text in texts]
+
+
+def check_dimensions(manifest: Manifest, dimensions: int | None) -> None:
+    """Raise :class:`DimensionsError` unless the package can give vectors of ``dimensions`` values: its own width
+    (or ``None``), or, where it declares Matryoshka widths, any width below it."""
+    width = manifest.output_dim
+    if dimensions is None or dimensions == width:
+        return
+    if not manifest.matryoshka_dims:
+        raise DimensionsError(
+            f"dimensions: model {manifest.name!r} returns {width} and declares no Matryoshka widths (its vectors "
+            f"cannot be cut), so dimensions must be {width}; got {dimensions}"
+        )
+    if not 0 < dimensions < width:
+        raise DimensionsError(f"dimensions: model {manifest.name!r} returns at most {width}; got {dimensions}")
+
+
+def cut_to(manifest: Manifest, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """``vectors`` cut to their first ``dimensions`` values (``None`` or the full width: unchanged), then
+    re-normalized to unit length where the package's vectors are normalized, as Matryoshka models are used.
+    Raises :class:`DimensionsError` for a width the package cannot give (:func:`check_dimensions`)."""
+    check_dimensions(manifest, dimensions)
+    if dimensions is None or dimensions == manifest.output_dim:
+        return vectors
+    return cut_vectors(vectors, dimensions, manifest.pooling.normalize)
+
+
+def cut_vectors(vectors: np.ndarray, width: int, normalize: bool = True) -> np.ndarray:
+    """The first ``width`` values of each row (a Matryoshka prefix), re-normalized to unit length if
+    ``normalize``."""
+    cut = np.ascontiguousarray(vectors[:, :width], dtype=np.float32)
+    if normalize:
+        cut /= np.linalg.norm(cut, axis=1, keepdims=True).clip(min=1e-12)
+    return cut

@@ -1,5 +1,5 @@
 """The runtime contract and device selection: what every runtime implements, which device and providers it
-gets, and how many threads. It imports no runtime; :mod:`serving.runtimes.factory` picks and builds one."""
+gets, and how many threads. It imports no runtime; :mod:`modelpkg.runtimes.factory` picks and builds one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving import settings
-from serving.runtimes.onnx_options import TENSORRT_PROVIDER
-from serving.tokenizer import EncodedBatch
+from modelpkg import settings
+from modelpkg.runtimes.onnx_options import TENSORRT_PROVIDER
+from modelpkg.tokenizer import EncodedBatch
 
 CPU_PROVIDER = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT_PROVIDER, "CUDAExecutionProvider")
