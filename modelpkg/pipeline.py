@@ -152,9 +152,19 @@ def load_pipeline(package: ModelPackage, threads: int | None = None) -> Pipeline
 class UnknownPromptError(OptiserveError, ValueError):
     """A request named a prompt the package does not declare."""
 
+    status = 400
+    type = "invalid_request_error"
+    code = "unknown_prompt"
+    public_message = None
+
 
 class DimensionsError(OptiserveError, ValueError):
     """A request asked for an embedding width the package cannot give."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_value"
+    public_message = None
 
 
 def apply_prompt(

@@ -1,4 +1,4 @@
-"""HTTP request/response schemas and the JSON error shape ``{"error": {"message", "type", "code"}}``."""
+"""The OpenAI-style routes' request and response schemas (embeddings, classify, rerank)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import re
 from typing import Annotated, Literal
 
 import numpy as np
-import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,11 +19,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from starlette.responses import Response
 
+from serving.errors import TooManyInputsError
 from serving.limits import LIMITS
 
-TOO_MANY_INPUTS = "too_many_inputs"  # a validation error type, answered 413 like the KServe routes' count limit
 # The schema states the limits (for clients and fuzzers); the validator below gives one clear message.
 Text = Annotated[StrictStr, StringConstraints(min_length=1, max_length=LIMITS.max_input_chars, pattern=r"\S")]
 
@@ -69,33 +67,15 @@ class TextRequest(BaseModel):
 # A character a tokenizer keeps: not whitespace, not a control character (C0, DEL, C1), not a zero-width or
 # invisible formatting character (U+200B..U+200F, U+2028..U+202F, U+2060..U+206F, U+FEFF).
 _VISIBLE = re.compile("[^\\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff]")
-# A JSON string, unrolled so it runs in linear time (about 30 ms over 16 MiB of text).
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-MAX_JSON_CONTAINERS = 64  # arrays and objects in a text route's body: a valid request has a handful
-
-
-def json_containers(body: bytes, limit: int) -> int:
-    """Arrays and objects in a JSON body, counted without parsing it (brackets inside strings do not count); a
-    count up to ``limit`` may include bracket characters of strings, since only a count past it is checked."""
-    count = body.count(b"[") + body.count(b"{")
-    if count <= limit:
-        return count
-    outside = _JSON_STRING.sub(b"", body)
-    return outside.count(b"[") + outside.count(b"{")
-
-
-def shorten(name: str, limit: int = 64) -> str:
-    """A client-supplied name as errors quote it: at most ``limit`` characters."""
-    return name if len(name) <= limit else f"{name[:limit]}… ({len(name)} characters)"
 
 
 def check_count(items: list[object], what: str) -> None:
-    """Raise for an empty list, or (as ``TOO_MANY_INPUTS``, answered 413) one longer than the inputs limit."""
+    """Raise for an empty list, or (as ``TooManyInputsError.code``, answered 413) one longer than the inputs limit."""
     if not items:
         raise ValueError("must not be an empty list")
     if len(items) > LIMITS.max_inputs:
         raise PydanticCustomError(
-            TOO_MANY_INPUTS,
+            TooManyInputsError.code,
             "at most {limit} {what} per request, got {count}",
             {"limit": LIMITS.max_inputs, "what": what, "count": len(items)},
         )
@@ -201,32 +181,6 @@ class RerankRequest(BaseModel):
     def document_texts(self) -> list[str]:
         items = self.documents if self.documents is not None else self.texts or []
         return [item.text if isinstance(item, RerankDocument) else item for item in items]
-
-
-class ApiError(Exception):
-    """An error to answer with, as JSON, without a traceback: ``{"error": {"message", "type", "code"}}``, or
-    ``{"error": message}`` on KServe v2 routes, as that protocol specifies."""
-
-    def __init__(self, status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.code = code
-        self.headers = headers or {}
-
-    def response(self, kserve: bool = False) -> Response:
-        detail = self.message if kserve else {"message": self.message, "type": self.type, "code": self.code}
-        return json_response({"error": detail}, self.status, self.headers)
-
-
-def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
 
 
 def embeddings_body(

@@ -37,24 +37,30 @@ from starlette.responses import Response
 from modelpkg import settings
 from modelpkg.manifest import ServingDefaults
 from modelpkg.package import load_package
-from modelpkg.pipeline import DimensionsError, UnknownPromptError, apply_prompt, check_dimensions, cut_to
+from modelpkg.pipeline import apply_prompt, check_dimensions, cut_to
 from modelpkg.settings import DRAIN_S
 from modelpkg.version import __version__
 from serving import http, kserve, kserve_spec
 from serving.api import (
     TASK_ROUTES,
-    ApiError,
     ClassifyRequest,
     EmbeddingsRequest,
     RerankRequest,
     classification_body,
     embeddings_body,
-    json_response,
     rerank_body,
     rerank_scores,
-    shorten,
 )
 from serving.control import DEPLOYMENT_NAME
+from serving.errors import (
+    InputTooLongError,
+    ModelNotFoundError,
+    ModelRequiredError,
+    WrongInputError,
+    WrongTaskError,
+    run_error,
+)
+from serving.jsonbody import json_response, shorten
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
 from serving.replica import CacheUse, InferResult, ModelRunner
 from serving.served import CONTROL_KEYS, ServedModels
@@ -121,36 +127,18 @@ class InferenceService(ServedModels):
             fitting = [n for n in self.names(task) if self.models[n].manifest.takes_text]
             if len(fitting) != 1:
                 if not fitting:
-                    raise ApiError(
-                        404,
-                        f"no {task} model is served here; {route} needs one",
-                        "invalid_request_error",
-                        "model_not_found",
-                    )
-                raise ApiError(
-                    400,
-                    f"model is required: this server has several {task} models {fitting}",
-                    "invalid_request_error",
-                    "model_required",
-                )
+                    raise ModelNotFoundError(f"no {task} model is served here; {route} needs one")
+                raise ModelRequiredError(f"model is required: this server has several {task} models {fitting}")
             name = fitting[0]
         runner = self.pick(name)
         if runner is None:
             raise http.not_found(name, self.names())
         http.answered_by(request.scope, runner)
         if not runner.manifest.takes_text:
-            raise ApiError(
-                400,
-                f"model {name!r} takes float32 tensors, not text; use POST /v2/models/{name}/infer",
-                "invalid_request_error",
-                "wrong_input",
-            )
+            raise WrongInputError(f"model {name!r} takes float32 tensors, not text; use POST /v2/models/{name}/infer")
         if runner.manifest.task != task:
-            raise ApiError(
-                400,
-                f"model {name!r} is a {runner.manifest.task} model; use {TASK_ROUTES[runner.manifest.task]}",
-                "invalid_request_error",
-                "wrong_task",
+            raise WrongTaskError(
+                f"model {name!r} is a {runner.manifest.task} model; use {TASK_ROUTES[runner.manifest.task]}"
             )
         return runner
 
@@ -171,30 +159,22 @@ class InferenceService(ServedModels):
         encoder = runner.pipeline.encoder
         reject = not truncate if truncate is not None else self.limits.on_overflow == "reject"
         if encoder is not None and reject and (too_long := encoder.too_long(texts)):
-            raise ApiError(
-                422,
+            raise InputTooLongError(
                 f"input: item {too_long[0]} is longer than the model's {encoder.max_length} tokens "
-                f"({'the request said truncate: false' if truncate is False else 'this server does not truncate'})",
-                "invalid_request_error",
-                "input_too_long",
+                f"({'the request said truncate: false' if truncate is False else 'this server does not truncate'})"
             )
         try:
             return await runner.infer(texts, cache_use(request.headers.get("cache-control")))
         except Exception as exc:  # noqa: BLE001 -- every failure becomes a JSON answer (and is logged there)
-            raise http.run_error(exc) from None
+            raise run_error(exc) from None
 
     @api.post("/v1/embeddings", openapi_extra=json_body(EmbeddingsRequest))
     async def embeddings(self, request: Request) -> Response:
         body = http.parse_body(EmbeddingsRequest, await request.body())
         runner = self._resolve(request, body.model, "embedding", "/v1/embeddings")
         manifest = runner.manifest
-        try:
-            check_dimensions(manifest, body.dimensions)  # before any work
-            texts = apply_prompt(manifest, body.texts(), body.prompt_name, body.prompt)
-        except DimensionsError as exc:
-            raise ApiError(422, str(exc), "invalid_request_error", "invalid_value") from None
-        except UnknownPromptError as exc:
-            raise ApiError(400, str(exc), "invalid_request_error", "unknown_prompt") from None
+        check_dimensions(manifest, body.dimensions)  # before any work
+        texts = apply_prompt(manifest, body.texts(), body.prompt_name, body.prompt)
         result = await self._infer(runner, texts, request, body.truncate)
         vectors = cut_to(manifest, result.outputs, body.dimensions)
         return json_response(

@@ -1,5 +1,5 @@
-"""HTTP plumbing around the routes: JSON error bodies for every failure (``{"error": {"message", "type", "code"}}``,
-or ``{"error": message}`` on KServe v2 routes), body parsing for the JSON routes, and the :class:`Gate` ASGI
+"""HTTP plumbing around the routes: every failure answered as JSON through the error catalogue
+(:mod:`serving.errors`), body parsing for the JSON routes, and the :class:`Gate` ASGI
 middleware (request metrics, the bearer-token check on inference routes, the body's size and time limits).
 :func:`install` puts them on a FastAPI app.
 
@@ -19,13 +19,26 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from modelpkg.errors import DeadlineExceededError, OverloadedError, RequestTooLargeError
-from serving.api import MAX_JSON_CONTAINERS, TOO_MANY_INPUTS, ApiError, json_containers, shorten
+from modelpkg.errors import OptiserveError
+from serving.errors import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    HttpError,
+    InvalidHeaderError,
+    InvalidJsonError,
+    InvalidValueError,
+    MethodNotAllowedError,
+    ModelNotFoundError,
+    NotFoundError,
+    TooManyInputsError,
+    UnauthorizedError,
+    error_response,
+)
+from serving.jsonbody import MAX_JSON_CONTAINERS, json_containers, shorten
 from serving.limits import LIMITS
 from serving.metrics import NO_MODEL, metrics
 
 log = logging.getLogger("optiserve")
-RETRY_AFTER_S = "1"
 MODEL_LABELS_KEY = "optiserve.model_labels"  # set in the ASGI scope by a handler, read by the metrics middleware
 PACKAGE_HEADERS_KEY = "optiserve.package_headers"  # likewise: the headers naming the package that answers
 INFERENCE_PREFIXES = ("/v1/", "/v2/models", "/rerank")
@@ -47,23 +60,23 @@ def _is_kserve(request: Request) -> bool:
     return _kserve_path(request.url.path)
 
 
-async def _api_error(request: Request, exc: ApiError) -> Response:
-    return exc.response(kserve=_is_kserve(request))
+async def _domain_error(request: Request, exc: OptiserveError) -> Response:
+    return error_response(exc, kserve=_is_kserve(request))
 
 
-def validation_answer(errors: Sequence[Any]) -> ApiError:
+def validation_answer(errors: Sequence[Any]) -> OptiserveError:
     """The answer for a request body that failed validation: 400 for JSON that does not parse, 413 for too many
     inputs (as on the KServe routes), else 422 naming the first problem."""
     if any(e.get("type") == "json_invalid" for e in errors):
-        return ApiError(400, "request body is not valid JSON", "invalid_request_error", "invalid_json")
+        return InvalidJsonError("request body is not valid JSON")
     first = errors[0] if errors else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     message = f"{where}: {str(first.get('msg', 'invalid value')).removeprefix('Value error, ')}"
-    if first.get("type") == TOO_MANY_INPUTS:
-        return ApiError(413, message, "invalid_request_error", TOO_MANY_INPUTS)
+    if first.get("type") == TooManyInputsError.code:
+        return TooManyInputsError(message)
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
-    return ApiError(422, message, "invalid_request_error", "invalid_value")
+    return InvalidValueError(message)
 
 
 def parse_body(model: type[Body], body: bytes, max_containers: int = MAX_JSON_CONTAINERS) -> Body:
@@ -73,11 +86,8 @@ def parse_body(model: type[Body], body: bytes, max_containers: int = MAX_JSON_CO
     (a reranker's documents)."""
     containers = json_containers(body, max_containers)
     if containers > max_containers:
-        raise ApiError(
-            422,
-            f"body: a request holds at most {max_containers} JSON arrays and objects, this one {containers}",
-            "invalid_request_error",
-            "invalid_value",
+        raise InvalidValueError(
+            f"body: a request holds at most {max_containers} JSON arrays and objects, this one {containers}"
         )
     try:
         return model.model_validate_json(body)
@@ -86,43 +96,23 @@ def parse_body(model: type[Body], body: bytes, max_containers: int = MAX_JSON_CO
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    return validation_answer(exc.errors()).response(kserve=_is_kserve(request))
+    return error_response(validation_answer(exc.errors()), kserve=_is_kserve(request))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-    code = codes.get(exc.status_code, "http_error")
-    error = ApiError(exc.status_code, str(exc.detail), "invalid_request_error", code)
-    return error.response(kserve=_is_kserve(request))
+    kinds = {400: InvalidJsonError, 404: NotFoundError, 405: MethodNotAllowedError, 413: BodyTooLargeError}
+    kind = kinds.get(exc.status_code)
+    error = kind(str(exc.detail)) if kind else HttpError(str(exc.detail), exc.status_code)
+    return error_response(error, kserve=_is_kserve(request))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error")
-    error = ApiError(500, "internal server error", "server_error", "internal_error")
-    return error.response(kserve=_is_kserve(request))
+    return error_response(OptiserveError("unhandled error"), kserve=_is_kserve(request))
 
 
-def not_found(name: str, served: list[str]) -> ApiError:
-    return ApiError(
-        404,
-        f"model {shorten(name)!r} is not served here; available: {served}",
-        "invalid_request_error",
-        "model_not_found",
-    )
-
-
-def run_error(exc: Exception) -> ApiError:
-    """The HTTP answer for an exception raised while a model ran a request."""
-    if isinstance(exc, OverloadedError):
-        return ApiError(
-            503, "server is overloaded; retry later", "overloaded_error", "overloaded", {"Retry-After": RETRY_AFTER_S}
-        )
-    if isinstance(exc, RequestTooLargeError):
-        return ApiError(413, str(exc), "invalid_request_error", "request_too_large")
-    if isinstance(exc, DeadlineExceededError):
-        return ApiError(504, str(exc), "timeout_error", "queue_timeout")
-    log.error("inference failed", exc_info=exc)
-    return ApiError(500, "inference failed", "server_error", "inference_failed")
+def not_found(name: str, served: list[str]) -> ModelNotFoundError:
+    return ModelNotFoundError(f"model {shorten(name)!r} is not served here; available: {served}")
 
 
 def _unauthorized(scope: dict, headers: dict[bytes, bytes]) -> Response | None:
@@ -131,13 +121,7 @@ def _unauthorized(scope: dict, headers: dict[bytes, bytes]) -> Response | None:
     authorization = headers.get(b"authorization", b"").decode("latin-1")
     if not path.startswith(INFERENCE_PREFIXES) or LIMITS.authorized(authorization or None):
         return None
-    return ApiError(
-        401,
-        "missing or invalid bearer token",
-        "authentication_error",
-        "invalid_api_key",
-        {"WWW-Authenticate": "Bearer"},
-    ).response(kserve=_kserve_path(path))
+    return error_response(UnauthorizedError("missing or invalid bearer token"), kserve=_kserve_path(path))
 
 
 CLIENT_GONE = 499  # what the metrics record for a client that went away before its answer (as nginx and Ray do)
@@ -221,8 +205,8 @@ def _declared_too_large(scope: dict, headers: dict[bytes, bytes]) -> Response | 
     if length.isdigit() and len(length) <= MAX_LENGTH_DIGITS and int(length) <= LIMITS.max_body_bytes:
         return None
     if not length.isdigit():
-        error = ApiError(400, "Content-Length is not a number of bytes", "invalid_request_error", "invalid_header")
-        return error.response(kserve=_kserve_path(str(scope.get("path", ""))))
+        error = InvalidHeaderError("Content-Length is not a number of bytes")
+        return error_response(error, kserve=_kserve_path(str(scope.get("path", ""))))
     return _body_refusal(scope, _TooLargeError())
 
 
@@ -230,16 +214,10 @@ def _body_refusal(scope: dict, exc: Exception) -> Response:
     kserve = _kserve_path(str(scope.get("path", "")))
     if isinstance(exc, _TooLargeError):
         limit = LIMITS.max_body_bytes
-        error = ApiError(413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large")
+        error: OptiserveError = BodyTooLargeError(f"request body is larger than {limit} bytes")
     else:
-        error = ApiError(
-            408,
-            f"request body was not complete within {LIMITS.body_timeout_s:g} s",
-            "invalid_request_error",
-            "body_timeout",
-            {"Connection": "close"},
-        )
-    return error.response(kserve=kserve)
+        error = BodyTimeoutError(f"request body was not complete within {LIMITS.body_timeout_s:g} s")
+    return error_response(error, kserve=kserve)
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -278,7 +256,7 @@ def _replay(messages: list[dict], then: Any = None) -> Any:
 
 def install(api: FastAPI) -> None:
     """Register the JSON error handlers and the :class:`Gate` middleware on ``api``."""
-    api.exception_handler(ApiError)(_api_error)
+    api.exception_handler(OptiserveError)(_domain_error)
     api.exception_handler(RequestValidationError)(_validation_error)
     api.exception_handler(StarletteHTTPException)(_http_error)
     api.exception_handler(Exception)(_unexpected_error)

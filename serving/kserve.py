@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.api import MAX_JSON_CONTAINERS, ApiError, json_containers, shorten
+from serving.errors import InvalidInferRequestError, TooManyInputsError
+from serving.jsonbody import MAX_JSON_CONTAINERS, json_containers, shorten
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 NUMPY_DTYPES = {
@@ -33,10 +34,6 @@ NUMPY_DTYPES = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
-
-
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message, "invalid_request_error", "invalid_infer_request")
 
 
 @dataclass(frozen=True)
@@ -70,13 +67,15 @@ def _decode_bytes_tensor(raw: bytes, expected: int) -> list[str]:
     offset = 0
     while offset < len(raw):
         if len(items) == expected:
-            raise bad_request(f"BYTES tensor data holds more than the {expected} elements its shape declares")
+            raise InvalidInferRequestError(
+                f"BYTES tensor data holds more than the {expected} elements its shape declares"
+            )
         if offset + 4 > len(raw):
-            raise bad_request("BYTES tensor data is truncated (an element length is cut off)")
+            raise InvalidInferRequestError("BYTES tensor data is truncated (an element length is cut off)")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise bad_request("BYTES tensor data is truncated (an element is shorter than its length)")
+            raise InvalidInferRequestError("BYTES tensor data is truncated (an element is shorter than its length)")
         items.append(raw[offset : offset + length].decode("utf-8", errors="strict"))
         offset += length
     return items
@@ -90,35 +89,36 @@ def _encode_bytes_tensor(items: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def too_many(message: str) -> ApiError:
-    return ApiError(413, message, "invalid_request_error", "too_many_inputs")
-
-
 def parse_infer_request(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
-    """Parse an infer request body; raises :class:`ApiError` naming the problem: 400, or 413 when a tensor's
-    shape holds more than ``max_elements`` elements (checked before its data is decoded)."""
+    """Parse an infer request body; raises :class:`~serving.errors.InvalidInferRequestError` (400) naming the
+    problem, or a 413 when a tensor's shape holds more than ``max_elements`` elements (checked before its data is
+    decoded)."""
     if header_length is not None:
         length = header_length.strip()
         if not (length.isascii() and length.isdigit() and len(length) <= 18 and int(length) <= len(body)):
-            raise bad_request(f"{HEADER_LENGTH} {shorten(header_length)!r} is not a length within the body")
+            raise InvalidInferRequestError(
+                f"{HEADER_LENGTH} {shorten(header_length)!r} is not a length within the body"
+            )
         header, binary = body[: int(length)], body[int(length) :]
     else:
         header, binary = body, b""
     if (containers := json_containers(header, MAX_JSON_CONTAINERS + max_elements)) > MAX_JSON_CONTAINERS + max_elements:
-        raise bad_request(f"the request's JSON holds {containers} arrays and objects; its tensors allow far fewer")
+        raise InvalidInferRequestError(
+            f"the request's JSON holds {containers} arrays and objects; its tensors allow far fewer"
+        )
     try:
         request = orjson.loads(header)
     except orjson.JSONDecodeError:
-        raise bad_request("request body is not valid JSON") from None
+        raise InvalidInferRequestError("request body is not valid JSON") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
-        raise bad_request("request must be a JSON object with a non-empty 'inputs' list")
+        raise InvalidInferRequestError("request must be a JSON object with a non-empty 'inputs' list")
     parameters = _parameters(request, "request")
     inputs, offset = [], 0
     for index, tensor in enumerate(request["inputs"]):
         parsed, offset = _parse_input(index, tensor, binary, offset, max_elements)
         inputs.append(parsed)
     if offset != len(binary):
-        raise bad_request(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+        raise InvalidInferRequestError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
     outputs, binary_outputs = _requested_outputs(request.get("outputs"), bool(parameters.get("binary_data_output")))
     request_id = request.get("id")
     request_id = str(request_id) if request_id is not None else None
@@ -128,33 +128,35 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
 def _parameters(entry: dict, where: str) -> dict:
     parameters = entry.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise bad_request(f"{where}: 'parameters' must be an object")
+        raise InvalidInferRequestError(f"{where}: 'parameters' must be an object")
     return parameters
 
 
 def _parse_input(index: int, tensor: object, binary: bytes, offset: int, max_elements: int) -> tuple[InferInput, int]:
     """One entry of ``inputs``; binary data is taken from ``binary`` at ``offset``. Returns the new offset."""
     if not isinstance(tensor, dict):
-        raise bad_request(f"inputs[{index}] must be an object")
+        raise InvalidInferRequestError(f"inputs[{index}] must be an object")
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str):
-        raise bad_request(f"inputs[{index}] needs a 'name' and a 'datatype'")
+        raise InvalidInferRequestError(f"inputs[{index}] needs a 'name' and a 'datatype'")
     label = shorten(name)
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise bad_request(f"input {label!r}: 'shape' must be a list of non-negative integers")
+        raise InvalidInferRequestError(f"input {label!r}: 'shape' must be a list of non-negative integers")
     elements = math.prod(shape)  # Python integers: no overflow
     if elements > max_elements:
-        raise too_many(
+        raise TooManyInputsError(
             f"input {label!r}: shape {shorten(str(shape))} holds {elements} elements; at most {max_elements}"
         )
     size = _parameters(tensor, f"input {label!r}").get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise bad_request(f"input {label!r}: binary_data_size {shorten(str(size))} runs past the end of the body")
+            raise InvalidInferRequestError(
+                f"input {label!r}: binary_data_size {shorten(str(size))} runs past the end of the body"
+            )
         data = _decode_binary(label, datatype, binary[offset : offset + size], elements)
         return InferInput(name, datatype, shape, data), offset + size
     if "data" not in tensor:
-        raise bad_request(f"input {label!r} has neither 'data' nor parameters.binary_data_size")
+        raise InvalidInferRequestError(f"input {label!r} has neither 'data' nor parameters.binary_data_size")
     return InferInput(name, datatype, shape, tensor["data"]), offset
 
 
@@ -163,12 +165,12 @@ def _decode_binary(name: str, datatype: str, raw: bytes, elements: int) -> list[
         try:
             return _decode_bytes_tensor(raw, elements)
         except UnicodeDecodeError:
-            raise bad_request(f"input {name!r}: BYTES elements must be UTF-8 text") from None
+            raise InvalidInferRequestError(f"input {name!r}: BYTES elements must be UTF-8 text") from None
     if datatype not in NUMPY_DTYPES:
-        raise bad_request(f"input {name!r}: unknown datatype {shorten(datatype)!r}")
+        raise InvalidInferRequestError(f"input {name!r}: unknown datatype {shorten(datatype)!r}")
     dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
     if len(raw) % dtype.itemsize:
-        raise bad_request(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} elements")
+        raise InvalidInferRequestError(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} elements")
     return np.frombuffer(raw, dtype=dtype)
 
 
@@ -176,7 +178,7 @@ def _requested_outputs(raw: object, binary_default: bool) -> tuple[list[str] | N
     if raw is None:
         return None, {"*"} if binary_default else set()
     if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
-        raise bad_request("'outputs' must be a list of objects with a 'name'")
+        raise InvalidInferRequestError("'outputs' must be a list of objects with a 'name'")
     names = [o["name"] for o in raw]
     binary = {o["name"] for o in raw if _parameters(o, f"output {o['name']!r}").get("binary_data", binary_default)}
     return names, binary
@@ -194,26 +196,30 @@ def text_inputs(request: InferRequest, expected: tuple[str, ...], max_inputs: in
     if sorted(names) != sorted(expected):
         wanted = " and ".join(repr(name) for name in expected)
         inputs = "one input named" if len(expected) == 1 else "the inputs"
-        raise bad_request(f"this model takes {inputs} {wanted} (BYTES); got {[shorten(n) for n in names[:8]]}")
+        raise InvalidInferRequestError(
+            f"this model takes {inputs} {wanted} (BYTES); got {[shorten(n) for n in names[:8]]}"
+        )
     return {tensor.name: _texts(tensor, max_inputs) for tensor in request.inputs}
 
 
 def _texts(tensor: InferInput, max_inputs: int) -> list[str]:
     expected_name = tensor.name
     if tensor.datatype != "BYTES":
-        raise bad_request(f"input {expected_name!r} must be BYTES (UTF-8 text), got {shorten(tensor.datatype)}")
+        raise InvalidInferRequestError(
+            f"input {expected_name!r} must be BYTES (UTF-8 text), got {shorten(tensor.datatype)}"
+        )
     data = tensor.data
     count = math.prod(tensor.shape) if tensor.shape else 0
     if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
-        raise bad_request(f"input {expected_name!r}: data must be a list of strings")
+        raise InvalidInferRequestError(f"input {expected_name!r}: data must be a list of strings")
     if len(data) != count:
-        raise bad_request(
+        raise InvalidInferRequestError(
             f"input {expected_name!r}: shape {shorten(str(tensor.shape))} holds {count} elements, data has {len(data)}"
         )
     if not data:
-        raise bad_request(f"input {expected_name!r} is empty")
+        raise InvalidInferRequestError(f"input {expected_name!r} is empty")
     if len(data) > max_inputs:
-        raise too_many(f"at most {max_inputs} inputs per request, got {len(data)}")
+        raise TooManyInputsError(f"at most {max_inputs} inputs per request, got {len(data)}")
     return data
 
 
@@ -223,28 +229,32 @@ def tensor_input(
     """The items of a tensor model's single input, shaped ``[n, *item_shape]``: one float32 array per item."""
     if len(request.inputs) != 1 or request.inputs[0].name != expected_name:
         names = [shorten(i.name) for i in request.inputs[:8]]
-        raise bad_request(f"this model takes one input named {expected_name!r} (FP32); got {names}")
+        raise InvalidInferRequestError(f"this model takes one input named {expected_name!r} (FP32); got {names}")
     tensor = request.inputs[0]
     expected = f"[n, {', '.join(map(str, item_shape))}]"
     if tensor.datatype not in NUMPY_DTYPES or tensor.datatype == "BOOL":
-        raise bad_request(f"input {expected_name!r} must be numeric (FP32), got {shorten(tensor.datatype)}")
+        raise InvalidInferRequestError(
+            f"input {expected_name!r} must be numeric (FP32), got {shorten(tensor.datatype)}"
+        )
     if len(tensor.shape) != 1 + len(item_shape) or tuple(tensor.shape[1:]) != item_shape:
-        raise bad_request(f"input {expected_name!r}: shape {shorten(str(tensor.shape))} does not match {expected}")
+        raise InvalidInferRequestError(
+            f"input {expected_name!r}: shape {shorten(str(tensor.shape))} does not match {expected}"
+        )
     try:
         array = np.asarray(tensor.data, dtype=np.float32)
     except (TypeError, ValueError):
-        raise bad_request(f"input {expected_name!r}: data must be numbers") from None
+        raise InvalidInferRequestError(f"input {expected_name!r}: data must be numbers") from None
     count = math.prod(tensor.shape)
     if array.size != count:
-        raise bad_request(
+        raise InvalidInferRequestError(
             f"input {expected_name!r}: shape {shorten(str(tensor.shape))} holds {count} elements, data has {array.size}"
         )
     if not np.isfinite(array).all():
-        raise bad_request(f"input {expected_name!r}: data must be finite numbers")
+        raise InvalidInferRequestError(f"input {expected_name!r}: data must be finite numbers")
     if tensor.shape[0] == 0:
-        raise bad_request(f"input {expected_name!r} is empty")
+        raise InvalidInferRequestError(f"input {expected_name!r} is empty")
     if tensor.shape[0] > max_inputs:
-        raise too_many(f"at most {max_inputs} inputs per request, got {tensor.shape[0]}")
+        raise TooManyInputsError(f"at most {max_inputs} inputs per request, got {tensor.shape[0]}")
     return list(array.reshape(tensor.shape))
 
 
@@ -257,7 +267,7 @@ def infer_response(
         unknown = [name for name in request.outputs if name not in by_name]
         if unknown:
             shown = [shorten(name) for name in unknown[:8]]
-            raise bad_request(f"unknown output(s) {shown}; this model has {sorted(by_name)}")
+            raise InvalidInferRequestError(f"unknown output(s) {shown}; this model has {sorted(by_name)}")
         outputs = [by_name[name] for name in request.outputs]
     entries, blobs = [], []
     for out in outputs:

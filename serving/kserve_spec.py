@@ -14,6 +14,7 @@ from modelpkg.manifest import Manifest
 from modelpkg.pipeline import DimensionsError, UnknownPromptError, apply_prompt, check_dimensions, cut_to
 from serving import kserve
 from serving.api import check_texts, rerank_scores, softmax
+from serving.errors import InvalidInferRequestError
 from serving.replica import InferResult, ModelRunner
 
 TEXT_INPUT = "text"  # the one input of a text model
@@ -94,16 +95,20 @@ def request_options(parsed: kserve.InferRequest, manifest: Manifest) -> TextOpti
     for name, kind in (("prompt_name", str), ("prompt", str), ("dimensions", int), ("truncate", bool)):
         value = given.get(name)
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-            raise kserve.bad_request(f"parameters.{name} must be {kind.__name__}, got {type(value).__name__}")
+            raise InvalidInferRequestError(f"parameters.{name} must be {kind.__name__}, got {type(value).__name__}")
     if manifest.task != "embedding" and (asked := [k for k in EMBEDDING_OPTIONS if given.get(k) is not None]):
-        raise kserve.bad_request(f"parameters {asked} apply to embedding models; {manifest.name!r} is {manifest.task}")
+        raise InvalidInferRequestError(
+            f"parameters {asked} apply to embedding models; {manifest.name!r} is {manifest.task}"
+        )
     if given and not manifest.takes_text:
-        raise kserve.bad_request(f"parameters {sorted(given)} apply to text models; {manifest.name!r} takes tensors")
+        raise InvalidInferRequestError(
+            f"parameters {sorted(given)} apply to text models; {manifest.name!r} takes tensors"
+        )
     options = TextOptions(**given)
     try:
         check_dimensions(manifest, options.dimensions)
     except DimensionsError as exc:
-        raise kserve.bad_request(f"parameters.{exc}") from None
+        raise InvalidInferRequestError(f"parameters.{exc}") from None
     return options
 
 
@@ -119,14 +124,14 @@ def request_items(
         try:
             check_texts(items)
         except ValueError as exc:
-            raise kserve.bad_request(f"input {TEXT_INPUT!r}: {exc}") from None
+            raise InvalidInferRequestError(f"input {TEXT_INPUT!r}: {exc}") from None
         if manifest.task != "embedding":
             return items
         options = options or TextOptions()
         try:
             return apply_prompt(manifest, items, options.prompt_name, options.prompt)
         except UnknownPromptError as exc:
-            raise kserve.bad_request(str(exc)) from None
+            raise InvalidInferRequestError(str(exc)) from None
     spec = manifest.inputs[0]
     shape = tuple(int(d) for d in spec.shape[1:])
     return kserve.tensor_input(parsed, spec.name, shape, max_inputs)
@@ -137,7 +142,7 @@ def rerank_items(parsed: kserve.InferRequest, max_inputs: int) -> list[tuple[str
     texts = kserve.text_inputs(parsed, RERANK_INPUTS, max_inputs)
     queries, documents = (texts[name] for name in RERANK_INPUTS)
     if len(queries) not in (1, len(documents)):
-        raise kserve.bad_request(
+        raise InvalidInferRequestError(
             f"input 'query' holds {len(queries)} texts; send one (for every document) or one per document "
             f"({len(documents)})"
         )
@@ -145,7 +150,7 @@ def rerank_items(parsed: kserve.InferRequest, max_inputs: int) -> list[tuple[str
         try:
             check_texts(list(items))
         except ValueError as exc:
-            raise kserve.bad_request(f"input {name!r}: {exc}") from None
+            raise InvalidInferRequestError(f"input {name!r}: {exc}") from None
     return list(zip(queries * len(documents) if len(queries) == 1 else queries, documents, strict=True))
 
 

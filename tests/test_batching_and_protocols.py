@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
+from modelpkg.errors import OptiserveError
 from modelpkg.runtimes.base import CPU_PROVIDER, assigned_gpus, choose_onnx_providers, choose_torch_device
-from serving.api import ApiError
 from serving.batching import MIN_SAMPLES, AdaptiveWait
 from serving.kserve import HEADER_LENGTH, OutputTensor, infer_response, parse_infer_request, text_input
 
@@ -115,21 +115,21 @@ def test_binary_bytes_tensor_round_trip() -> None:
 )
 def test_malformed_binary_requests_are_refused_with_a_reason(mutate, fragment) -> None:
     body, header_length = _binary_request(["one", "two"])
-    with pytest.raises(ApiError, match=fragment) as error:
+    with pytest.raises(OptiserveError, match=fragment) as error:
         parse_infer_request(*mutate(body, header_length), 10)
     assert error.value.status == 400
 
 
 def test_too_many_texts_is_413() -> None:
     body, header_length = _binary_request(["t"] * 5)
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(OptiserveError) as error:
         text_input(parse_infer_request(body, header_length, 10), "text", max_inputs=4)
     assert error.value.status == 413
 
 
 def test_a_shape_past_the_element_limit_is_413_before_its_data_is_decoded() -> None:
     body, header_length = _binary_request([""] * 50_000)  # the loop-stall attack, small: many empty elements
-    with pytest.raises(ApiError, match="50000 elements; at most 8") as error:
+    with pytest.raises(OptiserveError, match="50000 elements; at most 8") as error:
         parse_infer_request(body, header_length, 8)
     assert (error.value.status, error.value.code) == (413, "too_many_inputs")
 
@@ -139,7 +139,7 @@ def test_binary_bytes_data_past_its_shape_is_refused() -> None:
     header = orjson.loads(body[: int(header_length)])
     header["inputs"][0]["shape"] = [1]
     new_header = orjson.dumps(header)
-    with pytest.raises(ApiError, match="more than the 1 elements") as error:
+    with pytest.raises(OptiserveError, match="more than the 1 elements") as error:
         parse_infer_request(new_header + body[int(header_length) :], str(len(new_header)), 10)
     assert error.value.status == 400
 
@@ -154,13 +154,13 @@ def test_binary_bytes_data_past_its_shape_is_refused() -> None:
 )
 def test_shapes_are_integers_and_their_size_does_not_overflow(shape, fragment) -> None:
     body = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape, "data": ["x"]}]})
-    with pytest.raises(ApiError, match=fragment):
+    with pytest.raises(OptiserveError, match=fragment):
         parse_infer_request(body, None, 10)
 
 
 def test_nested_json_is_refused_without_parsing_it() -> None:
     body = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}], "id": ['
     body += b",".join([b"[]"] * 100_000) + b"]}"
-    with pytest.raises(ApiError, match="arrays and objects") as error:
+    with pytest.raises(OptiserveError, match="arrays and objects") as error:
         parse_infer_request(body, None, 10)
     assert error.value.status == 400
