@@ -238,20 +238,12 @@ class FileEntry(_Strict):
     size: int
 
 
-class Manifest(_Strict):
-    schema_version: int = SCHEMA_VERSION
+class ModelDescription(_Strict):
+    """What a model is, as the source model and every package made from it describe it (one description: the
+    optimizer reads it from the source and the manifest carries it unchanged)."""
+
     name: str = Field(min_length=1)
-    version: str = "1"
     task: Task = "embedding"
-    created_at: str
-    source: Source
-    chain: list[PassRecord]
-    format: Literal["onnx", "safetensors", "openvino"]
-    runtime: Literal["onnxruntime", "torch", "openvino"]
-    precision: Literal["fp32", "fp16", "bf16", "int8"]
-    model_path: str = Field(description="model file or directory, relative to the package root")
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
     tokenizer: TokenizerSpec | None = Field(
         default=None, description="text models; a package without one takes its single float32 input tensor as is"
     )
@@ -275,6 +267,52 @@ class Manifest(_Strict):
         description="rerankers: what turns the relevance logit into the score (sentence-transformers' "
         "CrossEncoder activation_fn; a request's raw_scores returns the logit)",
     )
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> ModelDescription:
+        if self.task == "embedding" and (self.embedding_dim is None or self.labels):
+            raise ValueError("an embedding package needs embedding_dim and no labels")
+        if self.task == "classification" and (len(self.labels) < 2 or self.embedding_dim is not None):
+            raise ValueError("a classification package needs two or more labels and no embedding_dim")
+        if self.task == "rerank" and (self.labels or self.embedding_dim is not None or self.tokenizer is None):
+            raise ValueError("a rerank package takes text, has one relevance logit, and no labels or embedding_dim")
+        return self
+
+    @model_validator(mode="after")
+    def _matryoshka(self) -> ModelDescription:
+        width = self.embedding_dim or 0
+        if self.matryoshka_dims and not all(0 < d <= width for d in self.matryoshka_dims):
+            raise ValueError(f"matryoshka_dims {self.matryoshka_dims} must be widths of 1..{width} (embedding_dim)")
+        return self
+
+    @model_validator(mode="after")
+    def _prompts(self) -> ModelDescription:
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of prompts {self.prompts}")
+        return self
+
+    @property
+    def output_dim(self) -> int:
+        """Width of one output row: the embedding size, the number of labels, or 1 (a reranker's logit)."""
+        if self.task == "rerank":
+            return 1
+        return self.embedding_dim if self.embedding_dim is not None else len(self.labels)
+
+
+class Manifest(ModelDescription):
+    """A model package's ``manifest.json``: the model's description and how this package was made and is served."""
+
+    schema_version: int = SCHEMA_VERSION
+    version: str = "1"
+    created_at: str
+    source: Source
+    chain: list[PassRecord]
+    format: Literal["onnx", "safetensors", "openvino"]
+    runtime: Literal["onnxruntime", "torch", "openvino"]
+    precision: Literal["fp32", "fp16", "bf16", "int8"]
+    model_path: str = Field(description="model file or directory, relative to the package root")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
     fidelity: Fidelity | None = None
     budget: FidelityBudget | None = None
     profile: list[ProfileRow] = []
@@ -318,33 +356,3 @@ class Manifest(_Strict):
         if self.format == "openvino" and not self.model_path.endswith(".xml"):
             raise ValueError(f"an openvino package's model_path is an IR .xml file, got {self.model_path!r}")
         return self
-
-    @model_validator(mode="after")
-    def _task_fields(self) -> Manifest:
-        if self.task == "embedding" and (self.embedding_dim is None or self.labels):
-            raise ValueError("an embedding package needs embedding_dim and no labels")
-        if self.task == "classification" and (len(self.labels) < 2 or self.embedding_dim is not None):
-            raise ValueError("a classification package needs two or more labels and no embedding_dim")
-        if self.task == "rerank" and (self.labels or self.embedding_dim is not None or self.tokenizer is None):
-            raise ValueError("a rerank package takes text, has one relevance logit, and no labels or embedding_dim")
-        return self
-
-    @model_validator(mode="after")
-    def _matryoshka(self) -> Manifest:
-        width = self.embedding_dim or 0
-        if self.matryoshka_dims and not all(0 < d <= width for d in self.matryoshka_dims):
-            raise ValueError(f"matryoshka_dims {self.matryoshka_dims} must be widths of 1..{width} (embedding_dim)")
-        return self
-
-    @model_validator(mode="after")
-    def _prompts(self) -> Manifest:
-        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
-            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of prompts {self.prompts}")
-        return self
-
-    @property
-    def output_dim(self) -> int:
-        """Width of one output row: the embedding size, the number of labels, or 1 (a reranker's logit)."""
-        if self.task == "rerank":
-            return 1
-        return self.embedding_dim if self.embedding_dim is not None else len(self.labels)

@@ -88,8 +88,9 @@ def _fill_package(
     model_path, fmt = _copy_model(artifact, root)
     if serving is None:
         serving = serving_defaults(candidate.profile) if candidate.profile else ServingDefaults()
+    description = source.description().model_copy(update={"tokenizer": tokenizer})
     manifest = Manifest(
-        name=source.name,
+        **dict(description),
         version=candidate.name,
         created_at=utc_now(),
         source=Source(path=str(source.path), sha256=source.sha256),
@@ -99,16 +100,7 @@ def _fill_package(
         precision=artifact.precision,
         model_path=model_path,
         inputs=[i for i in MODEL_INPUTS if i.name in source.text_inputs] if source.input is None else [source.input],
-        task=source.task,
         outputs=[TensorSpec(name=OUTPUT_NAMES[source.task], dtype="float32", shape=["batch", source.output_dim])],
-        tokenizer=tokenizer,
-        pooling=source.pooling,
-        prompts=dict(source.prompts),
-        default_prompt_name=source.default_prompt_name,
-        embedding_dim=source.output_dim if source.task == "embedding" else None,
-        labels=list(source.labels),
-        score_activation=source.score_activation,
-        matryoshka_dims=list(source.matryoshka_dims),
         fidelity=candidate.fidelity,
         budget=budget,
         profile=candidate.profile,

@@ -16,13 +16,14 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ConfigDict
+
 from modelpkg.errors import OptiserveError
 from modelpkg.hashing import sha256_file, sha256_tree
-from modelpkg.manifest import PoolingSpec, Task, TensorSpec, TokenizerSpec
+from modelpkg.manifest import ModelDescription, PoolingSpec, Task, TensorSpec, TokenizerSpec
 from modelpkg.tokenizer import TEXT_INPUTS, model_input_names
 
 DEFAULT_MAX_LENGTH = 256
@@ -47,24 +48,22 @@ def bundled_model_dir() -> Path:
     return Path(get_model_path())
 
 
-@dataclass(frozen=True)
-class SourceModel:
+class SourceModel(ModelDescription):
+    """The model the chain starts from: its description (shared with every package made from it) and where and
+    what it is on disk."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     path: Path
-    name: str
     sha256: str
-    pooling: PoolingSpec
-    tokenizer: TokenizerSpec | None  # None: the model takes one float32 tensor (``input``)
-    task: Task
-    output_dim: int  # embedding width, number of labels, or 1 (a reranker's logit)
-    labels: tuple[str, ...] = ()
     format: Literal["hf", "onnx", "module"] = "hf"
     model_file: str = "model.safetensors"  # relative to ``path``
     input: TensorSpec | None = None  # tensor models: name and shape ["batch", ...] of the one input
     text_inputs: tuple[str, ...] = TEXT_INPUTS  # text models: the inputs the model takes, in this order
-    prompts: Mapping[str, str] = field(default_factory=dict)  # sentence-transformers prompts, by name
-    default_prompt_name: str | None = None
-    score_activation: Literal["sigmoid", "identity"] = "sigmoid"  # rerankers: logit -> score
-    matryoshka_dims: tuple[int, ...] = ()  # embeddings: widths the model was trained to be cut to
+
+    def description(self) -> ModelDescription:
+        """The description alone: what a package made from this model carries in its manifest."""
+        return ModelDescription(**{name: getattr(self, name) for name in ModelDescription.model_fields})
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -108,8 +107,7 @@ class SourceModel:
             pooling=PoolingSpec(normalize=False),
             tokenizer=None,
             task="classification",
-            output_dim=len(spec.labels),
-            labels=spec.labels,
+            labels=list(spec.labels),
             format="module",
             model_file="model.safetensors",
             input=TensorSpec(name=spec.input_name, dtype="float32", shape=["batch", *spec.input_shape]),
@@ -145,8 +143,8 @@ class SourceModel:
             pooling=PoolingSpec(normalize=False),  # pooling, if any, is inside the graph
             tokenizer=TokenizerSpec(path="tokenizer.json", max_length=DEFAULT_MAX_LENGTH, pad_token_id=0),
             task=task,
-            output_dim=width,
-            labels=labels,
+            embedding_dim=width if task == "embedding" else None,
+            labels=list(labels),
             format="onnx",
             model_file=model_file.name,
             text_inputs=takes,
@@ -177,8 +175,8 @@ class SourceModel:
             pooling=PoolingSpec(normalize=False),
             tokenizer=None,
             task="classification" if classifier else "embedding",
-            output_dim=out_dims[1],
-            labels=tuple(str(i) for i in range(out_dims[1])) if classifier else (),
+            embedding_dim=None if classifier else out_dims[1],
+            labels=[str(i) for i in range(out_dims[1])] if classifier else [],
             format="onnx",
             model_file=model_file.name,
             input=spec,
@@ -202,6 +200,7 @@ class SourceModel:
         labels = _labels(config)
         task: Task = ("rerank" if len(labels) == 1 else "classification") if labels else "embedding"
         prompts, default_prompt = _prompts(root)
+        width = _hidden_size(config_file, config)
         return cls(
             path=path,
             name=name or _model_name(root),
@@ -211,13 +210,15 @@ class SourceModel:
                 path="tokenizer.json", max_length=_max_length(path, config), pad_token_id=_pad_token_id(path, config)
             ),
             task=task,
-            output_dim=len(labels) if labels else _hidden_size(config_file, config),
-            labels=labels if task == "classification" else (),
+            embedding_dim=width if task == "embedding" else None,
+            labels=list(labels) if task == "classification" else [],
             text_inputs=model_input_names(config),
-            prompts=prompts,
+            prompts=dict(prompts),
             default_prompt_name=default_prompt,
             score_activation=_score_activation(root, config) if task == "rerank" else "sigmoid",
-            matryoshka_dims=_matryoshka_dims(root, _hidden_size(config_file, config)) if task == "embedding" else (),
+            matryoshka_dims=list(_matryoshka_dims(root, _hidden_size(config_file, config)))
+            if task == "embedding"
+            else [],
         )
 
     def with_matryoshka_dims(self, dims: tuple[int, ...]) -> SourceModel:
@@ -227,7 +228,7 @@ class SourceModel:
         wrong = [d for d in dims if not 0 < d <= self.output_dim]
         if wrong:
             raise OptiserveError(f"{self.name}: Matryoshka widths {wrong} are not within 1..{self.output_dim}")
-        return replace(self, matryoshka_dims=tuple(sorted(set(dims), reverse=True)))
+        return self.model_copy(update={"matryoshka_dims": sorted(set(dims), reverse=True)})
 
 
 def hub_cache_dir() -> Path:

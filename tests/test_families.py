@@ -260,7 +260,7 @@ def test_recall_at_10_and_its_budget() -> None:
     fidelity = output_fidelity(passages, candidate, task="embedding", queries=(passages, rng.normal(size=(50, 16))))
     assert fidelity.source_recall_at_10 > 0.99 and fidelity.recall_at_10 is not None
     assert fidelity.recall_at_10 < 0.5 and fidelity.judged_by == ("cosine_mean", "cosine_min", "recall_at_10")
-    assert FidelityBudget(min_cosine_mean=0.9, min_cosine_min=0.9).admits(fidelity)
+    assert admits(FidelityBudget(min_cosine_mean=0.9, min_cosine_min=0.9), fidelity)
     strict = FidelityBudget(min_cosine_mean=0.9, min_cosine_min=0.9, min_recall_at_10=0.9)
     assert [name for name, _, _ in judging_limits(strict, fidelity)] == ["cosine_mean", "cosine_min", "recall_at_10"]
     assert violations(strict, fidelity) == [f"recall_at_10 {fidelity.recall_at_10:.4f} < 0.9"]

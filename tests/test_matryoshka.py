@@ -21,18 +21,18 @@ def matryoshka_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_widths_come_from_the_model_card(matryoshka_source: Path, tmp_path: Path) -> None:
-    assert SourceModel.load(matryoshka_source).matryoshka_dims == (32, 16, 8)
+    assert SourceModel.load(matryoshka_source).matryoshka_dims == [32, 16, 8]
     plain = build_family("bert", tmp_path / "plain")
-    assert SourceModel.load(plain).matryoshka_dims == ()
+    assert SourceModel.load(plain).matryoshka_dims == []
     # a card with two losses naming widths, one of them wider than the model: the union within its width
     losses = [{"loss": "A", "matryoshka_dims": [64, 16]}, {"loss": "B", "matryoshka_dims": [24, 16]}]
     (plain / "README.md").write_text("\n".join(f"```json\n{json.dumps(loss, indent=4)}\n```" for loss in losses))
-    assert SourceModel.load(plain).matryoshka_dims == (24, 16)
+    assert SourceModel.load(plain).matryoshka_dims == [24, 16]
 
 
 def test_declared_widths_must_fit_the_model(matryoshka_source: Path) -> None:
     source = SourceModel.load(matryoshka_source)
-    assert source.with_matryoshka_dims((4, 12, 4)).matryoshka_dims == (12, 4)
+    assert source.with_matryoshka_dims((4, 12, 4)).matryoshka_dims == [12, 4]
     with pytest.raises(OptiserveError, match=r"not within 1\.\.32"):
         source.with_matryoshka_dims((64,))
 

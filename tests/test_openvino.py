@@ -9,8 +9,9 @@ import httpx
 import numpy as np
 import pytest
 
+from modelpkg.errors import PackageError
 from modelpkg.hardware import HardwareProfile, _cpuinfo, detect, serving_mismatch
-from modelpkg.manifest import FidelityBudget, PackageError
+from modelpkg.manifest import FidelityBudget
 from modelpkg.package import load_package
 from modelpkg.pipeline import TextPipeline
 from optimizers.candidate import Candidate

@@ -112,7 +112,7 @@ def test_an_onnx_cross_encoder_is_a_reranker_source(rerankers, tmp_path: Path) -
     shutil.copy2(onnx_fp32.artifact.model_file, tmp_path / "model.onnx")
     shutil.copy2(rerankers["bert"][0] / "tokenizer.json", tmp_path / "tokenizer.json")
     source = SourceModel.load(tmp_path / "model.onnx")
-    assert (source.task, source.output_dim, source.labels) == ("rerank", 1, ())
+    assert (source.task, source.output_dim, source.labels) == ("rerank", 1, [])
 
 
 @pytest.mark.slow

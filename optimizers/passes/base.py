@@ -84,14 +84,12 @@ class PassContext:
 
     def source_for(self, artifact: Artifact) -> SourceModel:
         """The source model with its weights replaced by ``artifact`` (a student directory keeps the tokenizer)."""
-        from dataclasses import replace
-
         if artifact.format in ("onnx", "openvino"):
             return self.source
         tokenizer = self.source.tokenizer
         if tokenizer is not None:  # keep reading the tokenizer from the source directory
             tokenizer = tokenizer.model_copy(update={"path": str(self.source.path / tokenizer.path)})
-        return replace(self.source, path=artifact.path, tokenizer=tokenizer)
+        return self.source.model_copy(update={"path": artifact.path, "tokenizer": tokenizer})
 
 
 def model_feeds(source: SourceModel, items: list[Any]) -> dict[str, np.ndarray]:
