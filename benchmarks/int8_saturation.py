@@ -6,10 +6,10 @@ x86 CPUs without VNNI multiply int8 as pairs of u8 x s8 products summed into a s
 quantizers can keep weights to 7 bits there (ONNX Runtime's ``reduce_range``, NNCF's overflow fix on every layer).
 optiserve's ONNX Runtime passes do so by themselves on such CPUs (``modelpkg.hardware.int8_saturates``); its NNCF
 pass keeps NNCF's default (the first layer only) unless ``overflow_fix: enable`` is set. This script quantizes the
-bundled MiniLM-L6 (and, with ``--families``, the tiny random-weight encoders of tests/test_families.py) with dynamic
-and static int8 (ONNX Runtime) and NNCF int8 (OpenVINO), each both ways, as configured (no accuracy search), and
-prints each candidate's mean cosine to the source on the held-out split. Writes
-benchmarks/results/int8_saturation.md.
+bundled MiniLM-L6 (and, with ``--families``, the tiny random-weight encoders of
+tests/unit/optimizers/test_families.py) with dynamic and static int8 (ONNX Runtime) and NNCF int8 (OpenVINO),
+each both ways, as configured (no accuracy search), and prints each candidate's mean cosine to the source on the
+held-out split. Writes benchmarks/results/int8_saturation.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 This is the only module that reads them (as Starlette's ``Config`` is for Starlette): code asks a
 :class:`Setting` for its value, and a bad value is an error that names the variable and what it takes. The
-table in ``docs/limits.md`` is checked against :data:`SETTINGS` by ``tests/test_docs.py``, and every flag of the
+table in ``docs/limits.md`` is checked against :data:`SETTINGS` by ``tests/unit/test_docs.py``, and every flag of the
 command line that a variable backs names it in ``--help``.
 
 It imports nothing heavy: the load tests declare their own variables with :func:`declare`
@@ -240,7 +240,11 @@ CACHE = declare("OPTISERVE_CACHE", text, "", "pass cache directory (unset: ~/.ca
 
 # -- the test suite ---------------------------------------------------------------------------------------------
 FUZZ_REQUESTS = declare(
-    "OPTISERVE_FUZZ_REQUESTS", integer(1), 3000, "requests of tests/test_fuzz.py's schemathesis run", "tests"
+    "OPTISERVE_FUZZ_REQUESTS",
+    integer(1),
+    3000,
+    "requests of tests/integration/test_fuzz.py's schemathesis run",
+    "tests",
 )
 
 

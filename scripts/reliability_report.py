@@ -1,7 +1,6 @@
 """Render docs/reliability.md from the figures the reliability tests and the soak wrote.
 
-.venv/bin/pytest -s tests/test_faults.py tests/test_hardening.py tests/test_fuzz.py \
-    tests/test_operations.py tests/test_cluster.py                                    # runs/reliability/figures.json
+.venv/bin/pytest -s tests/integration/test_{faults,hardening,fuzz,operations,cluster}.py # runs/reliability/figures.json
 .venv/bin/python benchmarks/soak.py --minutes 60                                      # runs/soak/soak.json
 .venv/bin/python scripts/reliability_report.py                                        # docs/reliability.md
 """
@@ -45,12 +44,12 @@ def render(figures: dict, soak: dict) -> str:
             f"{kill['requests']} requests, {kill['failed']} failed; {kill['in_flight_at_kill']} were in flight at the "
             f"kill; replacement answering after {kill['replaced_after_s']} s; requests sent meanwhile waited and "
             "succeeded",
-            "tests/test_faults.py",
+            "tests/integration/test_faults.py",
         ),
         (
             "user_config change, then replica replacement, under load",
             f"{config['requests']} requests, {config['failed']} failed (old replica drained)",
-            "tests/test_faults.py",
+            "tests/integration/test_faults.py",
         ),
         (
             f"Overload: {overload['requests']} concurrent requests, "
@@ -58,19 +57,19 @@ def render(figures: dict, soak: dict) -> str:
             f"{overload['accepted']} served (median {overload['accepted_median_ms']} ms), {overload['rejected_503']} "
             f"answered 503 + Retry-After (median {overload['rejected_median_ms']} ms, max "
             f"{overload['rejected_max_ms']} ms), none lost",
-            "tests/test_hardening.py",
+            "tests/integration/test_hardening.py",
         ),
         (
             f"Queue deadline {deadline['queue_timeout_s']} s, {deadline['requests']} concurrent requests",
             f"{deadline['served']} served, {deadline['dropped_504']} answered 504 without running "
             f"({deadline['items_computed']:.0f} items computed)",
-            "tests/test_hardening.py",
+            "tests/integration/test_hardening.py",
         ),
         (
             "Fuzzing every route of the OpenAPI schema (schemathesis)",
             f"{fuzz['requests']:.0f} requests, by status {fuzz['by_status']}; no 5xx; healthy afterwards "
             f"(limits during the run: {fuzz.get('limits', {})})",
-            "tests/test_fuzz.py",
+            "tests/integration/test_fuzz.py",
         ),
         (
             f"Soak: {soak['minutes']:g} min at half the knee ({soak['rate']:.0f} of {soak['knee_rps']:.0f} req/s), "
@@ -101,13 +100,15 @@ def render(figures: dict, soak: dict) -> str:
         *[f"| {a} | {b} | `{c}` | {commit} |" for (a, b, c), commit in zip(rows, commits, strict=True)],
         "",
         "Not covered by a live test: a replica whose runtime breaks or hangs is restarted by Ray Serve when "
-        "`check_health` raises (tested at the replica level in `tests/test_faults.py`; the restart itself is Ray's).",
+        "`check_health` raises (tested at the replica level in `tests/integration/test_faults.py`; the restart itself "
+        "is Ray's).",
     ]
     return "\n".join(lines)
 
 
 def operations_rows(figures: dict) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """Rows for the day-2 figures the tests wrote (tests/test_operations.py, tests/test_cluster.py), where present."""
+    """Rows for the day-2 figures the tests wrote (tests/integration/test_operations.py,
+    tests/integration/test_cluster.py), where present."""
     rows: list[tuple[str, str, str]] = []
     commits: list[str] = []
     if upgrade := figures.get("upgrade_rollback"):
@@ -117,7 +118,7 @@ def operations_rows(figures: dict) -> tuple[list[tuple[str, str, str]], list[str
                 f"{upgrade['locust_requests']:.0f} Locust requests, {upgrade['failed']} failed; upgrade "
                 f"{upgrade['upgrade']['seconds']:.1f} s, rollback {upgrade['rollback']['seconds']:.1f} s; every answer "
                 "of a second client named the package whose vector width it carried; same replica processes throughout",
-                "tests/test_operations.py",
+                "tests/integration/test_operations.py",
             )
         )
         commits.append(upgrade.get("commit", "not recorded"))
@@ -127,7 +128,7 @@ def operations_rows(figures: dict) -> tuple[list[tuple[str, str, str]], list[str
                 "Deploys refused: a corrupt file, a package that fails its warm-up",
                 f"exit 1 with one line each; {refused['answers_meanwhile']} answers meanwhile, all 200 from the "
                 "running package",
-                "tests/test_operations.py",
+                "tests/integration/test_operations.py",
             )
         )
         commits.append(refused.get("commit", "not recorded"))
@@ -140,7 +141,7 @@ def operations_rows(figures: dict) -> tuple[list[tuple[str, str, str]], list[str
                 f"{promoted['agreement']['cosine_mean']:.4f}, {promoted['window']['canary']['requests']:.0f} canary "
                 f"requests in the window, {promoted['window']['canary']['errors']:.0f} errors; no client request "
                 "failed",
-                "tests/test_operations.py",
+                "tests/integration/test_operations.py",
             )
         )
         commits.append(canary.get("commit", "not recorded"))
@@ -150,7 +151,7 @@ def operations_rows(figures: dict) -> tuple[list[tuple[str, str, str]], list[str
                 "SIGTERM with 3 requests in flight",
                 f"answers {drain['answers']}; readiness {drain['not_ready_answer']} before the port closed; exit 0 "
                 f"{drain['stopped_s']:.1f} s after the signal",
-                "tests/test_operations.py",
+                "tests/integration/test_operations.py",
             )
         )
         commits.append(drain.get("commit", "not recorded"))
@@ -162,7 +163,7 @@ def operations_rows(figures: dict) -> tuple[list[tuple[str, str, str]], list[str
                 f"{loss['requests']} requests, {loss['failed']} failed; {loss['served_by_lost_node_before_kill']} "
                 f"answered by the lost node before the kill; a replica on a replacement node answering "
                 f"{loss['replicas_back_s']:.1f} s after the kill",
-                "tests/test_cluster.py",
+                "tests/integration/test_cluster.py",
             )
         )
         commits.append(cluster.get("commit", "not recorded"))

@@ -92,9 +92,9 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": schema}}}
 
 
-# The schema at /openapi.json is always served (clients and tests/test_fuzz.py read it). The /docs page is our
-# route, not FastAPI's docs_url, so that each request reads OPTISERVE_DOCS in the replica (the app is pickled in
-# the driver); off, it answers 404 like any unknown path.
+# The schema at /openapi.json is always served (clients and tests/integration/test_fuzz.py read it). The /docs
+# page is our route, not FastAPI's docs_url, so that each request reads OPTISERVE_DOCS in the replica (the app is
+# pickled in the driver); off, it answers 404 like any unknown path.
 api = FastAPI(title="optiserve", version=SERVER_VERSION, docs_url=None, redoc_url=None)
 http.install(api)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 OURS = ("modelpkg", "serving", "optimizers", "loadtests", "optiserve")
 ALLOWED = {
     "modelpkg": set(),

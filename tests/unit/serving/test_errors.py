@@ -4,7 +4,6 @@ HAProxy's own error pages (serving/haproxy-local) held to the same table."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import orjson
 import pytest
@@ -19,8 +18,9 @@ from serving.errors import (
     error_response,
     run_error,
 )
+from tests.support.paths import ROOT
 
-HAPROXY_LOCAL = Path(__file__).resolve().parents[3] / "serving" / "haproxy-local"
+HAPROXY_LOCAL = ROOT / "serving" / "haproxy-local"
 
 
 def test_each_code_means_one_status_and_type() -> None:

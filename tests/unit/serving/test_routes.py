@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from tests.support.inprocess import InProcessServer
+from tests.support.paths import RECIPES, ROOT
 from tests.support.route_cases import CASES, CLASSIFY, EMBED, RERANK, TENSOR, TENSOR_SHAPE, Case
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-SNAPSHOT = Path(__file__).resolve().parents[3] / "runs" / "routes" / "snapshot.json"
+SNAPSHOT = ROOT / "runs" / "routes" / "snapshot.json"
 KEPT_HEADERS = ("content-type", "retry-after", "allow", "optiserve-model", "optiserve-model-version")
 
 
@@ -53,7 +53,7 @@ def _tensor_onnx(path: Path) -> Path:
 def route_packages(tmp_path_factory: pytest.TempPathFactory, tiny_classifier_dir: Path) -> dict[str, Path]:
     """The four packages of the route cases, each the cheapest chain (ONNX export) of a tiny model."""
     from optimizers.chain import optimize
-    from tests._families import build_cross_encoder, build_family
+    from tests.support.families import build_cross_encoder, build_family
 
     root = tmp_path_factory.mktemp("route-packages")
     sources = {

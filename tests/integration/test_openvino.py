@@ -20,8 +20,8 @@ from optimizers.evaluate import OutputsEvaluator
 from optimizers.packaging import relied_on_features, write_candidate_package
 from optimizers.passes.base import Artifact, PassFailedError, PassUnavailableError
 from optimizers.recipe import Recipe, RecipeError, load_recipe
-from tests.test_passes import TEXTS, _context, _run, tiny_onnx  # noqa: F401  (tiny_onnx is a fixture)
-from tests.test_server import _cosines
+from tests.integration.test_server import _cosines
+from tests.unit.optimizers.test_passes import TEXTS, _context, _run, tiny_onnx  # noqa: F401  (tiny_onnx is a fixture)
 
 openvino = pytest.importorskip("openvino", reason="openvino is not installed")
 

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(1800)]
 ROUND_TIMEOUT_S = 600
 # CI sends 3,000 generated requests, in rounds with new seeds (schemathesis's generation is the bottleneck: about
 # 5 minutes on 2 cores); the 10,000-request run in docs/reliability.md is:
-#   OPTISERVE_FUZZ_REQUESTS=10000 .venv/bin/pytest tests/test_fuzz.py
+#   OPTISERVE_FUZZ_REQUESTS=10000 .venv/bin/pytest tests/integration/test_fuzz.py
 MIN_REQUESTS = settings.FUZZ_REQUESTS.get()
 EXAMPLES_PER_ROUND = 300  # per operation; small rounds keep each well inside ROUND_TIMEOUT_S on a slow machine
 MAX_ROUNDS = 40

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,9 +16,9 @@ from modelpkg.package import load_package
 from modelpkg.pipeline import TensorPipeline
 from optimizers.chain import optimize
 from optimizers.datasets import digits
-from tests.test_server import MODEL
+from tests.integration.test_server import MODEL
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "digits"
 NAME = "digits-teacher"
 

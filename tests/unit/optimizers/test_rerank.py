@@ -19,9 +19,10 @@ from optimizers.fidelity import RERANK_GROUP, kendall_tau, ranking_fidelity, rer
 from optimizers.source import SourceModel
 from serving.api import RerankRequest, rerank_body, rerank_scores
 from serving.response_cache import key_of
-from tests._families import build_cross_encoder
+from tests.support.families import build_cross_encoder
+from tests.support.paths import RECIPES
 
-RECIPE = Path(__file__).resolve().parent / "recipes" / "families-ci.yaml"
+RECIPE = RECIPES / "families-ci.yaml"
 TEXTS = load_split("heldout")[:40]
 
 

@@ -1,6 +1,6 @@
 """The control plane's pure parts (serving/control.py, serving/served.py): which package set a deploy asks for, when
 a replica counts as done, where `--address auto` finds a server, and the limits it refuses. No Ray here: the live
-behaviour is tests/test_operations.py."""
+behaviour is tests/integration/test_operations.py."""
 
 from __future__ import annotations
 

@@ -26,9 +26,9 @@ from modelpkg.package import ModelPackage, load_package, read_manifest, write_pa
 from optiserve import exit_codes
 from serving.ports import free_port
 from serving.replica import package_id
+from tests.support.paths import ROOT
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(600)]
-ROOT = Path(__file__).resolve().parent.parent
 MINILM = "all-MiniLM-L6-v2"
 TEXTS = [f"sentence number {i} about the weather, trains and the price of bread" for i in range(64)]
 

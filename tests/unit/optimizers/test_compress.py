@@ -12,7 +12,7 @@ from optimizers.passes.base import Artifact
 from optimizers.passes.distill import augmented
 from optimizers.recipe import RecipeError, load_recipe
 from tests.conftest import TINY_CONFIG
-from tests.test_passes import _context, _run
+from tests.unit.optimizers.test_passes import _context, _run
 
 
 @pytest.fixture(scope="module")

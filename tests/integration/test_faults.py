@@ -14,7 +14,7 @@ import pytest
 
 from corpus import load_split
 from serving.replica import ModelRunner
-from tests._load import ClosedLoopLoad
+from tests.support.load import ClosedLoopLoad
 
 pytestmark = pytest.mark.serve
 REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"

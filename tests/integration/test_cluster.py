@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_two_nodes_place_by_resources_autoscale_and_survive_losing_one(minilm_packages, tmp_path, figures) -> None:

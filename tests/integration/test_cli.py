@@ -25,9 +25,9 @@ from optimizers.source import SourceModel
 from optiserve import exit_codes
 from optiserve.cli import DESCRIPTION, build_parser, main
 from serving.ports import free_port
+from tests.support.paths import RECIPES, ROOT
 
 SHUTDOWN_TIMEOUT_S = 120
-ROOT = Path(__file__).resolve().parent.parent
 # What the libraries print when nobody silences them (transformers, the torch exporter, ONNX Runtime, tqdm).
 THIRD_PARTY_NOISE = ("LOAD REPORT", "TracerWarning", "UserWarning", "pre-processing", "Loading weights", "it/s]")
 
@@ -268,7 +268,7 @@ def _optimize_with_data(model_dir: Path, data: Path, out: Path) -> int:
     return main(["optimize", str(model_dir), "--out", str(out), "--data", str(data), "--recipe", str(_DATA_RECIPE)])
 
 
-_DATA_RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny-data.yaml"
+_DATA_RECIPE = RECIPES / "tiny-data.yaml"
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,7 @@ from starlette.responses import JSONResponse
 from loadtests.runner import LoadTestConfig, final_stats, run_loadtest
 from loadtests.scrape import HistogramDelta, histogram_delta
 from optiserve import exit_codes
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 @pytest.mark.serve

@@ -28,8 +28,8 @@ import pytest
 
 from serving import launcher
 from serving.ports import free_port
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = launcher.HAPROXY_WRAPPER
 REPLICA_TITLE = "ServeReplica:optiserve:InferenceService"
 REQUEST_TIMEOUT_S = 2  # OPTISERVE_HTTP_REQUEST_TIMEOUT_S of the live server

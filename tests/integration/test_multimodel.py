@@ -16,9 +16,9 @@ from corpus import load_split
 from modelpkg.package import load_package
 from modelpkg.pipeline import TextPipeline
 from serving.api import softmax
-from tests._load import post_concurrently
 from tests.conftest import CLASSIFIER_LABELS
-from tests.test_server import MODEL, _cosines, _metric_samples
+from tests.integration.test_server import MODEL, _cosines, _metric_samples
+from tests.support.load import post_concurrently
 
 pytestmark = pytest.mark.serve
 TEXTS = load_split("heldout")[40:64]

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modelpkg.errors import PackageError
 from modelpkg.runtimes.onnx import check_external_data
 from serving.limits import ServerLimits
-from tests._load import post_concurrently
+from tests.support.load import post_concurrently
 
 TOKEN = "s3cret-token"
 SMALL_LIMITS = {

@@ -24,9 +24,10 @@ from optimizers.budget import admits, judging_limits, violations
 from optimizers.fidelity import output_fidelity, recall_at_k, retrieval_queries
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.source import SourceModel, resolve_model_id
-from tests._families import FAMILIES, build_family
+from tests.support.families import FAMILIES, build_family
+from tests.support.paths import RECIPES
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPES = RECIPES
 TEXTS = load_split("heldout")[:48]
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 # each family with the pooling it is checked with in the per-family tests (every mode is checked on its own below)

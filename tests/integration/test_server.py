@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from corpus import load_split
 from modelpkg.package import load_package
 from modelpkg.pipeline import TextPipeline
-from tests._load import post_concurrently
-from tests.test_cli import serve_in_subprocess, torch_package, vector_width
+from tests.integration.test_cli import serve_in_subprocess, torch_package, vector_width
+from tests.support.load import post_concurrently
 
 pytestmark = pytest.mark.serve
 TEXTS = load_split("heldout")[:40]
@@ -388,8 +388,9 @@ def test_a_second_server_beside_a_running_one_answers_with_its_own_model(server,
     """Replicas bind their ports with SO_REUSEPORT: two servers on one port range answered with each other's
     models (the session server's MiniLM is 384 wide, the tiny BERT 32). Fresh connections each request; the session
     server is asked once (requests of a few tokens while the other starts on the same 2 cores would make its
-    replica measure itself slow and refuse a following burst). Last in this file, after tests/test_cluster.py,
-    whose `ray start` nodes joined too slowly once a second server had run beside the session one."""
+    replica measure itself slow and refuse a following burst). Last in this file, after
+    tests/integration/test_cluster.py, whose `ray start` nodes joined too slowly once a second server had run beside
+    the session one."""
     with serve_in_subprocess(torch_package(tiny_source, tmp_path)) as (_, port):
         widths = [vector_width(f"http://127.0.0.1:{port}") for _ in range(8)]
         session_width = vector_width(server.url)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,9 @@ from loadtests import settings as loadtest_settings  # declares the load tests' 
 from modelpkg import settings
 from modelpkg.manifest import ServingDefaults
 from serving import limits
+from tests.support.paths import ROOT
 
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "limits.md").read_text()
+DOC = (ROOT / "docs" / "limits.md").read_text()
 
 
 def _documented(name: str) -> str:
@@ -39,9 +39,6 @@ def test_serving_defaults_match_the_docs(field: str) -> None:
     assert _documented(field) == str(ServingDefaults.model_fields[field].default)
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def test_every_setting_is_in_the_docs_table_with_its_default() -> None:
     section = DOC[DOC.index("## Every environment variable") :]
     assert settings.table() in section, "docs/limits.md's table is stale: paste modelpkg.settings.table()"
@@ -50,7 +47,7 @@ def test_every_setting_is_in_the_docs_table_with_its_default() -> None:
 def test_every_optiserve_variable_the_code_names_is_a_declared_setting() -> None:
     named = {
         (path.relative_to(ROOT).as_posix(), name)
-        for folder in ("serving", "optimizers", "optiserve", "loadtests", "benchmarks", "tests", "scripts")
+        for folder in ("modelpkg", "serving", "optimizers", "optiserve", "loadtests", "benchmarks", "tests", "scripts")
         for path in (ROOT / folder).rglob("*.py")
         for name in re.findall(r"OPTISERVE_[A-Z_]*[A-Z]", path.read_text(encoding="utf-8"))
     }
@@ -73,6 +70,6 @@ def test_every_pass_is_documented() -> None:
     from optimizers.passes.base import REGISTRY, get_pass
 
     get_pass("export_onnx")  # loads the built-in passes
-    optimizer_doc = (Path(__file__).resolve().parent.parent / "docs" / "optimizer.md").read_text()
+    optimizer_doc = (ROOT / "docs" / "optimizer.md").read_text()
     for name in REGISTRY:
         assert f"`{name}`" in optimizer_doc, f"pass {name} is not in docs/optimizer.md"

@@ -17,10 +17,11 @@ from modelpkg.pipeline import TextPipeline
 from optimizers.chain import optimize
 from serving.api import rerank_scores
 from serving.limits import LIMITS
-from tests._families import build_cross_encoder
+from tests.support.families import build_cross_encoder
+from tests.support.paths import RECIPES
 
 pytestmark = pytest.mark.serve
-RECIPE = Path(__file__).resolve().parent / "recipes" / "families-ci.yaml"
+RECIPE = RECIPES / "families-ci.yaml"
 DOCUMENTS = load_split("heldout")[:12]
 QUERY = DOCUMENTS[3][:40]
 

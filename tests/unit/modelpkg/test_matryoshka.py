@@ -12,7 +12,8 @@ import pytest
 from modelpkg.errors import OptiserveError
 from modelpkg.pipeline import DimensionsError, check_dimensions, cut_to, cut_vectors
 from optimizers.source import SourceModel
-from tests._families import build_family
+from tests.support.families import build_family
+from tests.support.paths import RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_cut_vectors_keep_a_prefix_at_unit_length() -> None:
 def test_a_package_says_which_dimensions_it_can_give(matryoshka_source: Path, tmp_path: Path) -> None:
     from optimizers.chain import optimize
 
-    recipe = Path(__file__).resolve().parent / "recipes" / "families-ci.yaml"
+    recipe = RECIPES / "families-ci.yaml"
     manifest = optimize(matryoshka_source, tmp_path / "package", profile_items=16, recipe=recipe).package.manifest
     assert manifest.matryoshka_dims == [32, 16, 8]
     vectors = np.ones((2, 32), dtype=np.float32)

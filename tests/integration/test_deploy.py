@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 SERVE_CONFIG = ROOT / "deploy" / "serve_config.yaml"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 RAYSERVICE = ROOT / "deploy" / "kuberay" / "rayservice.yaml"

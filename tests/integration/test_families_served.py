@@ -6,7 +6,6 @@ pipelines."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,10 +15,11 @@ from corpus import load_split
 from modelpkg.package import ModelPackage
 from modelpkg.pipeline import TextPipeline, apply_prompt
 from optimizers.chain import optimize
-from tests._families import build_family
+from tests.support.families import build_family
+from tests.support.paths import RECIPES
 
 pytestmark = pytest.mark.serve
-RECIPE = Path(__file__).resolve().parent / "recipes" / "families-ci.yaml"
+RECIPE = RECIPES / "families-ci.yaml"
 TEXTS = load_split("heldout")[:24]
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 # family -> pooling: every family served, each pooling mode by at least one
