@@ -35,6 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.waiting import wait_for  # noqa: E402
 from serving.ports import free_port  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -118,18 +119,6 @@ def kill_node(node: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     node.wait()
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not within {timeout_s:.0f} s")
 
 
 async def closed_loop(url: str, seconds: float, workers: int, events: list[tuple[float, int, str | None]]) -> None:

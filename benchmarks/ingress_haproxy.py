@@ -24,7 +24,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving_cpu import ensure_package, locust_client  # noqa: E402
+from benchmarks.request_path import locust  # noqa: E402
+from benchmarks.serving_cpu import ensure_package  # noqa: E402
+from corpus import load_split  # noqa: E402
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "ingress_haproxy.md"
 
@@ -52,7 +54,9 @@ def child(variant: str, package: Path, out: Path, users: int, duration: int) -> 
     server = start("127.0.0.1", free_port(), num_cpus=2, threads=1, ingress=variant)
     try:
         server.deploy(package)
-        stats = locust_client(server.url, out, f"ingress-{variant}", users, duration, 1)
+        texts_file = out / "heldout.json"
+        texts_file.write_text(json.dumps(load_split("heldout")))
+        stats = locust(server.url, texts_file, users, duration)
         sockets = listening(haproxy_processes())
         # What `ray stop --force` does to HAProxy's manager: SIGKILL. Its HAProxy must not outlive it.
         before_kill = haproxy_processes()

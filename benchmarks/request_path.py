@@ -35,7 +35,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.waiting import wait_serving
+from loadtests.stats import percentile
 
 LOCUSTFILE = """
 import json, os, random
@@ -150,20 +153,10 @@ def locust(
         "failures": stats["num_failures"],
         "rps": rps,
         "items_per_s": rps * (1 + max_inputs) / 2,  # inputs per request are uniform in 1..max_inputs
-        "p50_ms": _percentile(times, 0.50),
-        "p99_ms": _percentile(times, 0.99),
+        "p50_ms": percentile(times, 0.50),
+        "p99_ms": percentile(times, 0.99),
         "errors": errors,  # Locust's most frequent failures (method, name, error, occurrences)
     }
-
-
-def _percentile(times: dict[int, int], q: float) -> float:
-    total = sum(times.values())
-    seen = 0
-    for ms in sorted(times):
-        seen += times[ms]
-        if seen >= q * total:
-            return float(ms)
-    return float("nan")
 
 
 def replica_pid(deployment: str) -> int:
@@ -226,11 +219,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"loads": {}}
     try:
         serve.run(noop_app(), name="bench", route_prefix="/")
-        _wait(server.url)
+        wait_serving(server.url)
         result["loads"]["noop"] = locust(server.url, texts_file, args.users, args.duration)
         serve.delete("bench")
         server.deploy(tiny)
-        _wait(server.url)
+        wait_serving(server.url)
         pid = replica_pid("InferenceService")
         load = _background_locust(server.url, texts_file, args.users, args.duration)
         time.sleep(min(3, args.duration // 4))
@@ -239,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.default_package:
             for cache_mb, name in ((64, "default-zipf-cache"), (0, "default-zipf-nocache")):
                 server.deploy(args.default_package, {"cache_mb": cache_mb})
-                _wait(server.url)
+                wait_serving(server.url)
                 result["loads"][name] = locust(server.url, texts_file, args.users, args.duration, zipf=1.1)
     finally:
         server.stop()
@@ -259,18 +252,6 @@ def _background_locust(url: str, texts_file: Path, users: int, duration_s: int) 
         return box["stats"]
 
     return wait
-
-
-def _wait(url: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.post(f"{url}/v1/embeddings", json={"input": "warm up"}, timeout=30).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not serve within {timeout_s} s")
 
 
 def render(result: dict[str, Any]) -> str:

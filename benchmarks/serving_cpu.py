@@ -35,13 +35,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.request_path import cpu_description, locust, noop_app, tiny_package  # noqa: E402
+from benchmarks.waiting import wait_serving  # noqa: E402
 from corpus import load_split  # noqa: E402
 from loadtests.runner import LoadTestConfig, run_loadtest  # noqa: E402
 from modelpkg.package import load_package  # noqa: E402
@@ -97,18 +97,6 @@ def sentence_transformers_app(batched: bool) -> Any:
             return Response(body(await self.encode(await self.texts_of(request))), media_type="application/json")
 
     return (Batched if batched else PerRequest).bind(str(bundled_model_dir()))
-
-
-def wait_serving(url: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.post(f"{url}/v1/embeddings", json={"input": "warm up"}, timeout=30).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not serve within {timeout_s} s")
 
 
 def model_only(package_dir: Path) -> dict[str, float]:

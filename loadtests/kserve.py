@@ -10,21 +10,22 @@ input.
 from __future__ import annotations
 
 import orjson
-from locust import FastHttpUser, task
+from locust import task
 
-import loadtests.options  # noqa: F401  # registers the command-line options
-from loadtests.payloads import EmbeddingsPayloads, LoadOptions, paced_wait
+from loadtests.user import OptiserveUser
 
 SETUP = "/v1/models (setup)"  # the runner leaves requests named "... (setup)" out of the summary
 
 
-class KServeUser(FastHttpUser):
-    wait_time = paced_wait
+def output_rows(body: bytes) -> int:
+    """Rows of the first output tensor of a KServe v2 answer."""
+    outputs = orjson.loads(body or b"{}").get("outputs") or [{}]
+    return int((outputs[0].get("shape") or [0])[0])
 
+
+class KServeUser(OptiserveUser):
     def on_start(self) -> None:
-        self.load_options = LoadOptions.current(self.environment.parsed_options)
-        self.payloads = EmbeddingsPayloads.from_options(self.load_options)
-        self.headers = self.load_options.request_headers()
+        super().on_start()
         model = self.payloads.model
         if model is None:
             listed = self.client.get("/v1/models", name=SETUP, headers=self.headers).json()
@@ -34,16 +35,4 @@ class KServeUser(FastHttpUser):
     @task
     def infer(self) -> None:
         body, count = self.payloads.next_kserve()
-        with self.client.post(
-            self.path,
-            data=body,  # type: ignore[arg-type]  # bytes are fine
-            headers=self.headers,
-            catch_response=True,
-            name="/v2/models/{model}/infer",
-        ) as response:
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
-                return
-            outputs = orjson.loads(response.content or b"{}").get("outputs") or [{}]
-            if (outputs[0].get("shape") or [0])[0] != count:
-                response.failure(f"sent {count} inputs, got output shape {outputs[0].get('shape')}")
+        self.post_checked(self.path, body, count, output_rows, "output rows", name="/v2/models/{model}/infer")

@@ -34,6 +34,7 @@ from loadtests.payloads import (
     request_headers,
 )
 from loadtests.scrape import histogram_delta, requests_by_code, scrape
+from loadtests.stats import percentile
 
 LOCUSTFILES = Path(__file__).resolve().parent
 Api = Literal["embeddings", "kserve", "classify", "rerank"]
@@ -150,18 +151,6 @@ def _locust_command(cfg: LoadTestConfig, role: list[str]) -> list[str]:
     return [*command, "--json-file", str(cfg.json_prefix)]
 
 
-def _percentile(times: dict[int, int], count: int, q: float) -> float:
-    """Locust's ``calculate_response_time_percentile`` over its rounded response-time buckets (ms -> count)."""
-    if not count:
-        return float("nan")
-    wanted, seen = int(count * q), 0
-    for ms in sorted(times, reverse=True):
-        seen += times[ms]
-        if count - seen <= wanted:
-            return float(ms)
-    return 0.0
-
-
 def final_stats(json_file: Path) -> dict[str, float]:
     """The run's client-side numbers from Locust's ``--json-file`` (written as Locust exits, so they agree with
     its final summary): every request entry but setup ones, aggregated as Locust's own "Aggregated" row."""
@@ -186,7 +175,7 @@ def final_stats(json_file: Path) -> dict[str, float]:
         "mean_ms": sum(e["total_response_time"] for e in entries) / timed if timed else float("nan"),
         "max_ms": float(max((e["max_response_time"] for e in entries), default=float("nan"))),
         "error_rate": failures / requests if requests else 0.0,
-        "percentiles_ms": {_percent_key(q): _percentile(times, timed, q) for q in PERCENTILES},
+        "percentiles_ms": {_percent_key(q): percentile(times, q, timed) for q in PERCENTILES},
     }
     for q in (0.5, 0.95, 0.99):
         stats[f"p{round(q * 100)}_ms"] = stats["percentiles_ms"][_percent_key(q)]

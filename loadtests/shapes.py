@@ -23,6 +23,7 @@ from pathlib import Path
 from locust import LoadTestShape
 
 from loadtests import settings
+from loadtests.stats import percentile
 
 SPAWN_RATE = 100.0  # users started per second: stages change at once
 
@@ -106,19 +107,6 @@ class _Snapshot:
     failures: int
     response_times: dict[int, int]
     server: dict | None
-
-
-def percentile(times: dict[int, int], q: float) -> float:
-    """The ``q`` quantile of Locust's bucketed response times (ms -> count)."""
-    total = sum(times.values())
-    if not total:
-        return float("nan")
-    rank, seen = q * total, 0
-    for ms in sorted(times):
-        seen += times[ms]
-        if seen >= rank:
-            return float(ms)
-    return float(max(times))
 
 
 class SweepShape(LoadTestShape):
