@@ -24,11 +24,12 @@ from locust import LoadTestShape
 
 from loadtests import settings
 from loadtests.stats import percentile
+from modelpkg.settings import Setting
 
 SPAWN_RATE = 100.0  # users started per second: stages change at once
 
 
-def _numbers(setting: settings.Setting[str]) -> list[float]:
+def _numbers(setting: Setting[str]) -> list[float]:
     raw = setting.get()
     try:
         return [float(part) for part in raw.replace(",", ":").split(":") if part.strip()]

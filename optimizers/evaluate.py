@@ -139,7 +139,7 @@ class OutputsEvaluator:
             task=self.source.task,
             labels=labels,
             queries=pairs,
-            widths=self.source.matryoshka_dims,
+            widths=tuple(self.source.matryoshka_dims),
         )
 
     def __call__(self, artifact: Artifact, items: list[Any] | None = None) -> Fidelity:
