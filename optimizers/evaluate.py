@@ -177,6 +177,7 @@ def quick_measure(
             QUICK_PROFILE_ITEMS,
             threads,
             recipe.profile.min_gain,
+            min_batches=recipe.profile.min_batches,
         )
         return Trial(planned, candidate, best_row(rows).items_per_s, fidelity, budget_violation(budget, fidelity))
 
@@ -211,7 +212,14 @@ def evaluate(
             pipeline = evaluator.pipeline(candidate.artifact)
         spec = recipe.profile
         candidate.profile = profile_pipeline(
-            pipeline, heldout, spec.max_batch, spec.items, threads, spec.min_gain, memory=memory
+            pipeline,
+            heldout,
+            spec.max_batch,
+            spec.items,
+            threads,
+            spec.min_gain,
+            memory=memory,
+            min_batches=spec.min_batches,
         )
         settings = serving_defaults(candidate.profile, length_p99)
         outputs = pipeline.run_as_served(heldout, settings)

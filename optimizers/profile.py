@@ -84,6 +84,7 @@ def profile_pipeline(
     threads: int = 1,
     min_gain: float = 0.03,
     memory: PeakMemory | None = None,
+    min_batches: int = MIN_BATCHES,
 ) -> list[ProfileRow]:
     """One row per batch size 1, 2, 4, …, ``max_batch``; stops once two sizes in a row were not ``min_gain``
     above the best throughput before them (those rows are kept, to show the plateau)."""
@@ -93,7 +94,7 @@ def profile_pipeline(
     with memory.sampling():
         for size in batch_sizes(max_batch):
             dynamic = max(size, DYNAMIC_BATCH)
-            count = max(items, dynamic * MIN_BATCHES)
+            count = max(items, dynamic * min_batches)
             stream = [texts[i % len(texts)] for i in range(count)]
             batches = [stream[i : i + dynamic] for i in range(0, count, dynamic)]
             for batch in batches:  # warm-up: allocator, thread pool, and kernels per shape (OpenVINO, oneDNN)

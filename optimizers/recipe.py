@@ -80,6 +80,12 @@ class ProfileSpec(_Strict):
     max_batch: int = Field(default=64, gt=0, description="largest model-call batch the profile tries")
     items: int = Field(default=256, gt=0, description="held-out texts per batch size")
     min_gain: float = Field(default=0.03, ge=0, description="stop doubling once throughput gains less than this")
+    min_batches: int = Field(
+        default=8,
+        ge=1,
+        description="dynamic batches timed per call size at least (so that p99 is not the one slowest batch); "
+        "a profile's items are at least this many full batches",
+    )
 
 
 class Recipe(_Strict):

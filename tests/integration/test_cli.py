@@ -164,7 +164,8 @@ def test_a_budget_no_candidate_meets_exits_3_quietly(tiny_model_dir: Path, tmp_p
     exports and quantizes: one error line, exit 3, our stage headings, and none of the libraries' output."""
     recipe = tmp_path / "unmet.yaml"
     recipe.write_text(
-        "name: unmet\nprofile: {items: 32, max_batch: 4}\nbudget: {max_abs_error: 1.0e-12}\ncandidates:\n"
+        "name: unmet\nprofile: {items: 32, max_batch: 4, min_batches: 2}\nbudget: {max_abs_error: 1.0e-12}\n"
+        "candidates:\n"
         "  - name: int8\n    steps:\n      - pass: export_onnx\n"
         "      - pass: quantize_dynamic\n        config: {accuracy_aware: false}\n"
     )

@@ -307,7 +307,7 @@ def _tiny_recipe(budget: dict | None = None) -> Recipe:
         {
             "name": "tiny",
             "budget": budget or {},
-            "profile": {"items": 32, "max_batch": 4},
+            "profile": {"items": 32, "max_batch": 4, "min_batches": 2},
             "candidates": [
                 {"name": "onnx-fp32", "steps": [{"pass": "export_onnx"}]},
                 {"name": "int8", "steps": [{"pass": "export_onnx"}, {"pass": "quantize_dynamic"}]},
@@ -380,7 +380,7 @@ def test_a_users_onnx_file_is_optimized_without_export(tiny_source, tiny_onnx, t
     shutil.copy2(tiny_source.path / "tokenizer.json", user / "tokenizer.json")
     recipe = Recipe.model_validate(
         {
-            "profile": {"items": 32, "max_batch": 4},
+            "profile": {"items": 32, "max_batch": 4, "min_batches": 2},
             "candidates": [{"name": "int8", "steps": [{"pass": "quantize_dynamic"}]}],
         }
     )

@@ -145,7 +145,7 @@ def test_nncf_accuracy_control_restores_layers_by_the_reranker_s_logit(tmp_path:
     source = build_cross_encoder("bert", tmp_path / "source")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        "name: rerank-nncf\nprofile: {items: 16, max_batch: 2}\ncandidates:\n"
+        "name: rerank-nncf\nprofile: {items: 16, max_batch: 2, min_batches: 2}\ncandidates:\n"
         "  - name: openvino-int8\n    steps:\n      - pass: export_onnx\n      - pass: openvino\n"
         "      - pass: nncf_quantize\n        config: {subset_size: 32, validation_samples: 64}\n"
     )

@@ -29,7 +29,7 @@ def _recipe(sampler: str, trials: int, budget: dict | None = None) -> Recipe:
     return Recipe.model_validate(
         {
             "budget": budget or {},
-            "profile": {"items": 32, "max_batch": 4},
+            "profile": {"items": 32, "max_batch": 4, "min_batches": 2},
             "candidates": [{**SEARCHED, "tune": {"sampler": sampler, "trials": trials, "seed": 1}}],
         }
     )
