@@ -10,6 +10,7 @@ tests. Nothing here imports a protocol module.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from types import MappingProxyType
 from typing import Any
@@ -20,6 +21,8 @@ from starlette.responses import Response
 from modelpkg.errors import OptiserveError
 
 log = logging.getLogger("optiserve")
+# Modules that declare errors besides this one and modelpkg.errors.
+DECLARING_MODULES = ("modelpkg.pipeline", "modelpkg.settings", "serving.control")
 
 
 class RequestError(OptiserveError):
@@ -185,8 +188,10 @@ def run_error(exc: BaseException) -> OptiserveError:
 
 
 def catalogue() -> list[tuple[str, int, str, str]]:
-    """(class, status, type, code) of every error a client can be answered with, from the classes themselves."""
-    import modelpkg.pipeline  # noqa: F401 -- declares the prompt and width errors
+    """(class, status, type, code) of every error the core and the server declare, from the classes themselves
+    (the optimizer's and the load tests' own errors never reach an HTTP client and are left out)."""
+    for module in DECLARING_MODULES:  # so that the table never depends on what else this process imported
+        importlib.import_module(module)
 
     rows, seen = [], set()
     pending: list[type[OptiserveError]] = [OptiserveError]
@@ -196,5 +201,13 @@ def catalogue() -> list[tuple[str, int, str, str]]:
             continue
         seen.add(kind)
         pending.extend(kind.__subclasses__())
-        rows.append((kind.__name__, kind.status, kind.type, kind.code))
-    return sorted(rows, key=lambda row: (row[1], row[3]))
+        if kind.__module__.split(".")[0] in ("modelpkg", "serving"):
+            rows.append((kind.__name__, kind.status, kind.type, kind.code))
+    return sorted(rows, key=lambda row: (row[1], row[3], row[0]))
+
+
+def table() -> str:
+    """The Markdown table of :func:`catalogue`, as docs/limits.md holds it."""
+    rows = ["| status | type | code | raised as |", "|---|---|---|---|"]
+    rows += [f"| {status} | `{type_}` | `{code}` | `{name}` |" for name, status, type_, code in catalogue()]
+    return "\n".join(rows)

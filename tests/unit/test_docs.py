@@ -44,6 +44,12 @@ def test_every_setting_is_in_the_docs_table_with_its_default() -> None:
     assert settings.table() in section, "docs/limits.md's table is stale: paste modelpkg.settings.table()"
 
 
+def test_every_error_is_in_the_docs_table() -> None:
+    from serving import errors
+
+    assert errors.table() in DOC, "docs/limits.md's error table is stale: paste serving.errors.table()"
+
+
 def test_every_optiserve_variable_the_code_names_is_a_declared_setting() -> None:
     named = {
         (path.relative_to(ROOT).as_posix(), name)
