@@ -109,6 +109,15 @@ def minilm_packages(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def tiny_optimized(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny BERT through the tests' chain (ONNX int8): a real package whose model calls cost next to nothing,
+    for tests of the server and its operations rather than of MiniLM (vectors 32 wide, MiniLM's 384)."""
+    from optimizers.chain import optimize
+
+    return optimize(tiny_model_dir, tmp_path_factory.mktemp("tiny-optimized") / "package", recipe=TEST_RECIPE).package
+
+
+@pytest.fixture(scope="session")
 def server(minilm_packages) -> Iterator:
     """One Ray Serve instance on a free 127.0.0.1 port, serving the optimized MiniLM package."""
     from serving.launcher import start

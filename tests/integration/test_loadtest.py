@@ -144,13 +144,8 @@ def test_target_rate_paces_users_and_distributed_locust_reports_its_workers(serv
 
 
 @pytest.fixture(scope="module")
-def tiny_served(server, tiny_model_dir: Path, minilm_packages, tmp_path_factory: pytest.TempPathFactory):
-    from optimizers.chain import optimize
-    from tests.conftest import TEST_RECIPE
-
-    # the tests' short recipe: the sweep needs a small fast model, not the default recipe's whole search (run end to
-    # end by tests/integration/test_cli.py)
-    package = optimize(tiny_model_dir, tmp_path_factory.mktemp("tiny-serve") / "package", recipe=TEST_RECIPE).package
+def tiny_served(server, tiny_optimized, minilm_packages):
+    package = tiny_optimized  # the sweep needs a small fast model
     server.deploy(package.root)
     try:
         yield server

@@ -40,13 +40,9 @@ def optiserve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="module")
-def tiny_package(tiny_source, tmp_path_factory: pytest.TempPathFactory) -> ModelPackage:
+def tiny_package(tiny_optimized: ModelPackage) -> ModelPackage:
     """A 2-layer, 32-wide BERT package: outputs of another width than MiniLM's 384."""
-    from optimizers.chain import optimize
-    from tests.conftest import TEST_RECIPE
-
-    result = optimize(tiny_source.path, tmp_path_factory.mktemp("ops") / "tiny", profile_items=32, recipe=TEST_RECIPE)
-    return result.package
+    return tiny_optimized
 
 
 @pytest.fixture
