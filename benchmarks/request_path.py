@@ -105,7 +105,6 @@ def tiny_package(out: Path) -> Path:
 
     from modelpkg.manifest import FidelityBudget
     from optimizers.chain import optimize
-    from optimizers.recipe import load_recipe
     from optimizers.source import bundled_model_dir
 
     source = out / "tiny-source"
@@ -123,7 +122,7 @@ def tiny_package(out: Path) -> Path:
     (source / "1_Pooling/config.json").write_text(json.dumps(pooling))
     recipe = out / "tiny-recipe.yaml"
     recipe.write_text("name: tiny\ncandidates:\n  - name: onnx-fp32\n    steps:\n      - pass: export_onnx\n")
-    optimize(source, package_dir, FidelityBudget(min_cosine_mean=0.99), recipe=load_recipe(str(recipe)))
+    optimize(source, package_dir, FidelityBudget(min_cosine_mean=0.99), recipe=recipe)
     return package_dir
 
 

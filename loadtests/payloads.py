@@ -21,13 +21,6 @@ from loadtests import settings
 from modelpkg.errors import OptiserveError
 
 _USER_NUMBERS = itertools.count()
-INPUTS_ENV = settings.INPUTS.name
-MODEL_ENV = settings.MODEL.name
-RATE_ENV = settings.RATE.name
-RATE_PER_USER_ENV = settings.RATE_PER_USER.name
-PAYLOAD_ENV = settings.PAYLOAD.name
-HEADERS_ENV = settings.HEADERS.name
-API_KEY_ENV = settings.API_KEY.name
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 

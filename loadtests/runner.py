@@ -22,17 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from loadtests.payloads import (
-    API_KEY_ENV,
-    HEADERS_ENV,
-    INPUTS_ENV,
-    MODEL_ENV,
-    PAYLOAD_ENV,
-    RATE_ENV,
-    RATE_PER_USER_ENV,
-    read_payload,
-    request_headers,
-)
+from loadtests import settings
+from loadtests.payloads import read_payload, request_headers
 from loadtests.scrape import histogram_delta, requests_by_code, scrape
 from loadtests.stats import percentile
 
@@ -71,6 +62,8 @@ class LoadTestConfig:
     api: Api = "embeddings"
     shape: Shape | None = None
     rate: float | None = None  # target requests/s over all users (default: closed loop)
+    rate_per_user: float | None = None  # target requests/s per user (wins over rate)
+    seed: int = 0  # base seed of the payload draw
     workers: int = 0  # 0: one Locust process; N: a master and N workers
     env: dict[str, str] = field(default_factory=dict)  # shape settings (OPTISERVE_STAGES, …)
     slo_p99_ms: float | None = None
@@ -256,18 +249,20 @@ def _server_stats(before: dict, after: dict, route: str) -> dict[str, Any]:
 
 
 def _env(cfg: LoadTestConfig) -> dict[str, str]:
-    """Locust's environment: each Locust option's variable (loadtests/options.py), for master and workers alike
+    """Locust's environment: each request flag's variable (loadtests/flags.py), for master and workers alike
     (the API key travels here, not on the command line, where ``ps`` would show it)."""
-    env = {**os.environ, INPUTS_ENV: str(cfg.max_inputs), **cfg.env}
-    env[HEADERS_ENV] = "\n".join(cfg.headers)
-    env[API_KEY_ENV] = cfg.api_key or ""
-    env[PAYLOAD_ENV] = str(cfg.payload.resolve()) if cfg.payload else ""
+    env = {**os.environ, settings.INPUTS.name: str(cfg.max_inputs), settings.SEED.name: str(cfg.seed), **cfg.env}
+    env[settings.HEADERS.name] = "\n".join(cfg.headers)
+    env[settings.API_KEY.name] = cfg.api_key or ""
+    env[settings.PAYLOAD.name] = str(cfg.payload.resolve()) if cfg.payload else ""
     if cfg.model:
-        env[MODEL_ENV] = cfg.model
+        env[settings.MODEL.name] = cfg.model
     if cfg.rate:
-        env[RATE_ENV] = str(cfg.rate)
+        env[settings.RATE.name] = str(cfg.rate)
         if not cfg.shape:  # fixed users: pace each at its share, whichever Locust process runs it
-            env[RATE_PER_USER_ENV] = str(cfg.rate / cfg.users)
+            env[settings.RATE_PER_USER.name] = str(cfg.rate / cfg.users)
+    if cfg.rate_per_user:
+        env[settings.RATE_PER_USER.name] = str(cfg.rate_per_user)
     return env
 
 

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 from modelpkg.settings import declare, flag, integer, number, text
 
-INPUTS = declare("OPTISERVE_INPUTS", integer(1), 1, "each request carries 1..N held-out inputs", "loadtest")
+INPUTS = declare("OPTISERVE_INPUTS", integer(1), 1, "each request carries 1..N inputs", "loadtest")
 MODEL = declare("OPTISERVE_MODEL", text, "", "model name sent with each request (unset: none)", "loadtest")
 SEED = declare("OPTISERVE_SEED", integer(), 0, "base seed of the payload draw", "loadtest")
 PAYLOAD = declare(
     "OPTISERVE_PAYLOAD",
     text,
     "",
-    "inputs file (.txt one per line, .jsonl text field; unset: held-out corpus)",
+    "inputs file: .txt one per line, or .jsonl with a text field (unset: the held-out corpus)",
     "loadtest",
 )
 HEADERS = declare(
     "OPTISERVE_HEADERS", text, "", "extra request headers, 'Name: value' one per line (unset: none)", "loadtest"
 )
 API_KEY = declare(
-    "OPTISERVE_API_KEY", text, "", "sent as 'Authorization: Bearer KEY' with each request (unset: none)", "loadtest"
+    "OPTISERVE_API_KEY",
+    text,
+    "",
+    "sent as 'Authorization: Bearer KEY' (a token-protected server; unset: none)",
+    "loadtest",
 )
 RATE = declare(
     "OPTISERVE_RATE", number(at_least=0), 0.0, "target requests/s over all users (0: closed loop)", "loadtest"

@@ -28,7 +28,7 @@ from optimizers.evaluate import OutputsEvaluator, evaluate, quick_measure, token
 from optimizers.packaging import write_candidate_package
 from optimizers.passes.base import PassContext
 from optimizers.profile import replica_layout, serving_defaults
-from optimizers.recipe import PlannedCandidate, Recipe, load_recipe, plan
+from optimizers.recipe import Plan, PlannedCandidate, Recipe, load_plan
 from optimizers.report import write_report
 from optimizers.runner import StepRunner, build_candidate, source_artifact, tuned_groups
 from optimizers.selection import (
@@ -50,13 +50,6 @@ class ChainResult:
     candidates: list[Candidate]
     selected: Candidate
     report: dict[str, Any]
-
-
-def _load_recipe(recipe: str | Path | Recipe, profile_items: int | None) -> Recipe:
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    if profile_items is not None:
-        recipe = recipe.model_copy(update={"profile": recipe.profile.model_copy(update={"items": profile_items})})
-    return recipe
 
 
 def _load_data(source: SourceModel, recipe: Recipe, data_file: Path | None) -> Splits:
@@ -88,7 +81,7 @@ def _source_candidate(source: SourceModel) -> Candidate:
 
 
 def _build_candidates(
-    planned: list[PlannedCandidate],
+    planned: tuple[PlannedCandidate, ...],
     source: SourceModel,
     runner: StepRunner,
     hardware: HardwareProfile,
@@ -140,14 +133,15 @@ def optimize(
     baseline_out: Path | None = None,
     profile_items: int | None = None,
     threads: int | None = None,
-    recipe: str | Path | Recipe = "cpu",
+    recipe: Plan | str | Path | Recipe = "cpu",
     cache_dir: Path | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
     data_file: Path | None = None,
     matryoshka_dims: tuple[int, ...] | None = None,
 ) -> ChainResult:
     """Optimize ``source_dir`` (a Hugging Face directory, an ONNX file or a module directory) with ``recipe``
-    into the package at ``out_dir``; optionally also write the unoptimized source as a package at
+    into the package at ``out_dir`` (``recipe``: a :class:`Plan`, or what :func:`optimizers.recipe.load_plan`
+    takes, validated and planned before the model loads); optionally also write the unoptimized source as a package at
     ``baseline_out``. ``budget`` overrides the recipe's. ``device="cuda"`` checks and profiles candidates on
     GPU 0, as a GPU replica runs them. ``data_file``: the user's texts (``optimizers.datasets.user_text``) for
     calibration, validation, distillation and the held-out fidelity, instead of the built-in corpus.
@@ -156,13 +150,16 @@ def optimize(
     :class:`BudgetNotMetError` (after writing the report beside ``out_dir``) if no candidate qualifies."""
     from optimizers.plots import write_plots
 
-    recipe = _load_recipe(recipe, profile_items)
+    chosen = recipe if isinstance(recipe, Plan) else load_plan(recipe)
+    if profile_items is not None:
+        chosen = chosen.with_profile_items(profile_items)
+    recipe, planned = chosen.recipe, chosen.candidates
     budget = budget or recipe.budget
     _stage(1, f"load {source_dir} and the data")
     source = SourceModel.load(source_dir)
     if matryoshka_dims:
         source = source.with_matryoshka_dims(matryoshka_dims)
-    planned = plan(recipe, start=source.format, origin=f"recipe {recipe.name}")
+    chosen.check_source(source.format)
     threads = threads or default_threads()
     data = _load_data(source, recipe, data_file)
     evaluator = OutputsEvaluator(source, threads, data.validation, data.heldout_labels, device)

@@ -19,7 +19,7 @@ and the fidelity reference). Steps that two candidates share are computed once (
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -140,9 +140,39 @@ def _variant_name(base: str, choice: dict[str, Any]) -> str:
     return "-".join([base, *parts]).replace("_", "-")
 
 
-def plan(recipe: Recipe, start: Format | None = "hf", origin: str = "recipe") -> list[PlannedCandidate]:
+@dataclass(frozen=True)
+class Plan:
+    """A validated recipe and the candidates it expands to: what :func:`optimizers.chain.optimize` runs."""
+
+    recipe: Recipe
+    candidates: tuple[PlannedCandidate, ...]
+    origin: str = "recipe"
+
+    def check_source(self, start: Format) -> None:
+        """Raise :class:`RecipeError` unless each candidate's first pass takes the source's format ``start`` and
+        every pass after it takes what the pass before yields."""
+        for planned in self.candidates:
+            fmt = start
+            for s_index, step in enumerate(planned.steps):
+                spec = get_pass(step.pass_name)
+                if fmt not in spec.accepts:
+                    before = "the source model is" if s_index == 0 else "the step before it yields"
+                    raise RecipeError(
+                        f"{self.origin}: candidate {planned.name}, step {s_index} ({step.pass_name}): takes a "
+                        f"{'/'.join(spec.accepts)} model, but {before} {fmt}"
+                    )
+                fmt = spec.produces or fmt
+
+    def with_profile_items(self, items: int) -> Plan:
+        """The same plan with the profile timing ``items`` held-out inputs per batch size."""
+        profile = self.recipe.profile.model_copy(update={"items": items})
+        return replace(self, recipe=self.recipe.model_copy(update={"profile": profile}))
+
+
+def plan(recipe: Recipe, origin: str = "recipe") -> Plan:
     """Expand every candidate's search alternatives and validate each step's config against its pass, and that
-    each pass takes what the step before yields (from ``start``, the source's format; None: not known yet)."""
+    each pass takes what the step before it yields (the first step's input, the source's format, is checked
+    against the source by :meth:`Plan.check_source`)."""
     planned: list[PlannedCandidate] = []
     for c_index, candidate in enumerate(recipe.candidates):
         grids = [
@@ -152,7 +182,7 @@ def plan(recipe: Recipe, start: Format | None = "hf", origin: str = "recipe") ->
         ]
         for combination in itertools.product(*grids) if grids else [()]:
             steps: list[Step] = []
-            fmt: Format | None = start
+            fmt: Format | None = None
             choice: dict[str, Any] = {}
             for s_index, step in enumerate(candidate.steps):
                 where = f"candidates.{c_index}.steps.{s_index}"
@@ -161,10 +191,9 @@ def plan(recipe: Recipe, start: Format | None = "hf", origin: str = "recipe") ->
                 except OptiserveError as exc:
                     raise RecipeError(f"{origin}: {where}.pass = {step.pass_name!r}: {exc}") from None
                 if fmt is not None and fmt not in spec.accepts:
-                    before = "the source model is" if s_index == 0 else "the step before it yields"
                     raise RecipeError(
                         f"{origin}: {where}.pass = {step.pass_name!r}: takes a {'/'.join(spec.accepts)} model, but "
-                        f"{before} {fmt}"
+                        f"the step before it yields {fmt}"
                     )
                 values = {**step.config, **{k: v for i, k, v in combination if i == s_index}}
                 choice.update({k: v for i, k, v in combination if i == s_index})
@@ -189,11 +218,14 @@ def plan(recipe: Recipe, start: Format | None = "hf", origin: str = "recipe") ->
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates or "source" in names:
         raise RecipeError(f"{origin}: candidate names must be unique and not 'source': {duplicates or ['source']}")
-    return planned
+    return Plan(recipe, tuple(planned), origin)
 
 
-def load_recipe(source: str | Path) -> Recipe:
-    """A recipe from a YAML file, or a built-in recipe by name (``cpu``, ``cpu-full``, ``cpu-distill``, ``gpu``)."""
+def load_plan(source: str | Path | Recipe) -> Plan:
+    """The plan of a recipe from a YAML file, a built-in recipe by name (``cpu``, ``cpu-full``, ``cpu-distill``,
+    ``gpu``) or a :class:`Recipe` built in code; validated and planned before any pass runs."""
+    if isinstance(source, Recipe):
+        return plan(source, origin=f"recipe {source.name}")
     path = Path(source)
     if not path.is_file():
         builtin = files("optimizers").joinpath(f"recipes/{source}.yaml")
@@ -211,5 +243,4 @@ def load_recipe(source: str | Path) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         raise RecipeError(_format_errors(origin, exc)) from None
-    plan(recipe, start=None, origin=origin)  # fail now, before any pass runs (the source's format comes later)
-    return recipe
+    return plan(recipe, origin=origin)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def build_candidate(
     return Candidate(planned.name, artifact, records)
 
 
-def tuned_groups(planned: list[PlannedCandidate]) -> list[list[PlannedCandidate]]:
+def tuned_groups(planned: Sequence[PlannedCandidate]) -> list[list[PlannedCandidate]]:
     """The planned combinations of each recipe candidate that is searched with Optuna, grouped."""
     groups: dict[str, list[PlannedCandidate]] = {}
     for p in planned:

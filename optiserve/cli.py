@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadtests import settings as loadtest_settings
+from loadtests.flags import add_request_flags
 from modelpkg import settings
 from modelpkg.errors import OptiserveError
 from modelpkg.version import __version__
@@ -57,7 +58,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or not action.option_strings or default in (None, argparse.SUPPRESS) or default is False:
+        unset = default in (None, argparse.SUPPRESS, "", []) or default is False
+        if "default" in text or not action.option_strings or unset:
             return text
         head, env, tail = text.partition(" [env: ")
         return f"{head} (default: %(default)s){env}{tail}"
@@ -93,18 +95,18 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
     from modelpkg.manifest import FidelityBudget
     from optimizers.chain import optimize
-    from optimizers.recipe import load_recipe
+    from optimizers.recipe import load_plan
     from optimizers.selection import BudgetNotMetError
     from optimizers.source import bundled_model_dir
 
-    recipe = load_recipe(args.recipe)
+    plan = load_plan(args.recipe)
     limits = {
         "min_cosine_mean": args.min_cosine_mean,
         "min_cosine_min": args.min_cosine_min,
         "min_top1_agreement": args.min_top1_agreement,
         "min_kendall_tau": args.min_kendall_tau,
     }
-    budget = recipe.budget.model_copy(update={k: v for k, v in limits.items() if v is not None})
+    budget = plan.recipe.budget.model_copy(update={k: v for k, v in limits.items() if v is not None})
     try:
         budget = FidelityBudget.model_validate(budget.model_dump())
     except ValidationError as exc:
@@ -118,7 +120,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
             budget,
             baseline_out=args.baseline_out,
             threads=args.threads,
-            recipe=recipe,
+            recipe=plan,
             cache_dir=args.cache_dir,
             device=args.device,
             data_file=args.data,
@@ -341,10 +343,12 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         users=args.users,
         duration_s=args.duration,
         max_inputs=args.inputs,
-        model=args.model,
+        model=args.model or None,
         api=args.api,
         shape=args.shape,
-        rate=args.rate,
+        rate=args.rate or None,
+        rate_per_user=args.rate_per_user or None,
+        seed=args.seed,
         workers=args.workers,
         env=_shape_env(args),
         slo_p99_ms=args.slo_p99_ms,
@@ -353,7 +357,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         label=args.label,
         headers=tuple(args.header),
         api_key=args.api_key or None,
-        payload=args.payload,
+        payload=Path(args.payload) if args.payload else None,
         server_metrics=not args.no_server_metrics,
     )
     if args.sweep:
@@ -545,23 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api", choices=["embeddings", "kserve", "classify", "rerank"], default="embeddings")
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--duration", type=int, default=20, help="seconds (with --shape: upper bound)")
-    p.add_argument(
-        "--inputs",
-        type=int,
-        default=loadtest_settings.INPUTS.get(),
-        help=loadtest_settings.INPUTS.help("each request carries 1..N sentences (default: 1)"),
-    )
-    p.add_argument(
-        "--model",
-        default=loadtest_settings.MODEL.get() or None,
-        help=loadtest_settings.MODEL.help("model name to send (default: none, the server's own)"),
-    )
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=loadtest_settings.RATE.get() or None,
-        help=loadtest_settings.RATE.help("target requests/s over all users (default: closed loop)"),
-    )
+    add_request_flags(p)
     p.add_argument("--shape", choices=["step", "ramp", "spike"], help="a Locust load shape (loadtests/shapes.py)")
     p.add_argument("--stages", help=loadtest_settings.STAGES.help("step shape: users:seconds,… (e.g. 1:10,2:10,4:10)"))
     p.add_argument("--ramp", help=loadtest_settings.RAMP.help("ramp shape: from:to:seconds (e.g. 1:16:60)"))
@@ -579,28 +567,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-error-rate",
         type=float,
         help="exit 3 (unmet) if the failed share is above this (without it, any failure exits 1)",
-    )
-    p.add_argument(
-        "--header",
-        action="append",
-        default=[line for line in loadtest_settings.HEADERS.get().splitlines() if line.strip()],
-        metavar="'NAME: VALUE'",
-        help=loadtest_settings.HEADERS.help("extra request header, repeatable (e.g. 'X-Tenant: a')"),
-    )
-    p.add_argument(
-        "--api-key",
-        default=loadtest_settings.API_KEY.get() or None,
-        metavar="KEY",
-        help=loadtest_settings.API_KEY.help("sent as 'Authorization: Bearer KEY' (a token-protected server)"),
-    )
-    p.add_argument(
-        "--payload",
-        type=Path,
-        default=Path(loadtest_settings.PAYLOAD.get()) if loadtest_settings.PAYLOAD.get() else None,
-        metavar="FILE",
-        help=loadtest_settings.PAYLOAD.help(
-            "your inputs: .txt one per line, or .jsonl with a text field (default: corpus)"
-        ),
     )
     p.add_argument(
         "--no-server-metrics",

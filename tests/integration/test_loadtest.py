@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from starlette.responses import JSONResponse
 
+from loadtests.flags import REQUEST_FLAGS
 from loadtests.runner import LoadTestConfig, final_stats, run_loadtest
 from loadtests.scrape import HistogramDelta, histogram_delta
 from optiserve import exit_codes
@@ -314,5 +315,5 @@ def test_locust_options_are_in_the_web_ui_and_the_key_is_masked() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     options = json.loads(run.stdout)
-    assert {"inputs", "model", "payload", "header", "api_key", "rate"} <= set(options)
+    assert {flag.dest for flag in REQUEST_FLAGS} <= set(options)
     assert options["api_key"]["is_secret"] and "[env: OPTISERVE_API_KEY]" in options["api_key"]["help_text"]

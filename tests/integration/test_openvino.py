@@ -19,7 +19,7 @@ from optimizers.chain import optimize
 from optimizers.evaluate import OutputsEvaluator
 from optimizers.packaging import relied_on_features, write_candidate_package
 from optimizers.passes.base import Artifact, PassFailedError, PassUnavailableError
-from optimizers.recipe import Recipe, RecipeError, load_recipe
+from optimizers.recipe import Recipe, RecipeError, load_plan
 from tests.integration.test_server import _cosines
 from tests.unit.optimizers.test_passes import TEXTS, _context, _run, tiny_onnx  # noqa: F401  (tiny_onnx is a fixture)
 
@@ -133,7 +133,7 @@ def test_recipes_name_known_hardware_features_and_candidates_skip_without_them(t
     bad = tmp_path / "bad.yaml"
     bad.write_text("candidates:\n  - name: x\n    requires: [warp]\n    steps: [{pass: export_onnx}]\n")
     with pytest.raises(RecipeError, match=r"candidates\.0\.requires = \['warp'\]: .*unknown hardware features"):
-        load_recipe(bad)
+        load_plan(bad)
     recipe = Recipe.model_validate(
         {
             "profile": {"items": 32, "max_batch": 4},

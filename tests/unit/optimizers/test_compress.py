@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from optimizers.passes.base import Artifact
 from optimizers.passes.distill import augmented
-from optimizers.recipe import RecipeError, load_recipe
+from optimizers.recipe import RecipeError, load_plan
 from tests.conftest import TINY_CONFIG
 from tests.unit.optimizers.test_passes import _context, _run
 
@@ -69,7 +69,7 @@ def test_a_distill_step_with_two_ways_to_make_the_student_is_refused_at_load(tmp
         "        config: {layers: 1, student_from_input: true}\n"
     )
     with pytest.raises(RecipeError, match=r"candidates\.0\.steps\.0 \(distill\)\.config.*layers and student_from"):
-        load_recipe(recipe)
+        load_plan(recipe)
 
 
 def test_low_rank_factorizes_then_exports_and_picks_the_smallest_rank_within_budget(tiny_source, tmp_path) -> None:
@@ -160,4 +160,4 @@ def test_hidden_state_loss_without_a_layer_map_is_refused_at_load(tmp_path) -> N
         "        config: {student: some/dir, hidden_weight: 1.0}\n"
     )
     with pytest.raises(RecipeError, match="hidden_weight needs a layer-dropped student"):
-        load_recipe(recipe)
+        load_plan(recipe)

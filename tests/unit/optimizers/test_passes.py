@@ -23,7 +23,7 @@ from optimizers.passes.base import REGISTRY, Artifact, PassConfig, PassContext, 
 from optimizers.passes.distill import kept_layers
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.profile import serving_defaults
-from optimizers.recipe import Recipe, RecipeError, load_recipe, plan
+from optimizers.recipe import Recipe, RecipeError, load_plan, plan
 from optimizers.selection import BudgetNotMetError, mark_pareto
 from optimizers.source import SourceModel
 
@@ -237,12 +237,20 @@ def test_recipe_errors_name_the_key_and_value(text, message, tmp_path) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     with pytest.raises(RecipeError) as error:
-        load_recipe(path)
+        load_plan(path)
     assert message in str(error.value) and str(path) in str(error.value)
 
 
+def test_optimize_refuses_a_bad_recipe_before_it_loads_the_model(tmp_path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("candidates: [{name: a, steps: [{pass: quantize_dynamic, config: {per_channel: maybe}}]}]")
+    with pytest.raises(RecipeError, match="per_channel"):
+        optimize(tmp_path / "no-such-model", tmp_path / "pkg", recipe=recipe)
+    assert not (tmp_path / "pkg").exists()
+
+
 def test_builtin_recipes_load_and_expand_search() -> None:
-    cpu = {c.name: c.requires for c in plan(load_recipe("cpu"))}
+    cpu = {c.name: c.requires for c in load_plan("cpu").candidates}
     assert cpu == {
         "onnx-fp32": (),
         "int8-dynamic": (),
@@ -252,7 +260,7 @@ def test_builtin_recipes_load_and_expand_search() -> None:
         "openvino-int8-bf16": ("vnni", "bf16"),
         "torch-bf16": ("bf16",),
     }
-    names = [c.name for c in plan(load_recipe("cpu-full"))]
+    names = [c.name for c in load_plan("cpu-full").candidates]
     assert names == [
         "onnx-fp32",
         "onnx-fused",
@@ -265,8 +273,9 @@ def test_builtin_recipes_load_and_expand_search() -> None:
         "openvino-int8-bf16",
         "torch-bf16",
     ]
-    assert [c.name for c in plan(load_recipe("cpu-distill"))][-2:] == ["student-int8-layers3", "student-int8-layers4"]
-    assert [c.name for c in plan(load_recipe("gpu"))] == [
+    distill = [c.name for c in load_plan("cpu-distill").candidates]
+    assert distill[-2:] == ["student-int8-layers3", "student-int8-layers4"]
+    assert [c.name for c in load_plan("gpu").candidates] == [
         "torch-float16",
         "torch-bfloat16",
         "torch-fp16-graphs",
@@ -275,7 +284,7 @@ def test_builtin_recipes_load_and_expand_search() -> None:
         "tensorrt-fp16",
     ]
     with pytest.raises(RecipeError, match="not a built-in recipe"):
-        load_recipe("no-such-recipe")
+        load_plan("no-such-recipe")
 
 
 def test_pareto_front_and_serving_config_from_the_profile() -> None:
@@ -385,7 +394,8 @@ def test_a_users_onnx_file_is_optimized_without_export(tiny_source, tiny_onnx, t
         }
     )
     with pytest.raises(RecipeError, match="takes a hf/module model, but the source model is onnx"):
-        plan(Recipe.model_validate({"candidates": [{"name": "x", "steps": [{"pass": "export_onnx"}]}]}), start="onnx")
+        export = Recipe.model_validate({"candidates": [{"name": "x", "steps": [{"pass": "export_onnx"}]}]})
+        plan(export).check_source("onnx")
     result = optimize(
         user / "encoder.onnx",
         tmp_path / "pkg",

@@ -7,7 +7,7 @@ import pytest
 
 from modelpkg.manifest import Fidelity, FidelityBudget
 from optimizers.chain import optimize
-from optimizers.recipe import Recipe, RecipeError, load_recipe, plan
+from optimizers.recipe import Recipe, RecipeError, load_plan, plan
 from optimizers.tuning import budget_violation
 
 pytest.importorskip("optuna", reason="optuna is not installed")
@@ -39,7 +39,7 @@ def _recipe(sampler: str, trials: int, budget: dict | None = None) -> Recipe:
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
 def test_a_tuned_candidate_builds_at_most_its_trials_and_reports_them(tiny_model_dir, tmp_path, sampler) -> None:
     recipe = _recipe(sampler, trials=3)
-    assert len(plan(recipe)) == 4  # every combination is planned and validated, few are built
+    assert len(plan(recipe).candidates) == 4  # every combination is planned and validated, few are built
     result = optimize(tiny_model_dir, tmp_path / "pkg", recipe=recipe, cache_dir=tmp_path / "cache")
     (study,) = result.report["tuning"]
     assert study["candidate"] == "int8" and study["sampler"] == sampler and len(study["trials"]) == 3
@@ -71,4 +71,4 @@ def test_a_bad_tune_block_is_a_recipe_error(tmp_path) -> None:
     bad = tmp_path / "r.yaml"
     bad.write_text("candidates:\n  - name: x\n    tune: {sampler: grid}\n    steps: [{pass: export_onnx}]\n")
     with pytest.raises(RecipeError, match=r"candidates\.0\.tune\.sampler = 'grid'"):
-        load_recipe(bad)
+        load_plan(bad)
