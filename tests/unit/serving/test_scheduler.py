@@ -179,3 +179,34 @@ def test_work_ahead_of_a_new_request_counts_a_big_request_only_item_for_item() -
         assert (batcher.units_ahead(1), batcher.pending_units) == (0, 0)
 
     asyncio.run(scenario())
+
+
+def test_a_replica_that_starts_during_a_stall_calibrates_from_its_fastest_calls(tiny_optimized, monkeypatch) -> None:
+    """A machine stall (here: one probe call held 1 s) while a replica calibrates must not become its speed, or it
+    would refuse ordinary requests as too much work (seen beside a canary's teardown: 413 for 16 sentences)."""
+    import time
+
+    from serving import replica
+
+    def runner(stall: bool) -> replica.ModelRunner:
+        load = replica.load_pipeline
+
+        def stalling_pipeline(*args, **kwargs):
+            pipeline = load(*args, **kwargs)
+            run, stalled = pipeline.run, [not stall]
+
+            def run_once_stalled(items, *a, **kw):
+                if len(items) == replica.CALIBRATION_ITEMS and not stalled[0]:
+                    stalled[0] = True
+                    time.sleep(1.0)
+                return run(items, *a, **kw)
+
+            pipeline.run = run_once_stalled
+            return pipeline
+
+        monkeypatch.setattr(replica, "load_pipeline", stalling_pipeline)
+        return replica.ModelRunner(str(tiny_optimized.root), threads=1)
+
+    steady, stalled = runner(stall=False).work, runner(stall=True).work
+    assert stalled.seconds_per_unit < 10 * steady.seconds_per_unit, (stalled.seconds_per_unit, steady.seconds_per_unit)
+    assert stalled.seconds(100) < 0.5  # the stalled second is in no estimate
