@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +18,10 @@ import pytest
 os.environ.setdefault("OPTISERVE_CACHE", tempfile.mkdtemp(prefix="optiserve-test-cache-"))
 
 from optimizers.source import SourceModel, bundled_model_dir
+from tests.support.paths import RECIPES
+
+if TYPE_CHECKING:
+    from optimizers.chain import ChainResult
 
 TINY_CONFIG = {
     "architectures": ["BertModel"],
@@ -30,7 +35,7 @@ TINY_CONFIG = {
     "type_vocab_size": 2,
     "pad_token_id": 0,
 }
-TEST_RECIPE = Path(__file__).resolve().parent / "recipes" / "minilm-ci.yaml"
+TEST_RECIPE = RECIPES / "minilm-ci.yaml"
 FIGURES_FILE = Path(__file__).resolve().parent.parent / "runs" / "reliability" / "figures.json"
 SENTENCE_TRANSFORMERS_FILES = ("tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
@@ -115,6 +120,23 @@ def tiny_optimized(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     from optimizers.chain import optimize
 
     return optimize(tiny_model_dir, tmp_path_factory.mktemp("tiny-optimized") / "package", recipe=TEST_RECIPE).package
+
+
+@pytest.fixture(scope="session")
+def family_chains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ChainResult]]:
+    """Each encoder family (tests/support/families.py: CHAIN_POOLING, its prompts, Matryoshka widths on
+    xlm-roberta) and its chain run (tests/recipes/families-ci.yaml), built once: the unit tier checks the chains,
+    the integration tier serves their packages."""
+    from optimizers.chain import optimize
+    from tests.support.families import CHAIN_POOLING, MATRYOSHKA, PROMPTS, build_family
+
+    root = tmp_path_factory.mktemp("family-chains")
+    chains = {}
+    for family, pooling in CHAIN_POOLING.items():
+        widths = MATRYOSHKA if family == "xlm-roberta" else ()
+        source = build_family(family, root / f"{family}-source", pooling, prompts=PROMPTS, matryoshka_dims=widths)
+        chains[family] = (source, optimize(source, root / family, recipe=RECIPES / "families-ci.yaml"))
+    return chains
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,11 @@ output, the serve banner and docs page, and `optiserve serve` answering then sto
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from modelpkg.package import ModelPackage
@@ -27,7 +21,6 @@ from optiserve.cli import DESCRIPTION, build_parser, main
 from serving.ports import free_port
 from tests.support.paths import RECIPES, ROOT
 
-SHUTDOWN_TIMEOUT_S = 120
 # What the libraries print when nobody silences them (transformers, the torch exporter, ONNX Runtime, tqdm).
 THIRD_PARTY_NOISE = ("LOAD REPORT", "TracerWarning", "UserWarning", "pre-processing", "Loading weights", "it/s]")
 
@@ -200,69 +193,6 @@ def test_the_docs_page_follows_its_setting(monkeypatch: pytest.MonkeyPatch, valu
     assert client.get("/docs").status_code == status
     schema = client.get("/openapi.json")
     assert schema.status_code == 200 and "/v1/embeddings" in schema.json()["paths"]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def torch_package(tiny_source: SourceModel, out: Path) -> ModelPackage:
-    return write_candidate_package(
-        tiny_source, Candidate("torch-fp32", Artifact(tiny_source.path, "hf"), chain=[]), out / "pkg"
-    )
-
-
-@contextlib.contextmanager
-def serve_in_subprocess(package: ModelPackage) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``optiserve serve`` in a subprocess (its own Ray) on a free port, once it answers ready; stopped after."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "optiserve.cli", "serve", str(package.root), "--port", str(port), "--num-cpus", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        if proc.poll() is not None:
-            pytest.fail(
-                f"optiserve serve exited with {proc.returncode} before it answered:\n{proc.communicate()[0][-3000:]}"
-            )
-        yield proc, port
-    finally:
-        if proc.poll() is None:  # a clean stop, so no Ray of its own outlives it and loads the tests that follow
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=SHUTDOWN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-
-
-def vector_width(url: str) -> int:
-    response = httpx.post(f"{url}/v1/embeddings", json={"input": ["a", "b c"]}, timeout=30)
-    assert response.status_code == 200
-    return len(response.json()["data"][1]["embedding"])
-
-
-@pytest.mark.serve
-def test_serve_answers_then_shuts_down_on_sigterm(tiny_source: SourceModel, tmp_path: Path) -> None:
-    with serve_in_subprocess(torch_package(tiny_source, tmp_path)) as (proc, port):
-        assert vector_width(f"http://127.0.0.1:{port}") == 32
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=SHUTDOWN_TIMEOUT_S)
-    assert proc.returncode == 0, output[-3000:]
-    assert "received SIGTERM; shutting down" in output
-    assert not _port_open(port)
 
 
 def _optimize_with_data(model_dir: Path, data: Path, out: Path) -> int:

@@ -14,30 +14,15 @@ import pytest
 from corpus import load_split
 from modelpkg.package import ModelPackage
 from modelpkg.pipeline import TextPipeline, apply_prompt
-from optimizers.chain import optimize
-from tests.support.families import build_family
-from tests.support.paths import RECIPES
+from tests.support.families import CHAIN_POOLING, MATRYOSHKA, PROMPTS
 
 pytestmark = pytest.mark.serve
-RECIPE = RECIPES / "families-ci.yaml"
 TEXTS = load_split("heldout")[:24]
-PROMPTS = {"query": "query: ", "passage": "passage: "}
-# family -> pooling: every family served, each pooling mode by at least one
-SERVED = {"bert": "mean", "roberta": "max", "distilbert": "mean", "xlm-roberta": "cls", "mpnet": "lasttoken"}
-MATRYOSHKA = (32, 16, 8)  # the xlm-roberta model's card says it was trained at these widths
 
 
 @pytest.fixture(scope="module")
-def family_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelPackage]:
-    root = tmp_path_factory.mktemp("served-families")
-    packages = {}
-    for family, pooling in SERVED.items():
-        widths = MATRYOSHKA if family == "xlm-roberta" else ()
-        source = build_family(
-            family, root / f"{family}-source", pooling=pooling, prompts=PROMPTS, matryoshka_dims=widths
-        )
-        packages[family] = optimize(source, root / family, profile_items=16, recipe=RECIPE).package
-    return packages
+def family_packages(family_chains) -> dict[str, ModelPackage]:
+    return {family: result.package for family, (_, result) in family_chains.items()}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +44,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("family", list(SERVED))
+@pytest.mark.parametrize("family", list(CHAIN_POOLING))
 def test_a_family_package_serves_its_pipeline_s_vectors_with_and_without_a_prompt(
     families, family_packages, family: str
 ) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.waiting import wait_serving
 from loadtests.runner import LoadTestConfig, run_loadtest
 from modelpkg.package import ModelPackage, load_package, read_manifest, write_package
 from optiserve import exit_codes
@@ -222,9 +224,26 @@ def test_canary_that_disagrees_is_rolled_back_and_one_within_limits_is_promoted(
     )
 
 
-def test_sigterm_reports_not_ready_answers_what_is_in_flight_and_exits_0(minilm_packages, figures) -> None:
-    """A server of its own (the unoptimized baseline package, one single-thread replica, so requests stay in flight
-    for a while), found by `--address auto`; stopped with SIGTERM while three requests are being computed."""
+def _package_answering(url: str) -> str | None:
+    """The package named by the answer to one request on a fresh connection."""
+    response = httpx.post(f"{url}/v1/embeddings", json={"input": "a b"}, headers={"Connection": "close"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers.get("optiserve-package")
+
+
+def test_a_second_server_answers_with_its_own_package_and_sigterm_drains_it_and_exits_0(
+    server, minilm_packages, figures
+) -> None:
+    """A server of its own (`optiserve serve`, its own Ray: the unoptimized baseline package, one single-thread
+    replica, so requests stay in flight for a while), found by `--address auto`.
+
+    Beside the session server, it answers with its own package and the session server with its own: replicas bind
+    their ports with SO_REUSEPORT, and two servers on one port range once answered with each other's models. The
+    session server is asked once (requests of a few tokens while the other starts on the same 2 cores would make
+    its replica measure itself slow and refuse a following burst).
+
+    Then it is stopped with SIGTERM while three requests are being computed: they are answered, readiness turns
+    503 before the port closes, and it exits 0 saying why."""
     baseline = load_package(minilm_packages.package.root.parent / "baseline")
     port = free_port()
     env = {**os.environ, "OPTISERVE_DRAIN_GRACE_S": "1"}
@@ -235,6 +254,7 @@ def test_sigterm_reports_not_ready_answers_what_is_in_flight_and_exits_0(minilm_
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     answers: list[int] = []
+    refusals: list[str] = []
     readiness: list[int] = []
     try:
         deadline = time.monotonic() + 240
@@ -244,13 +264,20 @@ def test_sigterm_reports_not_ready_answers_what_is_in_flight_and_exits_0(minilm_
             time.sleep(2)
             status = optiserve("status", "--address", "auto")
         assert package_id(baseline.manifest) in status.stdout, status.stdout + status.stderr
+        wait_serving(url, deadline - time.monotonic())
+        own = [_package_answering(url) for _ in range(8)]
+        assert own == [package_id(baseline.manifest)] * 8
+        assert _package_answering(server.url) == package_id(minilm_packages.package.manifest)
         long_text = " ".join(TEXTS[:6])
 
         def slow_request(offset: int) -> None:
             # distinct texts, so each is computed; 16 keep the work queued ahead under the admission limit (24 were
             # refused once, 503, on a 2-core machine busy with other work)
             body = {"input": [f"{offset + i} {long_text}" for i in range(16)]}
-            answers.append(httpx.post(f"{url}/v1/embeddings", json=body, timeout=120).status_code)
+            response = httpx.post(f"{url}/v1/embeddings", json=body, timeout=120)
+            answers.append(response.status_code)
+            if response.status_code != 200:
+                refusals.append(response.text)
 
         def watch_readiness() -> None:
             while not readiness or readiness[-1] == 200:
@@ -270,13 +297,16 @@ def test_sigterm_reports_not_ready_answers_what_is_in_flight_and_exits_0(minilm_
         terminated = time.monotonic()
         for thread in [*clients, watcher]:
             thread.join(timeout=120)
-        code = serve.wait(timeout=120)
-        stopped_s = time.monotonic() - terminated
+        output, _ = serve.communicate(timeout=120)
+        code, stopped_s = serve.returncode, time.monotonic() - terminated
     finally:
         if serve.poll() is None:
             serve.kill()
     print(f"\nSIGTERM: answers {answers}, readiness {readiness[-1]}, exit {code} after {stopped_s:.1f} s")
     figures["sigterm_drain"] = {"answers": answers, "not_ready_answer": readiness[-1], "stopped_s": stopped_s}
-    assert answers == [200] * 3
+    assert answers == [200] * 3, refusals
     assert readiness[-1] == 503  # not ready while still answering, before the port closes
-    assert code == 0
+    assert code == 0, output[-3000:]
+    assert "received SIGTERM; shutting down" in output
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # the port is closed

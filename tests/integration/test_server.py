@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from corpus import load_split
 from modelpkg.package import load_package
 from modelpkg.pipeline import TextPipeline
-from tests.integration.test_cli import serve_in_subprocess, torch_package, vector_width
 from tests.support.load import post_concurrently
 
 pytestmark = pytest.mark.serve
@@ -381,17 +379,3 @@ def test_a_package_can_be_served_under_another_name(server, minilm_packages) -> 
     assert named.status_code == 200 and named.json()["model"] == "my-embedder"
     assert old_name.status_code == 404
     assert metadata.status_code == 200 and metadata.json()["name"] == "my-embedder"
-
-
-@pytest.mark.serve
-def test_a_second_server_beside_a_running_one_answers_with_its_own_model(server, tiny_source, tmp_path: Path) -> None:
-    """Replicas bind their ports with SO_REUSEPORT: two servers on one port range answered with each other's
-    models (the session server's MiniLM is 384 wide, the tiny BERT 32). Fresh connections each request; the session
-    server is asked once (requests of a few tokens while the other starts on the same 2 cores would make its
-    replica measure itself slow and refuse a following burst). Last in this file, after
-    tests/integration/test_cluster.py, whose `ray start` nodes joined too slowly once a second server had run beside
-    the session one."""
-    with serve_in_subprocess(torch_package(tiny_source, tmp_path)) as (_, port):
-        widths = [vector_width(f"http://127.0.0.1:{port}") for _ in range(8)]
-        session_width = vector_width(server.url)
-    assert (widths, session_width) == ([32] * 8, 384)

@@ -83,6 +83,11 @@ FAMILIES = {
         ("input_ids", "attention_mask"),
     ),
 }
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+# The packages the chain builds once per test session (tests/conftest.py: family_chains): family -> pooling, every
+# family and every pooling mode by at least one; xlm-roberta's model card names Matryoshka widths.
+CHAIN_POOLING = {"bert": "mean", "roberta": "max", "distilbert": "mean", "xlm-roberta": "cls", "mpnet": "lasttoken"}
+MATRYOSHKA = (32, 16, 8)
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in RoBERTa, XLM-R and MPNet
 
 

@@ -24,12 +24,11 @@ from optimizers.budget import admits, judging_limits, violations
 from optimizers.fidelity import output_fidelity, recall_at_k, retrieval_queries
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.source import SourceModel, resolve_model_id
-from tests.support.families import FAMILIES, build_family
+from tests.support.families import FAMILIES, PROMPTS, build_family
 from tests.support.paths import RECIPES
 
 RECIPES = RECIPES
 TEXTS = load_split("heldout")[:48]
-PROMPTS = {"query": "query: ", "passage": "passage: "}
 # each family with the pooling it is checked with in the per-family tests (every mode is checked on its own below)
 FAMILY_POOLING = {"bert": "cls", "roberta": "mean", "xlm-roberta": "lasttoken", "distilbert": "mean", "mpnet": "mean"}
 
@@ -271,14 +270,13 @@ def test_recall_at_10_and_its_budget() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_family_through_the_chain(family: str, family_dirs: dict[str, Path], tmp_path: Path) -> None:
-    """The chain (export and dynamic int8) on each family: the packages serve the source's vectors (cosine
-    0.999 for the fp32 export), prompts are recorded, and the fidelity report has the retrieval check."""
-    from optimizers.chain import optimize
+def test_family_through_the_chain(family: str, family_chains, tmp_path: Path) -> None:
+    """The chain (export and dynamic int8) on each family (tests/conftest.py: family_chains, whose packages the
+    integration tier serves): the packages serve the source's vectors (cosine 0.999 for the fp32 export), prompts
+    are recorded, and the fidelity report has the retrieval check."""
     from optimizers.packaging import write_candidate_package
 
-    root = family_dirs[family]
-    result = optimize(root, tmp_path / "package", recipe=RECIPES / "families-ci.yaml")
+    root, result = family_chains[family]
     assert result.package.manifest.prompts == PROMPTS
     by_name = {c.name: c for c in result.candidates}
     assert {"onnx-fp32", "int8-dynamic"} <= {n for n, c in by_name.items() if c.artifact is not None}
