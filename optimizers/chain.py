@@ -57,7 +57,8 @@ def _load_data(source: SourceModel, recipe: Recipe, data_file: Path | None) -> S
         raise OptiserveError(f"--data {data_file}: this model takes tensors, not text; name a dataset in the recipe")
     default = recipe.dataset or ("corpus" if source.tokenizer else "digits")
     data = user_text(data_file) if data_file else load_dataset(default)
-    return rerank_splits(data) if source.task == "rerank" else data
+    data = rerank_splits(data) if source.task == "rerank" else data
+    return data.with_heldout_items(recipe.heldout_items) if recipe.heldout_items else data
 
 
 def _stage(number: int, text: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,11 @@ class Splits:
     heldout: list[Any]
     heldout_labels: np.ndarray | None = None  # true labels, where the data has them (labelled accuracy)
     origin: dict[str, Any] = field(default_factory=dict)  # where the data came from and how it was split
+
+    def with_heldout_items(self, items: int) -> Splits:
+        """The same splits with the first ``items`` held-out inputs only (the recipe's ``heldout_items``)."""
+        labels = self.heldout_labels[:items] if self.heldout_labels is not None else None
+        return replace(self, heldout=self.heldout[:items], heldout_labels=labels)
 
     def describe(self) -> dict[str, Any]:
         """The report's record of the data: its origin and the size of each split."""

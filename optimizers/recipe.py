@@ -96,6 +96,12 @@ class Recipe(_Strict):
         "or digits (tensors)",
     )
     budget: FidelityBudget = FidelityBudget()
+    heldout_items: int | None = Field(
+        default=None,
+        ge=20,
+        description="held-out inputs the fidelity is judged on, at most (default: the whole held-out split; the "
+        "built-in corpus holds 1,000)",
+    )
     profile: ProfileSpec = ProfileSpec()
     candidates: list[CandidateSpec] = Field(min_length=1)
 

@@ -175,6 +175,8 @@ def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     assert result.selected is max(admitted, key=lambda c: c.items_per_s)
     manifest = result.package.manifest
     assert manifest.fidelity == result.selected.fidelity and admits(budget, manifest.fidelity)
+    # judged on the recipe's heldout_items, the first of the corpus's 1,000 held-out sentences
+    assert manifest.fidelity.samples == 256 and result.report["data"]["splits"]["heldout"] == 256
     assert [p.name for p in manifest.chain][:1] == ["export_onnx"] or manifest.runtime == "torch"
     assert manifest.serving.max_call_items == max(manifest.profile, key=lambda r: r.items_per_s).call_items
     assert (result.package.root / "report.md").read_text().startswith("# Optimization report")

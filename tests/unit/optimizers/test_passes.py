@@ -229,6 +229,7 @@ BAD_RECIPES = [
     ("candidates: [{name: a, steps: [{pass: export_onnx}], extra: 1}]", "candidates.0.extra = 1"),
     ("candidates: [{name: a, steps: [{pass: export_onnx}]}, {name: a, steps: [{pass: export_onnx}]}]", "unique"),
     ("candidates: [", "not valid YAML"),
+    ("heldout_items: 5\ncandidates: [{name: a, steps: [{pass: export_onnx}]}]", "heldout_items = 5"),
 ]
 
 
