@@ -67,6 +67,11 @@ class WidthFidelity(_Strict):
     source_recall_at_10: float | None = None
 
 
+# An output that moves less than this (cosine) between running alone and running among other inputs differs by
+# rounding, not by its batch-mates: the default budget requires it, and the response cache is on by default above it.
+BATCH_INVARIANT_COSINE = 0.9999
+
+
 class Fidelity(_Strict):
     """Agreement of this model's outputs with the source model's, on held-out data: row-wise cosine of the output
     vectors (embeddings or logits), max absolute / relative error, and per task: for embeddings, how many of each
@@ -94,6 +99,11 @@ class Fidelity(_Strict):
         default=None, description="rerankers: mean Kendall tau between the source's and this ranking of each query"
     )
     widths: list[WidthFidelity] = Field(default=[], description="Matryoshka models: at each declared width")
+    batch_invariance: float | None = Field(
+        default=None,
+        description="lowest cosine between an input's output computed alone and among other held-out inputs as a "
+        "replica batches them (1.0: the same answer whoever else asked; dynamic int8 gives about 0.99)",
+    )
 
     @property
     def judged_by(self) -> tuple[str, ...]:
@@ -126,6 +136,13 @@ class FidelityBudget(_Strict):
     max_abs_error: float | None = Field(default=None, gt=0.0, description="optional, any task")
     min_recall_at_10: float | None = Field(
         default=None, ge=0.0, le=1.0, description="text embeddings, optional: the retrieval check's recall@10"
+    )
+    min_batch_invariance: float | None = Field(
+        default=BATCH_INVARIANT_COSINE,
+        ge=-1.0,
+        le=1.0,
+        description="outputs may move at most by rounding with their batch-mates; null allows batch-dependent "
+        "candidates (dynamic int8)",
     )
 
 

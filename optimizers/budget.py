@@ -27,10 +27,12 @@ def violations(budget: FidelityBudget, fidelity: Fidelity) -> list[str]:
     checks.append(("nn_agreement_at10", fidelity.nn_agreement_at10, budget.min_nn_agreement_at10, True))
     checks.append(("labelled_accuracy", fidelity.labelled_accuracy, budget.min_labelled_accuracy, True))
     checks.append(("max_abs_error", fidelity.max_abs_error, budget.max_abs_error, False))
+    checks.append(("batch_invariance", fidelity.batch_invariance, budget.min_batch_invariance, True))
     broken = []
     for name, value, limit, higher in checks:
         if limit is None or value is None:
             continue
         if (value < limit) if higher else (value > limit):
-            broken.append(f"{name} {value:.4f} {'<' if higher else '>'} {limit}")
+            digits = 5 if name == "batch_invariance" else 4  # its limit sits at 0.9999
+            broken.append(f"{name} {value:.{digits}f} {'<' if higher else '>'} {limit}")
     return broken

@@ -192,6 +192,23 @@ def token_p99(source: SourceModel, texts: list[str]) -> int | None:
     return int(np.percentile([len(e.ids) for e in encoder.encode(texts)], 99))
 
 
+INVARIANCE_SAMPLES = 32  # held-out inputs run alone to measure batch invariance
+
+
+def batch_invariance(pipeline: Pipeline, items: list[Any], served: np.ndarray) -> float:
+    """How far outputs move with their batch-mates: the lowest cosine between ``INVARIANCE_SAMPLES`` inputs' outputs
+    run alone and their rows of ``served`` (``items`` run as a replica runs them: dynamic batches of mixed lengths,
+    length-sorted model calls). One-number outputs (a reranker's scores) are compared as one vector of the sample."""
+    picks = np.unique(np.linspace(0, len(items) - 1, min(INVARIANCE_SAMPLES, len(items))).astype(int))
+    alone = np.concatenate([pipeline.run([items[i]])[0] for i in picks]).astype(np.float64)
+    among = served[picks].astype(np.float64)
+    if alone.shape[1] == 1:
+        alone, among = alone.T, among.T
+    norms = np.linalg.norm(alone, axis=1) * np.linalg.norm(among, axis=1)
+    cosines = np.einsum("ij,ij->i", alone, among) / np.maximum(norms, 1e-12)
+    return float(min(cosines.min(), 1.0))
+
+
 def evaluate(
     evaluator: OutputsEvaluator, candidates: list[Candidate], heldout: list[Any], recipe: Recipe, threads: int
 ) -> None:
@@ -224,7 +241,10 @@ def evaluate(
         settings = serving_defaults(candidate.profile, length_p99)
         outputs = pipeline.run_as_served(heldout, settings)
         query_outputs = evaluator.query_outputs(pipeline, heldout, settings)
-        candidate.fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels, query_outputs)
-        fidelity = candidate.fidelity
+        fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels, query_outputs)
+        invariance = batch_invariance(pipeline, heldout, outputs)
+        candidate.fidelity = fidelity = fidelity.model_copy(update={"batch_invariance": invariance})
         judged = "  ".join(f"{name} {getattr(fidelity, name):.4f}" for name in fidelity.judged_by)
-        log.info("%-28s %s  %.0f items/s", candidate.name, judged, candidate.items_per_s)
+        log.info(
+            "%-28s %s  batch_invariance %.5f  %.0f items/s", candidate.name, judged, invariance, candidate.items_per_s
+        )

@@ -66,6 +66,7 @@ def candidate_header(task: str) -> list[str]:
         "cos min",
         FOURTH_COLUMN.get(task, FOURTH_COLUMN["embedding"])[0],
         *(["recall@10"] if task == "embedding" else []),
+        "batch inv.",
         "Pareto",
         "RSS growth MB",
         "budget",
@@ -112,6 +113,9 @@ def candidate_legend(task: str) -> dict[str, str]:
         "items/s (best)": "throughput at the best profile row (texts per second, on the profile's threads)",
         "best items per call": "model-call size of that row (serving's `max_call_items`)",
         **fidelity,
+        "batch inv.": "batch invariance: the lowest cosine between an input's output computed alone and among other "
+        "held-out inputs as a replica batches them (1 = the same answer whoever else asked; the default budget "
+        "requires 0.9999, rounding)",
         "Pareto": "yes: no other candidate is both faster and more faithful",
         "RSS growth MB": "resident-memory growth while loading and profiling the candidate (MB; a growth, not a peak)",
         "budget": "whether the candidate meets the recipe's fidelity budget, or which limit it misses",
@@ -152,6 +156,7 @@ def _candidate_rows(report: dict[str, Any], task: str) -> list[list[str]]:
                 _num(fid.get("cosine_min")),
                 _num(fid.get(FOURTH_COLUMN.get(task, FOURTH_COLUMN["embedding"])[1])),
                 *([_recall(fid)] if task == "embedding" else []),
+                _num(fid.get("batch_invariance"), ".5f"),
                 "yes" if c["pareto"] else "",
                 f"{best['peak_memory_mb']:.0f}" if best and best.get("peak_memory_mb") is not None else "-",
                 status,

@@ -107,6 +107,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         "min_kendall_tau": args.min_kendall_tau,
     }
     budget = plan.recipe.budget.model_copy(update={k: v for k, v in limits.items() if v is not None})
+    if args.allow_batch_dependent:
+        budget = budget.model_copy(update={"min_batch_invariance": None})
     try:
         budget = FidelityBudget.model_validate(budget.model_dump())
     except ValidationError as exc:
@@ -471,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-cosine-min", type=float, help="override the recipe's budget")
     p.add_argument("--min-top1-agreement", type=float, help="override the recipe's budget (classifiers, rerankers)")
     p.add_argument("--min-kendall-tau", type=float, help="override the recipe's budget (rerankers)")
+    p.add_argument(
+        "--allow-batch-dependent",
+        action="store_true",
+        help="admit candidates whose outputs move with their batch-mates beyond rounding (dynamic int8)",
+    )
     p.add_argument("--threads", type=int, help="runtime threads to profile with (default: 1, as a replica runs)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of the report")
     p.set_defaults(run=_cmd_optimize)

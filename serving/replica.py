@@ -24,7 +24,7 @@ import numpy as np
 
 from modelpkg.errors import OverloadedError, RequestTooLargeError
 from modelpkg.hardware import detect, serving_mismatch
-from modelpkg.manifest import Manifest, ServingDefaults
+from modelpkg.manifest import BATCH_INVARIANT_COSINE, Manifest, ServingDefaults
 from modelpkg.package import load_package
 from modelpkg.pipeline import TextPipeline, load_pipeline
 from modelpkg.runtimes.base import assigned_gpus
@@ -73,7 +73,6 @@ TOKENS_PER_CHAR = 0.3
 CALIBRATION_ITEMS = 8
 CALIBRATION_REPEATS = 3
 DEFAULT_CACHE_MB = 64.0
-DETERMINISTIC_COSINE = 0.9999  # batch-mates moving an output less than this is rounding, not a different answer
 PROBE_TEXT = "a short sentence that checks how fast this replica computes"
 STALL_FACTOR = 3.0  # a model call running this many times max_request_s means the model is stuck
 
@@ -146,11 +145,16 @@ class ModelRunner:
     def _cache_mb(self, configured: float | None) -> float:
         """The response cache's size: as configured, else ``DEFAULT_CACHE_MB`` for a package whose outputs do
         not depend on their batch-mates and none for one whose do (dynamic int8 quantizes each model call with
-        scales from all its rows: a cached answer would differ from a fresh one by more than rounding)."""
+        scales from all its rows: a cached answer would differ from a fresh one by more than rounding). The
+        number is the chain's (``fidelity.batch_invariance``, measured on held-out inputs as served); a package
+        without it is judged by how it was quantized and by this replica's own probe."""
         if configured is not None:
             return configured
-        dynamic = any(step.name == "quantize_dynamic" for step in self.manifest.chain)
-        return 0.0 if dynamic or self.batch_mate_cosine < DETERMINISTIC_COSINE else DEFAULT_CACHE_MB
+        measured = self.manifest.fidelity.batch_invariance if self.manifest.fidelity is not None else None
+        if measured is None:
+            dynamic = any(step.name == "quantize_dynamic" for step in self.manifest.chain)
+            measured = 0.0 if dynamic else self.batch_mate_cosine
+        return 0.0 if measured < BATCH_INVARIANT_COSINE else DEFAULT_CACHE_MB
 
     def _batch_wait_s(self) -> float:
         return self._wait.wait_s() if self.settings.adaptive_wait else self.settings.batch_wait_timeout_s

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from corpus import CALIBRATION_SIZE, HELDOUT_SIZE, VALIDATION_SIZE, load_split
-from modelpkg.manifest import Fidelity, FidelityBudget
+from modelpkg.manifest import BATCH_INVARIANT_COSINE, Fidelity, FidelityBudget
 from modelpkg.pipeline import TextPipeline, plan_chunks
 from modelpkg.runtimes.onnx import OnnxRuntime
 from modelpkg.runtimes.torch import TorchRuntime
@@ -168,7 +168,13 @@ def test_pipeline_matches_sentence_transformers_on_bundled_model() -> None:
 @pytest.mark.slow  # runs the default recipe on MiniLM (about a minute on 2 cores)
 def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     result = minilm_packages
-    budget = FidelityBudget()
+    budget = result.package.manifest.budget
+    assert budget is not None and budget.min_batch_invariance is None  # the tests' recipe admits dynamic int8
+    # which the default budget refuses: its outputs move with their batch-mates (0.983 measured), fp32's do not
+    fidelity = {c.name: c.fidelity for c in result.candidates}
+    assert fidelity["int8-dynamic"].batch_invariance < BATCH_INVARIANT_COSINE  # type: ignore[union-attr,operator]
+    assert [v.split()[0] for v in violations(FidelityBudget(), fidelity["int8-dynamic"])] == ["batch_invariance"]  # type: ignore[arg-type]
+    assert admits(FidelityBudget(), fidelity["onnx-fp32"])  # type: ignore[arg-type]
     names = [c.name for c in result.candidates]
     assert names == ["torch-fp32", "onnx-fp32", "int8-dynamic"]
     admitted = [c for c in result.candidates if admits(budget, c.fidelity)]

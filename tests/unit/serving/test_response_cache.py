@@ -49,3 +49,29 @@ def test_keys_tell_texts_and_tensors_apart() -> None:
     a = np.zeros((2, 2), dtype=np.float32)
     assert key_of(a) == key_of(a.copy())
     assert key_of(a) != key_of(a.reshape(4)) and key_of(a) != key_of(a.astype(np.float64))
+
+
+def test_the_cache_is_on_by_default_only_for_a_package_the_chain_measured_batch_invariant(
+    tiny_optimized, tmp_path
+) -> None:
+    """The chain's number (``fidelity.batch_invariance``) decides: a package whose outputs move with their
+    batch-mates (dynamic int8 on MiniLM: 0.983) gets no cache, one that moves by rounding the default; a configured
+    size wins either way."""
+    import shutil
+
+    from modelpkg.package import read_manifest, write_package
+    from serving.replica import DEFAULT_CACHE_MB, ModelRunner
+
+    def claiming(invariance: float) -> str:
+        root = shutil.copytree(tiny_optimized.root, tmp_path / str(invariance))
+        manifest = read_manifest(root)
+        assert manifest.fidelity is not None
+        (root / "manifest.json").unlink()
+        fidelity = manifest.fidelity.model_copy(update={"batch_invariance": invariance})
+        return str(write_package(root, manifest.model_copy(update={"fidelity": fidelity})).root)
+
+    dependent = ModelRunner(claiming(0.983), threads=1)
+    assert dependent.cache.max_bytes == 0
+    dependent.apply({"cache_mb": 1})
+    assert dependent.cache.max_bytes == 2**20
+    assert ModelRunner(claiming(0.99999), threads=1).cache.max_bytes == int(DEFAULT_CACHE_MB * 2**20)
