@@ -2,11 +2,12 @@
 with ``-q``.
 
 By default the libraries optiserve drives are silenced: transformers' load reports and "Loading weights" bars,
-Hugging Face Hub progress bars, Python warnings raised inside third-party code (the torch exporter's
-``TracerWarning`` and the like), ONNX Runtime's C++ log below errors, warnings that third-party loggers send to
-the root logger (ONNX Runtime's "consider pre-processing" hint), Ray's token-authentication notice and Ray
-Serve's driver-side INFO lines. Ray's worker logs stay off unless ``OPTISERVE_RAY_LOGS=1``
-(``serving.launcher.start``). ``-v`` leaves every library as it is and shows our DEBUG lines.
+Hugging Face Hub progress bars, NNCF's progress bars (rich's console), Python warnings raised inside third-party
+code (the torch exporter's ``TracerWarning`` and the like), ONNX Runtime's C++ log below errors, warnings that
+third-party loggers send to the root logger (ONNX Runtime's "consider pre-processing" hint), Ray's
+token-authentication notice and Ray Serve's driver-side INFO lines. Ray's worker logs stay off unless
+``OPTISERVE_RAY_LOGS=1`` (``serving.launcher.start``). ``-v`` leaves every library as it is and shows our DEBUG
+lines.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def silence_libraries() -> None:
 
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
+    try:
+        import rich
+    except ImportError:
+        pass
+    else:
+        rich.reconfigure(quiet=True)  # NNCF draws its progress bars on rich's global console
     try:
         import onnxruntime
     except ImportError:
