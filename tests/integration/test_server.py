@@ -160,6 +160,17 @@ def test_concurrent_requests_form_batches_larger_than_one(server) -> None:
     assert single_item_batches < count_after - count_before  # some batches of this test held more than one item
 
 
+def test_a_request_id_is_kept_or_made_and_returned(server) -> None:
+    """X-Request-Id (the ingress makes one when the client sends none, and the answer carries it), on answers and
+    errors alike."""
+    mine = _post(server, {"input": "a"}, headers={"X-Request-Id": "client-chosen-42"})
+    made = [_post(server, {"input": "a"}).headers.get("x-request-id") for _ in range(2)]
+    refused = _post(server, {"input": []}, headers={"X-Request-Id": "client-chosen-43"})
+    assert mine.status_code == 200 and mine.headers["x-request-id"] == "client-chosen-42"
+    assert all(made) and made[0] != made[1]
+    assert refused.status_code == 422 and refused.headers["x-request-id"] == "client-chosen-43"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
