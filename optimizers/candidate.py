@@ -29,6 +29,7 @@ class Candidate:
     fidelity: Fidelity | None = None
     profile: list[ProfileRow] = field(default_factory=list)
     pareto: bool = False
+    single_p50_ms: float | None = None  # one input run alone (warm), the median over a held-out sample
 
     @property
     def runtime(self) -> str:
@@ -65,6 +66,7 @@ class Candidate:
             "precision": self.precision,
             "size_bytes": self.size_bytes,
             "items_per_s": self.items_per_s,
+            "single_p50_ms": self.single_p50_ms,
             "within_budget": bool(self.fidelity and admits(budget, self.fidelity)),
             "violations": violations(budget, self.fidelity) if self.fidelity else [],
             "pareto": self.pareto,

@@ -183,7 +183,7 @@ def optimize(
     _stage(3, f"check fidelity and profile {len(candidates)} candidate(s) on {len(data.heldout)} held-out inputs")
     evaluate(evaluator, candidates, data.heldout, recipe, threads)
     mark_pareto(candidates)
-    selected = select(candidates, budget)
+    selected = select(candidates, budget, recipe.selection)
     serving = serving_defaults(selected.profile, token_p99(source, data.heldout)) if selected else None
     layout: dict[str, Any] | None = None
     if selected is not None and serving is not None and selected.artifact is not None and device == "cpu":
@@ -197,7 +197,7 @@ def optimize(
     write_report(report_dir, report)
     write_plots(report_dir, report)
     if selected is None:
-        raise budget_not_met(candidates, budget, report_dir)
+        raise budget_not_met(candidates, budget, report_dir, recipe.selection)
 
     _stage(5, f"write the package ({selected.name})")
     package = write_candidate_package(source, selected, out_dir, budget, report, report_dir, serving, hardware)

@@ -8,7 +8,9 @@ once); :func:`quick_measure` is what a tuning trial does with its combination.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -192,20 +194,45 @@ def token_p99(source: SourceModel, texts: list[str]) -> int | None:
     return int(np.percentile([len(e.ids) for e in encoder.encode(texts)], 99))
 
 
-INVARIANCE_SAMPLES = 32  # held-out inputs run alone to measure batch invariance
+ALONE_SAMPLES = 32  # held-out inputs run alone: batch invariance and single-input latency
 
 
-def batch_invariance(pipeline: Pipeline, items: list[Any], served: np.ndarray) -> float:
-    """How far outputs move with their batch-mates: the lowest cosine between ``INVARIANCE_SAMPLES`` inputs' outputs
-    run alone and their rows of ``served`` (``items`` run as a replica runs them: dynamic batches of mixed lengths,
-    length-sorted model calls). One-number outputs (a reranker's scores) are compared as one vector of the sample."""
-    picks = np.unique(np.linspace(0, len(items) - 1, min(INVARIANCE_SAMPLES, len(items))).astype(int))
-    alone = np.concatenate([pipeline.run([items[i]])[0] for i in picks]).astype(np.float64)
-    among = served[picks].astype(np.float64)
-    if alone.shape[1] == 1:
-        alone, among = alone.T, among.T
-    norms = np.linalg.norm(alone, axis=1) * np.linalg.norm(among, axis=1)
-    cosines = np.einsum("ij,ij->i", alone, among) / np.maximum(norms, 1e-12)
+@dataclass(frozen=True)
+class AloneRuns:
+    """A sample of held-out inputs (``picks``, spread over the split) each run alone, warm: outputs and seconds."""
+
+    picks: np.ndarray
+    outputs: np.ndarray
+    seconds: list[float]
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.median(self.seconds) * 1e3)
+
+
+def run_alone(pipeline: Pipeline, items: list[Any]) -> AloneRuns:
+    """Each of ``ALONE_SAMPLES`` inputs run alone twice (the first may build kernels for its shape); the second
+    is timed."""
+    picks = np.unique(np.linspace(0, len(items) - 1, min(ALONE_SAMPLES, len(items))).astype(int))
+    outputs, seconds = [], []
+    for i in picks:
+        pipeline.run([items[i]])
+        started = time.perf_counter()
+        outputs.append(pipeline.run([items[i]])[0])
+        seconds.append(time.perf_counter() - started)
+    return AloneRuns(picks, np.concatenate(outputs), seconds)
+
+
+def batch_invariance(alone: AloneRuns, served: np.ndarray) -> float:
+    """How far outputs move with their batch-mates: the lowest cosine between the inputs' outputs run ``alone``
+    and their rows of ``served`` (all the inputs run as a replica runs them: dynamic batches of mixed lengths,
+    length-sorted model calls). One-number outputs (a reranker's scores) are compared as one vector."""
+    single = alone.outputs.astype(np.float64)
+    among = served[alone.picks].astype(np.float64)
+    if single.shape[1] == 1:
+        single, among = single.T, among.T
+    norms = np.linalg.norm(single, axis=1) * np.linalg.norm(among, axis=1)
+    cosines = np.einsum("ij,ij->i", single, among) / np.maximum(norms, 1e-12)
     return float(min(cosines.min(), 1.0))
 
 
@@ -242,9 +269,16 @@ def evaluate(
         outputs = pipeline.run_as_served(heldout, settings)
         query_outputs = evaluator.query_outputs(pipeline, heldout, settings)
         fidelity = evaluator.fidelity(outputs, heldout, evaluator.labels, query_outputs)
-        invariance = batch_invariance(pipeline, heldout, outputs)
+        alone = run_alone(pipeline, heldout)
+        invariance = batch_invariance(alone, outputs)
         candidate.fidelity = fidelity = fidelity.model_copy(update={"batch_invariance": invariance})
+        candidate.single_p50_ms = alone.p50_ms
         judged = "  ".join(f"{name} {getattr(fidelity, name):.4f}" for name in fidelity.judged_by)
         log.info(
-            "%-28s %s  batch_invariance %.5f  %.0f items/s", candidate.name, judged, invariance, candidate.items_per_s
+            "%-28s %s  batch_invariance %.5f  %.0f items/s  %.1f ms alone",
+            candidate.name,
+            judged,
+            invariance,
+            candidate.items_per_s,
+            alone.p50_ms,
         )

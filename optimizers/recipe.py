@@ -88,6 +88,15 @@ class ProfileSpec(_Strict):
     )
 
 
+class SelectionSpec(_Strict):
+    """How the candidates within budget are ranked: by throughput (items/s at the best profile row: what a busy
+    replica does) or by the p50 latency of one input run alone (what a lone request waits); either way the other
+    is measured and shown, and ``max_single_p50_ms`` can rule out candidates too slow alone."""
+
+    rank_by: Literal["throughput", "latency"] = "throughput"
+    max_single_p50_ms: float | None = Field(default=None, gt=0, description="single-input p50 limit, ms")
+
+
 class Recipe(_Strict):
     name: str = Field(default="recipe", pattern=NAME_PATTERN)
     dataset: str | None = Field(
@@ -103,6 +112,7 @@ class Recipe(_Strict):
         "built-in corpus holds 1,000)",
     )
     profile: ProfileSpec = ProfileSpec()
+    selection: SelectionSpec = SelectionSpec()
     candidates: list[CandidateSpec] = Field(min_length=1)
 
 

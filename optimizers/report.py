@@ -61,6 +61,7 @@ def candidate_header(task: str) -> list[str]:
         "size MB",
         "items/s (best)",
         "best items per call",
+        "p50 ms alone",
         SCORE_COLUMN.get(task, "cos mean"),
         "cos p1",
         "cos min",
@@ -112,6 +113,8 @@ def candidate_legend(task: str) -> dict[str, str]:
         "size MB": "size of the model files in the package, in MB (10^6 bytes)",
         "items/s (best)": "throughput at the best profile row (texts per second, on the profile's threads)",
         "best items per call": "model-call size of that row (serving's `max_call_items`)",
+        "p50 ms alone": "median latency of one input run alone (warm), over 32 held-out inputs: what a lone request "
+        "waits for the model",
         **fidelity,
         "batch inv.": "batch invariance: the lowest cosine between an input's output computed alone and among other "
         "held-out inputs as a replica batches them (1 = the same answer whoever else asked; the default budget "
@@ -151,6 +154,7 @@ def _candidate_rows(report: dict[str, Any], task: str) -> list[list[str]]:
                 f"{c['size_bytes'] / 1e6:.2f}",
                 f"{c['items_per_s']:.0f}",
                 str(best["call_items"]) if best else "-",
+                _num(c.get("single_p50_ms"), ".1f"),
                 _num(fidelity_score(fid) if fid else None),
                 _num(fid.get("cosine_p1")),
                 _num(fid.get("cosine_min")),
@@ -268,6 +272,18 @@ def _width_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ranking(report: dict[str, Any]) -> str:
+    """Which number decided among the candidates within budget (the recipe's ``selection``)."""
+    selection = report.get("selection") or {}
+    text = (
+        "ranked by single-input p50 (`p50 ms alone`)"
+        if selection.get("rank_by") == "latency"
+        else "ranked by throughput (`items/s (best)`)"
+    )
+    limit = selection.get("max_single_p50_ms")
+    return text + (f", among those at most {limit:g} ms alone" if limit is not None else "")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     budget = report["budget"]
     task = str(report.get("task") or "embedding")
@@ -278,7 +294,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Recipe `{report.get('recipe', '-')}`. Fidelity budget: {criterion}; measured on "
         f"{report['heldout_samples']} held-out samples against the source model. "
-        f"Selected: **{report['selected'] or 'none'}**.",
+        f"Selected: **{report['selected'] or 'none'}**, {_ranking(report)}.",
         "",
         *_context_lines(report),
         _md_table(header, _candidate_rows(report, task)),

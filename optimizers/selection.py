@@ -15,7 +15,7 @@ from modelpkg.manifest import FidelityBudget, ServingDefaults
 from optimizers.budget import admits, violations
 from optimizers.candidate import Candidate
 from optimizers.fidelity import fidelity_score
-from optimizers.recipe import Recipe
+from optimizers.recipe import Recipe, SelectionSpec
 from optimizers.source import SourceModel
 
 SPEED_TIE = 0.05  # throughputs closer than this are within a profile's noise: fidelity decides between them
@@ -42,25 +42,52 @@ def mark_pareto(candidates: list[Candidate]) -> None:
         )
 
 
-def select(candidates: list[Candidate], budget: FidelityBudget) -> Candidate | None:
-    """The fastest servable candidate whose fidelity is within budget; among those within ``SPEED_TIE`` of the
-    fastest, the most faithful (plain PyTorch ``module`` models are references only: packages never carry model
-    code)."""
+def speed(candidate: Candidate, rank_by: str) -> float:
+    """The number a recipe ranks by, higher is faster: items/s, or the inverse of the single-input p50."""
+    if rank_by == "latency":
+        return 1.0 / candidate.single_p50_ms if candidate.single_p50_ms else 0.0
+    return candidate.items_per_s
+
+
+def select(
+    candidates: list[Candidate], budget: FidelityBudget, selection: SelectionSpec | None = None
+) -> Candidate | None:
+    """The fastest servable candidate whose fidelity is within budget (by ``selection.rank_by``: throughput, or the
+    single-input p50; ``selection.max_single_p50_ms`` rules out candidates slower than that alone); among those
+    within ``SPEED_TIE`` of the fastest, the most faithful (plain PyTorch ``module`` models are references only:
+    packages never carry model code)."""
+    selection = selection or SelectionSpec()
+    limit = selection.max_single_p50_ms
     admitted = [
         c
         for c in candidates
-        if c.fidelity and admits(budget, c.fidelity) and c.artifact and c.artifact.format != "module"
+        if c.fidelity
+        and admits(budget, c.fidelity)
+        and c.artifact
+        and c.artifact.format != "module"
+        and (limit is None or (c.single_p50_ms is not None and c.single_p50_ms <= limit))
     ]
     if not admitted:
         return None
-    fastest = max(c.items_per_s for c in admitted)
-    close = [c for c in admitted if c.items_per_s >= fastest * (1 - SPEED_TIE)]
-    return max(close, key=lambda c: (fidelity_score(c.fidelity), c.items_per_s))
+    fastest = max(speed(c, selection.rank_by) for c in admitted)
+    close = [c for c in admitted if speed(c, selection.rank_by) >= fastest * (1 - SPEED_TIE)]
+    return max(close, key=lambda c: (fidelity_score(c.fidelity), speed(c, selection.rank_by)))
 
 
-def budget_not_met(candidates: list[Candidate], budget: FidelityBudget, report_dir: Path) -> BudgetNotMetError:
+def budget_not_met(
+    candidates: list[Candidate], budget: FidelityBudget, report_dir: Path, selection: SelectionSpec | None = None
+) -> BudgetNotMetError:
     """The error for a run where no candidate qualifies, naming the closest (the source where nothing else was
-    built) and the limits it breaks."""
+    built) and the limits it breaks; or, where some are within budget but too slow alone, the quickest of those."""
+    limit = selection.max_single_p50_ms if selection else None
+    within = [c for c in candidates if c.fidelity and admits(budget, c.fidelity) and c.single_p50_ms is not None]
+    if within and limit is not None:
+        quickest = min(within, key=lambda c: c.single_p50_ms or 0.0)
+        return BudgetNotMetError(
+            f"no candidate within the fidelity budget runs one input within max_single_p50_ms {limit:g} ms; "
+            f"quickest: {quickest.name} ({quickest.single_p50_ms:.1f} ms); report written to {report_dir}",
+            candidates,
+        )
     built = [c for c in candidates[1:] if c.fidelity] or candidates[:1]
     closest = max(built, key=lambda c: fidelity_score(c.fidelity))
     broken = "; ".join(violations(budget, closest.fidelity)) if closest.fidelity else closest.reason
@@ -90,6 +117,7 @@ def build_report(
         "data": data,
         "hardware": {**hardware.model_dump(), "features": hardware.features},
         "selected": selected.name if selected else None,
+        "selection": recipe.selection.model_dump(),
         "serving": serving.model_dump() if serving else None,
         "pareto_front": [c.name for c in candidates if c.pareto],
         "candidates": [c.summary(budget) for c in candidates],

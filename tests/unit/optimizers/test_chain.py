@@ -185,6 +185,9 @@ def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     assert manifest.fidelity.samples == 256 and result.report["data"]["splits"]["heldout"] == 256
     assert [p.name for p in manifest.chain][:1] == ["export_onnx"] or manifest.runtime == "torch"
     assert manifest.serving.max_call_items == max(manifest.profile, key=lambda r: r.items_per_s).call_items
-    assert (result.package.root / "report.md").read_text().startswith("# Optimization report")
+    report_md = (result.package.root / "report.md").read_text()
+    assert report_md.startswith("# Optimization report") and "ranked by throughput" in report_md
+    assert "| p50 ms alone |" in report_md and "| batch inv. |" in report_md
+    assert all(c.single_p50_ms and c.single_p50_ms > 0 for c in result.candidates)  # measured for each
     report_names = [c["name"] for c in result.report["candidates"]]
     assert report_names == names

@@ -230,6 +230,7 @@ BAD_RECIPES = [
     ("candidates: [{name: a, steps: [{pass: export_onnx}]}, {name: a, steps: [{pass: export_onnx}]}]", "unique"),
     ("candidates: [", "not valid YAML"),
     ("heldout_items: 5\ncandidates: [{name: a, steps: [{pass: export_onnx}]}]", "heldout_items = 5"),
+    ("selection: {rank_by: fastest}\ncandidates: [{name: a, steps: [{pass: export_onnx}]}]", "selection.rank_by"),
 ]
 
 
@@ -286,6 +287,29 @@ def test_builtin_recipes_load_and_expand_search() -> None:
     ]
     with pytest.raises(RecipeError, match="not a built-in recipe"):
         load_plan("no-such-recipe")
+
+
+def test_selection_ranks_by_what_the_recipe_says_and_can_cap_single_input_latency(tmp_path) -> None:
+    from optimizers.recipe import SelectionSpec
+    from optimizers.selection import budget_not_met, select
+
+    def cand(name: str, items_per_s: float, alone_ms: float) -> Candidate:
+        row = ProfileRow(batch_size=32, call_items=8, items_per_s=items_per_s, p50_ms=1, p99_ms=1)
+        c = Candidate(name, Artifact(Path(name), "onnx"), [], single_p50_ms=alone_ms)
+        c.profile, c.fidelity = [row], Fidelity(cosine_mean=1.0, cosine_p1=1.0, cosine_min=1.0, samples=1)
+        return c
+
+    # batch-friendly int8 vs a model quicker alone (its batches gain less)
+    candidates = [cand("batches-well", 900, 6.0), cand("quick-alone", 600, 3.0), cand("neither", 500, 7.0)]
+    budget = FidelityBudget()
+    assert select(candidates, budget).name == "batches-well"  # type: ignore[union-attr]
+    assert select(candidates, budget, SelectionSpec(rank_by="latency")).name == "quick-alone"  # type: ignore[union-attr]
+    capped = SelectionSpec(max_single_p50_ms=5.0)
+    assert select(candidates, budget, capped).name == "quick-alone"  # type: ignore[union-attr]
+    too_strict = SelectionSpec(max_single_p50_ms=1.0)
+    assert select(candidates, budget, too_strict) is None
+    error = budget_not_met(candidates, budget, tmp_path, too_strict)
+    assert "max_single_p50_ms 1 ms; quickest: quick-alone (3.0 ms)" in str(error)
 
 
 def test_pareto_front_and_serving_config_from_the_profile() -> None:
