@@ -7,7 +7,7 @@ Options (``locust --help``, and in the web UI; each defaults to its variable): `
 (each request carries 1..N inputs, default 1), ``--model`` / ``OPTISERVE_MODEL``, ``--rate`` / ``OPTISERVE_RATE``
 (target requests/s over all users; default: closed loop), ``--payload FILE`` / ``OPTISERVE_PAYLOAD`` (your inputs;
 default: the held-out corpus), ``--header 'Name: value'`` / ``OPTISERVE_HEADERS`` and ``--api-key`` /
-``OPTISERVE_API_KEY`` (see ``loadtests/options.py``). Add a shape file for a load shape:
+``OPTISERVE_API_KEY`` (see ``loadtests/flags.py``). Add a shape file for a load shape:
 ``-f loadtests/embeddings.py,loadtests/shape_step.py`` (see ``loadtests/shapes.py``).
 A response counts as a failure unless it is 200 and holds one embedding per input.
 """

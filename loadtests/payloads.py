@@ -1,7 +1,7 @@
 """Request bodies (the corpus's held-out split, never seen by the optimizer's training/calibration, or the user's
 own inputs file), request headers, and the pacing that turns closed-loop users into a target request rate.
 
-Each value comes from Locust's command line / web UI (``loadtests/options.py``) when Locust parsed it, else from
+Each value comes from Locust's command line / web UI (``loadtests/flags.py``) when Locust parsed it, else from
 its ``OPTISERVE_*`` variable (``loadtests/settings.py``). This module does not import Locust: the CLI uses it too."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ that puts Locust's client-side numbers beside the server's own histograms, with 
 
 Client numbers are Locust's final ones (``--json-file``, written as Locust exits; its stats CSV lags up to a
 second). Headers, an API key and the user's own inputs file reach every Locust process through the variables of
-``loadtests/options.py``. With ``server_metrics=False`` (``--no-server-metrics``) the server's ``/metrics`` is
+``loadtests/flags.py``. With ``server_metrics=False`` (``--no-server-metrics``) the server's ``/metrics`` is
 never read, so any server with the same API (TEI, Infinity, a plain Ray Serve app) gets the same run and report.
 
 Locust runs as its own process (gevent's monkey-patching does not mix with Ray or asyncio in one process); with

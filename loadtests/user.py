@@ -1,4 +1,4 @@
-"""What every optiserve Locust user shares: its options (``loadtests/options.py``), the payloads drawn from them,
+"""What every optiserve Locust user shares: its options (``loadtests/flags.py``), the payloads drawn from them,
 the request headers, the pacing, and the check of each answer (a 200 holding one result per input)."""
 
 from __future__ import annotations
