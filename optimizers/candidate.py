@@ -30,6 +30,7 @@ class Candidate:
     profile: list[ProfileRow] = field(default_factory=list)
     pareto: bool = False
     single_p50_ms: float | None = None  # one input run alone (warm), the median over a held-out sample
+    evaluate_s: float | None = None  # seconds its fidelity and profile took (optimizers.evaluate)
 
     @property
     def runtime(self) -> str:
@@ -67,6 +68,7 @@ class Candidate:
             "size_bytes": self.size_bytes,
             "items_per_s": self.items_per_s,
             "single_p50_ms": self.single_p50_ms,
+            "evaluate_s": self.evaluate_s,
             "within_budget": bool(self.fidelity and admits(budget, self.fidelity)),
             "violations": violations(budget, self.fidelity) if self.fidelity else [],
             "pareto": self.pareto,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,30 @@ def _load_data(source: SourceModel, recipe: Recipe, data_file: Path | None) -> S
     return data.with_heldout_items(recipe.heldout_items) if recipe.heldout_items else data
 
 
-def _stage(number: int, text: str) -> None:
-    """A heading for one of :func:`optimize`'s long steps, so a run is never silent for long."""
-    log.info("[%d/%d] %s", number, STAGES, text)
+class Stages:
+    """The headings of :func:`optimize`'s long steps ("[n/5] ..."), so a run is never silent for long, each timed
+    by its name: where the run's time went, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def start(self, number: int, name: str, text: str) -> None:
+        self._close()
+        log.info("[%d/%d] %s", number, STAGES, text)
+        self._current = (name, time.perf_counter())
+
+    def so_far(self) -> dict[str, float]:
+        """Each stage's seconds, the one running until now."""
+        seconds = dict(self.seconds)
+        if self._current is not None:
+            name, started = self._current
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+        return {name: round(value, 1) for name, value in seconds.items()}
+
+    def _close(self) -> None:
+        self.seconds = self.so_far()
+        self._current = None
 
 
 def _gpu_name() -> str:
@@ -156,7 +178,8 @@ def optimize(
         chosen = chosen.with_profile_items(profile_items)
     recipe, planned = chosen.recipe, chosen.candidates
     budget = budget or recipe.budget
-    _stage(1, f"load {source_dir} and the data")
+    stages = Stages()
+    stages.start(1, "load", f"load {source_dir} and the data")
     source = SourceModel.load(source_dir)
     if matryoshka_dims:
         source = source.with_matryoshka_dims(matryoshka_dims)
@@ -178,10 +201,12 @@ def optimize(
     hardware = detect(_gpu_name() if device == "cuda" else None)
 
     measure = quick_measure(evaluator, runner, recipe, budget, threads, hardware)
-    _stage(2, f"build {len(planned)} planned candidate(s) of recipe {recipe.name}")
+    stages.start(2, "build", f"build {len(planned)} planned candidate(s) of recipe {recipe.name}")
     candidates, tuning = _build_candidates(planned, source, runner, hardware, measure, budget)
-    _stage(3, f"check fidelity and profile {len(candidates)} candidate(s) on {len(data.heldout)} held-out inputs")
+    text = f"check fidelity and profile {len(candidates)} candidate(s) on {len(data.heldout)} held-out inputs"
+    stages.start(3, "evaluate", text)
     evaluate(evaluator, candidates, data.heldout, recipe, threads)
+    stages.start(4, "select", "select, measure the replica layout and write the report")
     mark_pareto(candidates)
     selected = select(candidates, budget, recipe.selection)
     serving = serving_defaults(selected.profile, token_p99(source, data.heldout)) if selected else None
@@ -189,17 +214,17 @@ def optimize(
     if selected is not None and serving is not None and selected.artifact is not None and device == "cpu":
         serving, layout = _measure_layout(source, selected, serving, data)
 
-    _stage(4, "select and write the report")
     report = build_report(source, recipe, budget, candidates, selected, data.describe(), serving, hardware)
     report["tuning"] = tuning
     report["replica_layout"] = layout
+    report["stage_seconds"] = stages.so_far()  # until the report was written
     report_dir = out_dir.with_name(out_dir.name + ".report")
     write_report(report_dir, report)
     write_plots(report_dir, report)
     if selected is None:
         raise budget_not_met(candidates, budget, report_dir, recipe.selection)
 
-    _stage(5, f"write the package ({selected.name})")
+    stages.start(5, "write", f"write the package ({selected.name})")
     package = write_candidate_package(source, selected, out_dir, budget, report, report_dir, serving, hardware)
     if baseline_out is not None:
         write_candidate_package(source, candidates[0], baseline_out, budget, hardware=hardware)

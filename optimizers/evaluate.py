@@ -251,6 +251,7 @@ def evaluate(
             candidate.profile, candidate.fidelity = twin.profile, twin.fidelity
             candidate.reason = f"same model as {twin.name}"
             continue
+        started = time.perf_counter()
         memory = PeakMemory()
         with memory.sampling():
             pipeline = evaluator.pipeline(candidate.artifact)
@@ -273,6 +274,7 @@ def evaluate(
         invariance = batch_invariance(alone, outputs)
         candidate.fidelity = fidelity = fidelity.model_copy(update={"batch_invariance": invariance})
         candidate.single_p50_ms = alone.p50_ms
+        candidate.evaluate_s = round(time.perf_counter() - started, 1)
         judged = "  ".join(f"{name} {getattr(fidelity, name):.4f}" for name in fidelity.judged_by)
         log.info(
             "%-28s %s  batch_invariance %.5f  %.0f items/s  %.1f ms alone",

@@ -183,6 +183,25 @@ def _tuning_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _time_lines(report: dict[str, Any]) -> list[str]:
+    """Where the run's time went: each stage until the report was written, then each candidate's passes (run, not
+    taken from the cache) and its evaluation (fidelity, batch invariance, profile)."""
+    stages = report.get("stage_seconds")
+    if not stages:
+        return []
+    lines = ["## Where the time went", "", "Stages: " + ", ".join(f"{name} {s:.1f} s" for name, s in stages.items())]
+    lines.append("(until this report was written).")
+    lines.append("")
+    for c in report["candidates"]:
+        built = sum(float(r["duration_s"]) for r in c["chain"] if not r.get("cached"))
+        evaluated = c.get("evaluate_s")
+        lines.append(
+            f"- {c['name']}: passes {built:.1f} s"
+            + (f", evaluation {evaluated:.1f} s" if evaluated is not None else "")
+        )
+    return [*lines, ""]
+
+
 def _context_lines(report: dict[str, Any]) -> list[str]:
     """Where the numbers come from: the machine (CPU model and ISA features) and the data and its splits."""
     lines = []
@@ -314,6 +333,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_pass_lines(report),
         "",
         *_tuning_lines(report),
+        *_time_lines(report),
         "## Profile (held-out texts in arrival order, in batches run as model calls of at most `items per call`)",
         "",
     ]

@@ -189,5 +189,9 @@ def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     assert report_md.startswith("# Optimization report") and "ranked by throughput" in report_md
     assert "| p50 ms alone |" in report_md and "| batch inv. |" in report_md
     assert all(c.single_p50_ms and c.single_p50_ms > 0 for c in result.candidates)  # measured for each
+    # where the time went: each stage until the report, each candidate's evaluation
+    assert list(result.report["stage_seconds"]) == ["load", "build", "evaluate", "select"]
+    assert all(c.evaluate_s is not None and c.evaluate_s > 0 for c in result.candidates)
+    assert "## Where the time went" in report_md and "- int8-dynamic: passes" in report_md
     report_names = [c["name"] for c in result.report["candidates"]]
     assert report_names == names
