@@ -123,7 +123,8 @@ RUN optiserve-haproxy -v
 USER 10001:10001
 WORKDIR /home/optiserve
 
-EXPOSE 8000
+# HTTP; gRPC (KServe v2) when the command adds --grpc-port 8001
+EXPOSE 8000 8001
 
 # Liveness of the HTTP ingress (port 8000, the default of `optiserve serve`). The start period covers Ray's
 # start-up and the model's load. (Kubernetes ignores HEALTHCHECK; KubeRay injects its own probes.)

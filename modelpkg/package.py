@@ -50,7 +50,7 @@ class ModelPackage:
         return self.root / self.manifest.model_path
 
 
-def _confined(root: Path, relative: str) -> Path:
+def confined(root: Path, relative: str) -> Path:
     """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and links that leave the package."""
     pure = PurePosixPath(relative)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts:
@@ -81,7 +81,7 @@ def write_package(root: Path, manifest: Manifest) -> ModelPackage:
     entries = []
     for relative in _listed_files(root):
         _refuse_pickle(relative, manifest)
-        path = _confined(root, relative)
+        path = confined(root, relative)
         entries.append(FileEntry(path=relative, sha256=sha256_file(path), size=path.stat().st_size))
     for required in manifest.required_files:
         if not (root / required).exists():
@@ -92,16 +92,25 @@ def write_package(root: Path, manifest: Manifest) -> ModelPackage:
 
 
 def load_package(root: Path | str) -> ModelPackage:
-    """Read and verify a package. Raises :class:`PackageError` naming the first problem found."""
-    manifest = read_manifest(root)
-    _verify_files(Path(root), manifest)
-    return ModelPackage(root=Path(root), manifest=manifest)
+    """Read and verify a package (a directory, or a URI: :mod:`modelpkg.remote` fetches it into the node's cache,
+    whose copy is verified here like any other). Raises :class:`PackageError` naming the first problem found."""
+    local = _local(root)
+    manifest = read_manifest(local)
+    _verify_files(local, manifest)
+    return ModelPackage(root=local, manifest=manifest)
+
+
+def _local(root: Path | str) -> Path:
+    """The directory of the package at ``root``: a URI's cached copy (fetched if missing), else ``root``."""
+    from modelpkg.remote import is_remote, resolve
+
+    return resolve(root) if is_remote(root) else Path(root)
 
 
 def read_manifest(root: Path | str) -> Manifest:
-    """A package's manifest, checked against the schema but without hashing its files (:func:`load_package`
-    does both). Raises :class:`PackageError`."""
-    root = Path(root)
+    """A package's manifest (of a directory or a URI), checked against the schema but without hashing its files
+    (:func:`load_package` does both). Raises :class:`PackageError`."""
+    root = _local(root)
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise PackageError(f"{root} is not a model package: {MANIFEST_NAME} not found")
@@ -123,7 +132,7 @@ def _verify_files(root: Path, manifest: Manifest) -> None:
     listed = {entry.path for entry in manifest.files}
     for entry in manifest.files:
         _refuse_pickle(entry.path, manifest)
-        path = _confined(root, entry.path)
+        path = confined(root, entry.path)
         if not path.is_file():
             raise PackageError(f"package {root} is incomplete: {entry.path!r} is missing")
         if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
@@ -132,7 +141,7 @@ def _verify_files(root: Path, manifest: Manifest) -> None:
     if unlisted:
         raise PackageError(f"package {root} holds files its manifest does not list: {unlisted[:5]}")
     for required in manifest.required_files:
-        _confined(root, required)
+        confined(root, required)
         if not any(path == required or path.startswith(required.rstrip("/") + "/") for path in listed):
             raise PackageError(f"package {root}: {required!r} is named by the manifest but not listed in its files")
 

@@ -10,6 +10,7 @@ in its fidelity check, so what the chain measures is what the server does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ class BatchStats:
     token_counts: np.ndarray  # per item, in input order
     truncated: np.ndarray  # per item: input was longer than the model's token limit and was cut
     call_padded_tokens: tuple[int, ...] = ()  # per model call: rows x padded width
+    encode_s: float = 0.0  # seconds spent tokenizing and padding (0 for tensors)
+    model_s: float = 0.0  # seconds spent in the runtime's model calls
 
     @property
     def padding_ratio(self) -> float:
@@ -76,14 +79,18 @@ class TextPipeline:
         self, texts: Sequence[TextItem], max_items: int = 32, max_tokens: int = 8192
     ) -> tuple[np.ndarray, BatchStats]:
         """Outputs for ``texts`` (texts, or a reranker's (query, document) pairs) in their order, one row each."""
+        started = time.perf_counter()
         encodings = self.encoder.encode(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         out = np.empty((len(texts), self.output_dim), dtype=np.float32)
         call_tokens: list[int] = []
         chunks = plan_chunks(lengths, max_items, max_tokens)
+        model_s = 0.0
         for rows in chunks:
             batch = self.encoder.pad([encodings[i] for i in rows])
+            called = time.perf_counter()
             result = self.runtime.run(batch)
+            model_s += time.perf_counter() - called
             if result.shape != (len(rows), self.output_dim):
                 raise RuntimeError(
                     f"runtime {self.runtime.name} returned shape {result.shape} for {len(rows)} inputs; "
@@ -92,7 +99,10 @@ class TextPipeline:
             out[rows] = result
             call_tokens.append(batch.padded_tokens)
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
-        stats = BatchStats(len(texts), int(lengths.sum()), sum(call_tokens), lengths, truncated, tuple(call_tokens))
+        encode_s = time.perf_counter() - started - model_s
+        stats = BatchStats(
+            len(texts), int(lengths.sum()), sum(call_tokens), lengths, truncated, tuple(call_tokens), encode_s, model_s
+        )
         return out, stats
 
     def run_as_served(self, texts: Sequence[TextItem], settings: ServingDefaults) -> np.ndarray:
@@ -127,10 +137,12 @@ class TensorPipeline:
         stacked = np.stack(items).astype(np.float32, copy=False) if items else np.empty((0, *self.item_shape))
         if stacked.shape[1:] != self.item_shape:
             raise ValueError(f"items have shape {stacked.shape[1:]}; this model takes {self.item_shape}")
+        started = time.perf_counter()
         parts = [self.runtime.run_array(stacked[i : i + max_items]) for i in range(0, len(items), max_items)]
+        model_s = time.perf_counter() - started
         out = np.concatenate(parts) if parts else np.empty((0, self.output_dim), dtype=np.float32)
         zeros = np.zeros(len(items), dtype=np.int64)
-        return out, BatchStats(len(items), 0, 0, zeros, zeros.astype(bool), ())
+        return out, BatchStats(len(items), 0, 0, zeros, zeros.astype(bool), (), model_s=model_s)
 
     def run_as_served(self, items: list[np.ndarray], settings: ServingDefaults) -> np.ndarray:
         return self.run(items, settings.max_call_items)[0]

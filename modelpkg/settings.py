@@ -220,6 +220,13 @@ RAY_EXPOSE = declare(
     "server",
 )
 
+PACKAGE_CACHE = declare(
+    "OPTISERVE_PACKAGE_CACHE",
+    str,
+    "~/.cache/optiserve/packages",
+    "where packages served from a URI (s3://, gs://, https://) are kept on each node, by content",
+    "server",
+)
 DRAIN_S = declare(
     "OPTISERVE_DRAIN_S",
     number(above=0),

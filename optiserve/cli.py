@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import traceback
 import urllib.error
 from pathlib import Path
@@ -23,6 +24,7 @@ from loadtests import settings as loadtest_settings
 from loadtests.flags import add_request_flags
 from modelpkg import settings
 from modelpkg.errors import OptiserveError
+from modelpkg.remote import location
 from modelpkg.version import __version__
 from optiserve import exit_codes, quiet
 from serving.control import CanaryLimits
@@ -115,10 +117,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         flag = "--" + "-".join(map(str, first["loc"])).replace("_", "-") if first["loc"] else "budget"
         raise UsageError(f"{flag}: {first['msg']}") from None
+    out = _optimize_into(args.out)
     try:
         result = optimize(
             args.model_dir or bundled_model_dir(),
-            args.out,
+            out,
             budget,
             baseline_out=args.baseline_out,
             threads=args.threads,
@@ -133,10 +136,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
             print(json.dumps({"ok": False, "error": str(exc), "candidates": _candidates_json(exc.candidates)}))
         raise TargetMissedError(str(exc)) from exc
     root = result.package.root
+    where = _published(root, args.out)
     if args.json:
         summary = {
             "ok": True,
-            "package": str(root),
+            "package": str(where),
             "report": str(root / "report.md"),
             "selected": result.selected.name,
             "budget": budget.model_dump(exclude_none=True),
@@ -146,7 +150,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         return exit_codes.OK
     if args.verbosity != "quiet":
         print((root / "report.md").read_text())
-    print(f"package written to {root} (selected {result.selected.name})")
+    print(f"package written to {where} (selected {result.selected.name})")
     return exit_codes.OK
 
 
@@ -174,7 +178,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         options["served_names"] = list(args.served_model_name)
     threads = args.threads
     if args.address is None:  # on a cluster, the host is bound on its nodes, not here
-        _check_bind(args.host, args.port)
+        _check_bind(args.host, args.port, args.grpc_port)
         if not (args.autoscale or args.replicas or threads or args.num_gpus):
             threads, replicas = _measured_layout(args.package_dir, args.num_cpus or os.cpu_count() or 1)
             if replicas > 1:
@@ -188,6 +192,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         threads=threads,
         ingress=args.ingress,
+        grpc_port=args.grpc_port,
         **options,
     )
     return exit_codes.OK
@@ -276,6 +281,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def _optimize_into(out: str | Path) -> Path:
+    """Where the chain writes the package: ``out``, or for a URI a local directory it is published from."""
+    from modelpkg.remote import is_remote
+
+    return Path(tempfile.mkdtemp(prefix="optiserve-publish-")) / "package" if is_remote(out) else Path(out)
+
+
+def _published(root: Path, out: str | Path) -> Path | str:
+    """``root``, or the URI it was published to when ``out`` is one (s3://, gs://)."""
+    from modelpkg.remote import is_remote, publish, shown
+
+    if not is_remote(out):
+        return root
+    publish(root, str(out))
+    log.info("published %s to %s", root, shown(str(out)))
+    return shown(str(out))
+
+
 def _measured_layout(package_dirs: list[Path], cores: int) -> tuple[int | None, int]:
     """(threads per replica, replicas) for a local server with no --replicas/--threads: what the first package's
     chain measured on its machine (``serving.replica_layout``), applied to this one's cores; else (None, 1)."""
@@ -294,9 +317,12 @@ def _measured_layout(package_dirs: list[Path], cores: int) -> tuple[int | None, 
     return None, 1
 
 
-def _check_bind(host: str, port: int) -> None:
-    """Fail before Ray starts when ``host`` does not resolve, is not an address of this machine, or the port is
-    taken (Ray would otherwise fail later with a traceback)."""
+def _check_bind(host: str, port: int, *more_ports: int | None) -> None:
+    """Fail before Ray starts when ``host`` does not resolve, is not an address of this machine, or a port is
+    taken (Ray would otherwise fail later with a traceback); ``more_ports`` that are None are not used."""
+    for other in more_ports:
+        if other is not None:
+            _check_bind(host, other)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
@@ -446,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hugging Face encoder or classifier directory, an ONNX file with tokenizer.json beside it, or a hub id "
         "(org/name) found in the local Hugging Face cache (default: bundled MiniLM)",
     )
-    p.add_argument("--out", type=Path, required=True, help="package directory to write")
+    p.add_argument(
+        "--out", type=location, required=True, help="package directory to write, or s3:// / gs:// URI to publish to"
+    )
     p.add_argument("--baseline-out", type=Path, help="also write the unoptimized source as a package here")
     p.add_argument(
         "--recipe",
@@ -483,9 +511,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_optimize)
 
     p = sub.add_parser("serve", help="serve one or more model packages with Ray Serve (routed by model name)")
-    p.add_argument("package_dir", type=Path, nargs="+", help="package directories; model names must differ")
+    p.add_argument(
+        "package_dir",
+        type=location,
+        nargs="+",
+        help="package directories or URIs (s3://, gs://, https://); model names must differ",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve KServe v2 (Open Inference Protocol) over gRPC on this port (Triton's: 8001; default: off)",
+    )
     p.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     p.add_argument(
@@ -516,7 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     address_help = "the server's Ray cluster address HOST:PORT; auto: the `optiserve serve` on this machine"
     p = sub.add_parser("deploy", help="serve other packages on a running server, replica by replica, no downtime")
-    p.add_argument("package_dir", type=Path, nargs="+", help="packages; each replaces the model of its name")
+    p.add_argument(
+        "package_dir",
+        type=location,
+        nargs="+",
+        help="packages (directories or URIs); each replaces the model of its name",
+    )
     p.add_argument("--address", default="auto", help=address_help)
     p.add_argument("--served-model-name", action="append", metavar="NAME", help="as on serve")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for every replica to take the packages")

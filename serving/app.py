@@ -25,6 +25,7 @@ middlewares (metrics, bearer token, body size) are :mod:`serving.http`, the KSer
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress wrapper.
 
 import uuid
+from contextlib import AbstractContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,17 +54,17 @@ from serving.api import (
 )
 from serving.control import DEPLOYMENT_NAME
 from serving.errors import (
-    InputTooLongError,
     ModelNotFoundError,
     ModelRequiredError,
     WrongInputError,
     WrongTaskError,
-    run_error,
 )
+from serving.grpc_api import GrpcInference
 from serving.jsonbody import json_response, shorten
 from serving.metrics import CONTENT_TYPE, DEFAULT_METRICS_DIR, MULTIPROC_ENV, exposition
-from serving.replica import CacheUse, InferResult, ModelRunner
-from serving.served import CONTROL_KEYS, ServedModels
+from serving.replica import InferResult, ModelRunner
+from serving.served import CONTROL_KEYS
+from serving.tracing import tracing
 
 SERVER_VERSION = __version__
 MAX_ONGOING_REQUESTS = 1024
@@ -77,15 +78,6 @@ HEALTH_CHECK_TIMEOUT_S = 5.0
 DEPLOYMENT_VERSION = f"optiserve-{__version__}"
 
 
-def cache_use(cache_control: str | None) -> CacheUse:
-    """How a request's ``Cache-Control`` lets it use the response cache: ``no-store`` neither reads nor stores,
-    ``no-cache`` computes afresh (and stores the result), anything else reads it."""
-    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
-    if "no-store" in directives:
-        return "bypass"
-    return "refresh" if "no-cache" in directives else "use"
-
-
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI for a route that validates its JSON body itself (:func:`serving.http.parse_body`)."""
     schema = {"schema": model.model_json_schema()}
@@ -97,6 +89,11 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 # pickled in the driver); off, it answers 404 like any unknown path.
 api = FastAPI(title="optiserve", version=SERVER_VERSION, docs_url=None, redoc_url=None)
 http.install(api)
+
+
+def _serializing(request: Request) -> AbstractContextManager[None]:
+    """The request's ``serialize`` span around building its response body (nothing when tracing is off)."""
+    return tracing().child("serialize", request.scope.get(http.SPAN_KEY))
 
 
 def docs_enabled() -> bool:
@@ -113,8 +110,9 @@ async def docs_page() -> Response:
 
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
-class InferenceService(ServedModels):
-    """OpenAI embeddings, classification, KServe v2 and Prometheus metrics for one or more packages."""
+class InferenceService(GrpcInference):
+    """OpenAI embeddings, classification, KServe v2 and Prometheus metrics for one or more packages over HTTP, and
+    KServe v2 over gRPC (:class:`~serving.grpc_api.GrpcInference`, when the server has a gRPC port)."""
 
     def __init__(
         self, package_dirs: list[str], threads: int | None = None, served_names: list[str | None] | None = None
@@ -153,20 +151,10 @@ class InferenceService(ServedModels):
         http.answered_by(request.scope, runner)
         return runner
 
-    async def _infer(
-        self, runner: ModelRunner, texts: list[Any], request: Request, truncate: bool | None = None
-    ) -> InferResult:
-        encoder = runner.pipeline.encoder
-        reject = not truncate if truncate is not None else self.limits.on_overflow == "reject"
-        if encoder is not None and reject and (too_long := encoder.too_long(texts)):
-            raise InputTooLongError(
-                f"input: item {too_long[0]} is longer than the model's {encoder.max_length} tokens "
-                f"({'the request said truncate: false' if truncate is False else 'this server does not truncate'})"
-            )
-        try:
-            return await runner.infer(texts, cache_use(request.headers.get("cache-control")))
-        except Exception as exc:  # noqa: BLE001 -- every failure becomes a JSON answer (and is logged there)
-            raise run_error(exc) from None
+    async def _run(self, runner: ModelRunner, items: list[Any], request: Request, truncate: bool | None) -> InferResult:
+        """Run a request's items (its cache directives and trace span from the request)."""
+        span = request.scope.get(http.SPAN_KEY)
+        return await self.infer(runner, items, request.headers.get("cache-control"), truncate, span)
 
     @api.post("/v1/embeddings", openapi_extra=json_body(EmbeddingsRequest))
     async def embeddings(self, request: Request) -> Response:
@@ -175,20 +163,24 @@ class InferenceService(ServedModels):
         manifest = runner.manifest
         check_dimensions(manifest, body.dimensions)  # before any work
         texts = apply_prompt(manifest, body.texts(), body.prompt_name, body.prompt)
-        result = await self._infer(runner, texts, request, body.truncate)
+        result = await self._run(runner, texts, request, body.truncate)
         vectors = cut_to(manifest, result.outputs, body.dimensions)
-        return json_response(
-            embeddings_body(runner.name, vectors, result.tokens, result.truncated, body.encoding_format)
-        )
+        with _serializing(request):
+            return json_response(
+                embeddings_body(runner.name, vectors, result.tokens, result.truncated, body.encoding_format)
+            )
 
     @api.post("/v1/classify", openapi_extra=json_body(ClassifyRequest))
     async def classify(self, request: Request) -> Response:
         body = http.parse_body(ClassifyRequest, await request.body())
         runner = self._resolve(request, body.model, "classification", "/v1/classify")
-        result = await self._infer(runner, body.texts(), request, body.truncate)
-        return json_response(
-            classification_body(runner.name, result.outputs, runner.manifest.labels, result.tokens, result.truncated)
-        )
+        result = await self._run(runner, body.texts(), request, body.truncate)
+        with _serializing(request):
+            return json_response(
+                classification_body(
+                    runner.name, result.outputs, runner.manifest.labels, result.tokens, result.truncated
+                )
+            )
 
     @api.post("/v1/rerank", openapi_extra=json_body(RerankRequest))
     async def rerank(self, request: Request) -> Response:
@@ -197,10 +189,11 @@ class InferenceService(ServedModels):
         body = http.parse_body(RerankRequest, await request.body(), containers)
         runner = self._resolve(request, body.model, "rerank", "/v1/rerank")
         pairs = [(body.query, document) for document in body.document_texts()]
-        result = await self._infer(runner, pairs, request, body.truncate)
+        result = await self._run(runner, pairs, request, body.truncate)
         scores = rerank_scores(result.outputs, "identity" if body.raw_scores else runner.manifest.score_activation)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        return json_response(rerank_body(runner.name, body, scores, result.tokens, result.truncated, request_id))
+        with _serializing(request):
+            return json_response(rerank_body(runner.name, body, scores, result.tokens, result.truncated, request_id))
 
     # text-embeddings-inference's and Infinity's path for the same route
     @api.post("/rerank", openapi_extra=json_body(RerankRequest))
@@ -262,10 +255,11 @@ class InferenceService(ServedModels):
         parsed = kserve.parse_infer_request(await request.body(), request.headers.get(kserve.HEADER_LENGTH), limit)
         options = kserve_spec.request_options(parsed, runner.manifest)
         items = kserve_spec.request_items(parsed, runner.manifest, self.limits.max_inputs, options)
-        result = await self._infer(runner, items, request, options.truncate)
-        body, headers = kserve.infer_response(
-            runner.name, runner.manifest.version, parsed, kserve_spec.output_tensors(runner, result, options)
-        )
+        result = await self._run(runner, items, request, options.truncate)
+        with _serializing(request):
+            body, headers = kserve.infer_response(
+                runner.name, runner.manifest.version, parsed, kserve_spec.output_tensors(runner, result, options)
+            )
         return Response(body, media_type=headers.pop("content-type"), headers=headers)
 
     @api.get("/metrics")

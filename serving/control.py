@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpkg.errors import OptiserveError
+from modelpkg.remote import normalized
 
 log = logging.getLogger("optiserve")
 APP_NAME = "optiserve"
@@ -341,7 +342,7 @@ def deploy(
     for index, directory in enumerate(package_dirs):
         package = load_package(directory)  # every file's sha256: a corrupt package stops here
         name = names[index] if index < len(names) else package.manifest.name
-        slots.append({"name": name, "path": str(Path(directory).resolve())})
+        slots.append({"name": name, "path": normalized(directory)})
     connect(address)
     current = load_spec()
     target = replace(current, packages=_merge(current.packages, slots), previous=current.packages)
@@ -477,7 +478,7 @@ def canary(
 
     package = load_package(package_dir)
     name = served_name or package.manifest.name
-    path = str(Path(package_dir).resolve())
+    path = normalized(package_dir)
     connect(address)
     current = load_spec()
     if name not in {p["name"] for p in current.packages}:

@@ -178,6 +178,32 @@ def error_response(error: OptiserveError, kserve: bool = False) -> Response:
     return Response(body, status_code=error.status, media_type="application/json", headers=dict(error.headers))
 
 
+# The gRPC status of each HTTP status an error declares (the Open Inference Protocol over gRPC answers the same
+# errors): what clients retry on (UNAVAILABLE) stays retryable, and a refusal of size is gRPC's own for a message
+# too large (RESOURCE_EXHAUSTED). Names of grpc.StatusCode, so this module needs no gRPC.
+GRPC_STATUS = MappingProxyType(
+    {
+        400: "INVALID_ARGUMENT",
+        401: "UNAUTHENTICATED",
+        404: "NOT_FOUND",
+        405: "UNIMPLEMENTED",
+        408: "DEADLINE_EXCEEDED",
+        413: "RESOURCE_EXHAUSTED",
+        422: "INVALID_ARGUMENT",
+        429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL",
+        502: "UNAVAILABLE",
+        503: "UNAVAILABLE",
+        504: "DEADLINE_EXCEEDED",
+    }
+)
+
+
+def grpc_status(status: int) -> str:
+    """The name of the gRPC status code an error of HTTP ``status`` is answered with over gRPC."""
+    return GRPC_STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+
+
 def run_error(exc: BaseException) -> OptiserveError:
     """The answer for an exception raised while a model ran a request: a declared client-facing error as it is
     (queue full, deadline, too much work), anything else a logged 500 ``inference_failed``."""
@@ -208,6 +234,9 @@ def catalogue() -> list[tuple[str, int, str, str]]:
 
 def table() -> str:
     """The Markdown table of :func:`catalogue`, as docs/limits.md holds it."""
-    rows = ["| status | type | code | raised as |", "|---|---|---|---|"]
-    rows += [f"| {status} | `{type_}` | `{code}` | `{name}` |" for name, status, type_, code in catalogue()]
+    rows = ["| status | gRPC status | type | code | raised as |", "|---|---|---|---|---|"]
+    rows += [
+        f"| {status} | `{grpc_status(status)}` | `{type_}` | `{code}` | `{name}` |"
+        for name, status, type_, code in catalogue()
+    ]
     return "\n".join(rows)

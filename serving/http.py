@@ -37,10 +37,12 @@ from serving.errors import (
 from serving.jsonbody import MAX_JSON_CONTAINERS, json_containers, shorten
 from serving.limits import LIMITS
 from serving.metrics import NO_MODEL, metrics
+from serving.tracing import end_request, tracing
 
 log = logging.getLogger("optiserve")
 MODEL_LABELS_KEY = "optiserve.model_labels"  # set in the ASGI scope by a handler, read by the metrics middleware
 PACKAGE_HEADERS_KEY = "optiserve.package_headers"  # likewise: the headers naming the package that answers
+SPAN_KEY = "optiserve.span"  # the request's trace span (None when tracing is off), for the handlers
 INFERENCE_PREFIXES = ("/v1/", "/v2/models", "/rerank")
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -167,8 +169,9 @@ class Gate:
             await send(message)
 
         m.inflight.inc()
+        headers = dict(scope.get("headers") or [])
+        span = scope[SPAN_KEY] = _request_span(scope, headers)
         try:
-            headers = dict(scope.get("headers") or [])
             refusal = _unauthorized(scope, headers) or _declared_too_large(scope, headers)
             if refusal is not None:
                 await refusal(scope, receive, send_recorded)
@@ -190,11 +193,38 @@ class Gate:
             status = status or 500
             raise
         finally:
-            m.inflight.dec()
-            labels = scope.get(MODEL_LABELS_KEY, NO_MODEL)
-            route = getattr(scope.get("route"), "path", "unmatched")
-            m.requests.labels(**labels, route=route, code=str(status or CLIENT_GONE)).inc()
-            m.request_duration.labels(**labels, route=route).observe(time.perf_counter() - started)
+            _record(scope, status or CLIENT_GONE, time.perf_counter() - started, span)
+
+
+def _record(scope: dict, status: int, seconds: float, span: Any) -> None:
+    """Count and time a request that was answered with ``status`` (labelled with its model and route) and end
+    its trace span."""
+    m = metrics()
+    m.inflight.dec()
+    labels = scope.get(MODEL_LABELS_KEY, NO_MODEL)
+    route = getattr(scope.get("route"), "path", "unmatched")
+    m.requests.labels(**labels, route=route, code=str(status)).inc()
+    m.request_duration.labels(**labels, route=route).observe(seconds)
+    if span is not None:
+        span.update_name(f"{scope.get('method', '')} {route}")
+        end_request(span, status, {"http.route": route, **span_labels(labels)})
+
+
+def _request_span(scope: dict, headers: dict[bytes, bytes]) -> Any:
+    """The request's server span (None when tracing is off), continuing an incoming ``traceparent``."""
+    trace = tracing()
+    if not trace.enabled:
+        return None
+    carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers.items()}
+    attributes = {"http.request.method": scope.get("method", ""), "url.path": scope.get("path", "")}
+    if request_id := carrier.get("x-request-id"):
+        attributes["optiserve.request_id"] = request_id
+    return trace.start_request(f"{scope.get('method', '')} {scope.get('path', '')}", carrier, attributes)
+
+
+def span_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The model labels of a request's metrics, as span attributes (none for a request that reached no model)."""
+    return {f"optiserve.{'model_version' if k == 'version' else k}": v for k, v in labels.items() if v}
 
 
 def _declared_too_large(scope: dict, headers: dict[bytes, bytes]) -> Response | None:

@@ -81,7 +81,7 @@ def _decode_bytes_tensor(raw: bytes, expected: int) -> list[str]:
     return items
 
 
-def _encode_bytes_tensor(items: np.ndarray) -> bytes:
+def encode_bytes_tensor(items: np.ndarray) -> bytes:
     parts = []
     for item in items.reshape(-1):
         encoded = str(item).encode("utf-8")
@@ -140,6 +140,23 @@ def _parse_input(index: int, tensor: object, binary: bytes, offset: int, max_ele
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise InvalidInferRequestError(f"inputs[{index}] needs a 'name' and a 'datatype'")
     label = shorten(name)
+    shape, elements = checked_shape(label, shape, max_elements)
+    size = _parameters(tensor, f"input {label!r}").get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise InvalidInferRequestError(
+                f"input {label!r}: binary_data_size {shorten(str(size))} runs past the end of the body"
+            )
+        data = decode_binary(label, datatype, binary[offset : offset + size], elements)
+        return InferInput(name, datatype, shape, data), offset + size
+    if "data" not in tensor:
+        raise InvalidInferRequestError(f"input {label!r} has neither 'data' nor parameters.binary_data_size")
+    return InferInput(name, datatype, shape, tensor["data"]), offset
+
+
+def checked_shape(label: str, shape: object, max_elements: int) -> tuple[list[int], int]:
+    """A tensor's shape and how many elements it holds: a 400 unless it is a list of non-negative integers, a
+    413 past ``max_elements`` (checked before any data is decoded)."""
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInferRequestError(f"input {label!r}: 'shape' must be a list of non-negative integers")
     elements = math.prod(shape)  # Python integers: no overflow
@@ -147,20 +164,11 @@ def _parse_input(index: int, tensor: object, binary: bytes, offset: int, max_ele
         raise TooManyInputsError(
             f"input {label!r}: shape {shorten(str(shape))} holds {elements} elements; at most {max_elements}"
         )
-    size = _parameters(tensor, f"input {label!r}").get("binary_data_size")
-    if size is not None:
-        if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise InvalidInferRequestError(
-                f"input {label!r}: binary_data_size {shorten(str(size))} runs past the end of the body"
-            )
-        data = _decode_binary(label, datatype, binary[offset : offset + size], elements)
-        return InferInput(name, datatype, shape, data), offset + size
-    if "data" not in tensor:
-        raise InvalidInferRequestError(f"input {label!r} has neither 'data' nor parameters.binary_data_size")
-    return InferInput(name, datatype, shape, tensor["data"]), offset
+    return shape, elements
 
 
-def _decode_binary(name: str, datatype: str, raw: bytes, elements: int) -> list[Any] | np.ndarray:
+def decode_binary(name: str, datatype: str, raw: bytes, elements: int) -> list[Any] | np.ndarray:
+    """A tensor's elements from their raw form (the binary extension's, and gRPC's ``raw_input_contents``)."""
     if datatype == "BYTES":
         try:
             return _decode_bytes_tensor(raw, elements)
@@ -258,22 +266,31 @@ def tensor_input(
     return list(array.reshape(tensor.shape))
 
 
+def select_outputs(request: InferRequest, outputs: list[OutputTensor]) -> list[OutputTensor]:
+    """The outputs the request asked for, in its order (all when it named none); a 400 for an unknown name."""
+    if request.outputs is None:
+        return outputs
+    by_name = {o.name: o for o in outputs}
+    if unknown := [name for name in request.outputs if name not in by_name]:
+        shown = [shorten(name) for name in unknown[:8]]
+        raise InvalidInferRequestError(f"unknown output(s) {shown}; this model has {sorted(by_name)}")
+    return [by_name[name] for name in request.outputs]
+
+
+def raw_tensor(output: OutputTensor) -> bytes:
+    """An output's raw form: FP32 little-endian, or length-prefixed UTF-8 elements for BYTES."""
+    return encode_bytes_tensor(output.array) if output.datatype == "BYTES" else output.array.astype("<f4").tobytes()
+
+
 def infer_response(
     model: str, version: str, request: InferRequest, outputs: list[OutputTensor]
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of the response: JSON, or JSON header + binary tensors when any output is binary."""
-    by_name = {o.name: o for o in outputs}
-    if request.outputs is not None:
-        unknown = [name for name in request.outputs if name not in by_name]
-        if unknown:
-            shown = [shorten(name) for name in unknown[:8]]
-            raise InvalidInferRequestError(f"unknown output(s) {shown}; this model has {sorted(by_name)}")
-        outputs = [by_name[name] for name in request.outputs]
     entries, blobs = [], []
-    for out in outputs:
+    for out in select_outputs(request, outputs):
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.array.shape)}
         if "*" in request.binary_outputs or out.name in request.binary_outputs:
-            blob = _encode_bytes_tensor(out.array) if out.datatype == "BYTES" else out.array.astype("<f4").tobytes()
+            blob = raw_tensor(out)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelpkg import settings
 from modelpkg.errors import OptiserveError
+from modelpkg.remote import is_remote, normalized
 from serving import control
 from serving.limits import FORWARDED_ENV
 from serving.metrics import MULTIPROC_ENV
@@ -235,6 +236,7 @@ class Server:
     metrics_dir: Path
     threads: int | None = None
     owns_cluster: bool = True
+    grpc_port: int | None = None
     spec: control.DeploySpec | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
@@ -259,6 +261,7 @@ class Server:
         from modelpkg.package import read_manifest
 
         env_vars = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        env_vars.update({name: value for name, value in os.environ.items() if name.startswith("OTEL_")})  # tracing
         env_vars.update(env or {})
         env_vars[MULTIPROC_ENV] = str(self.metrics_dir)
         if self.threads:
@@ -267,7 +270,7 @@ class Server:
         names = list(served_names or []) + [None] * (len(dirs) - len(served_names or []))
         packages = []
         for directory, name in zip(dirs, names, strict=True):
-            path = str(Path(directory).resolve())
+            path = normalized(directory)
             packages.append({"name": name or read_manifest(path).name, "path": path})
         try:  # what the server serves now: a `deploy` from another process may have changed it since
             previous: control.DeploySpec | None = control.load_spec()
@@ -332,12 +335,14 @@ def start(
     threads: int | None = None,
     num_gpus: int | None = None,
     ingress: str | None = None,
+    grpc_port: int | None = None,
 ) -> Server:
     """Start (or connect to) Ray and start Serve's HTTP ingress on ``host:port``. ``num_gpus`` declares GPUs to a
     local Ray (logical resources: placement can be exercised on a machine without GPUs). ``ingress`` is
     ``haproxy`` (default) or ``proxy`` (default from ``OPTISERVE_INGRESS``); on an existing cluster
     (``address``) the cluster's own setting applies. A local Ray's node address is 127.0.0.1 (its exporters and
-    gRPC ports on loopback) unless ``OPTISERVE_RAY_EXPOSE=1``."""
+    gRPC ports on loopback) unless ``OPTISERVE_RAY_EXPOSE=1``. With ``grpc_port``, the same models answer KServe v2
+    over gRPC there too (:mod:`serving.grpc_api`), on the same host."""
     import ray
     from ray import serve
 
@@ -355,8 +360,26 @@ def start(
             log_to_driver=settings.RAY_LOGS.get(),
             logging_level=logging.WARNING,
         )
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
-    return Server(host=host, port=port, metrics_dir=metrics_dir, threads=threads, owns_cluster=address is None)
+    serve.start(
+        http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S},
+        grpc_options=grpc_options(grpc_port) if grpc_port is not None else None,
+    )
+    return Server(
+        host=host,
+        port=port,
+        metrics_dir=metrics_dir,
+        threads=threads,
+        owns_cluster=address is None,
+        grpc_port=grpc_port,
+    )
+
+
+def grpc_options(port: int) -> dict[str, Any]:
+    """Ray Serve's gRPC ingress on ``port`` with optiserve's services (``serving.grpc_stubs``). Under HAProxy it
+    binds the HTTP host; each replica also listens on a port of the direct-ingress gRPC range."""
+    from serving.grpc_stubs import SERVICER_FUNCTIONS
+
+    return {"port": port, "grpc_servicer_functions": SERVICER_FUNCTIONS, "request_timeout_s": REQUEST_TIMEOUT_S}
 
 
 def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -410,7 +433,7 @@ def warn_about_hardware(
     names: list[str] = []
     served = list(served_names or [])
     for index, directory in enumerate(package_dirs):
-        if not Path(directory).is_dir():
+        if not is_remote(directory) and not Path(directory).is_dir():
             raise PackageError(f"{directory}: no such package directory")
         manifest = load_package(directory).manifest
         name = (served[index] if index < len(served) else None) or manifest.name
@@ -450,6 +473,7 @@ def run_until_signalled(
     num_cpus: int | None = None,
     threads: int | None = None,
     ingress: str | None = None,
+    grpc_port: int | None = None,
     **options: Any,
 ) -> None:
     """Verify the packages, start, deploy, print where and which routes answer, and serve until SIGINT/SIGTERM;
@@ -460,7 +484,9 @@ def run_until_signalled(
     if docs == "auto":
         docs = "1" if _is_loopback(host) else "0"
     stop = StopSignal().install()
-    server = start(host, port, address=address, num_cpus=num_cpus, threads=threads, ingress=ingress)
+    server = start(
+        host, port, address=address, num_cpus=num_cpus, threads=threads, ingress=ingress, grpc_port=grpc_port
+    )
     stop.install()
     record: Path | None = None
     try:
@@ -470,7 +496,10 @@ def run_until_signalled(
 
             record = control.write_record(server.url, ray.get_runtime_context().gcs_address)
             names = ", ".join(str(d) for d in package_dirs)
-            print(f"serving {names} at {server.url} ({_routes(manifests, docs == '1')}); Ctrl-C to stop", flush=True)
+            grpc = f"; KServe v2 over gRPC at {host}:{grpc_port}" if grpc_port is not None else ""
+            print(
+                f"serving {names} at {server.url} ({_routes(manifests, docs == '1')}){grpc}; Ctrl-C to stop", flush=True
+            )
         stop.wait()
         print("stopping: not ready now; finishing the requests in flight", flush=True)
         server.drain(settings.DRAIN_GRACE_S.get())

@@ -26,13 +26,14 @@ from modelpkg.errors import OverloadedError, RequestTooLargeError
 from modelpkg.hardware import detect, serving_mismatch
 from modelpkg.manifest import BATCH_INVARIANT_COSINE, Manifest, ServingDefaults
 from modelpkg.package import load_package
-from modelpkg.pipeline import TextPipeline, load_pipeline
+from modelpkg.pipeline import BatchStats, TextPipeline, load_pipeline
 from modelpkg.runtimes.base import assigned_gpus
 from modelpkg.tokenizer import TextItem, item_chars
 from serving.batching import AdaptiveWait
 from serving.metrics import metrics
 from serving.response_cache import ResponseCache, key_of
 from serving.scheduler import FairBatcher, WorkMeter
+from serving.tracing import sampled, tracing
 
 log = logging.getLogger("optiserve")
 
@@ -113,9 +114,7 @@ class ModelRunner:
         self.batch_mate_cosine = 1.0
         self.work = self._calibrate()
         self.warm_up()
-        self._batcher = FairBatcher(
-            self._run_batch, 32, 10.0, wait_s=self._batch_wait_s, on_start=self._queue_wait.observe
-        )
+        self._batcher = FairBatcher(self._run_batch, 32, 10.0, wait_s=self._batch_wait_s, on_start=self._started)
         self.cache = ResponseCache(0, fingerprint(self.manifest))
         self._evictions_seen = 0
         self.apply({})
@@ -220,7 +219,7 @@ class ModelRunner:
         per_char, cap = self._tokens_per_char, encoder.max_length
         return [min(cap, int(item_chars(item) * per_char) + 2) for item in items]
 
-    async def infer(self, texts: list[Any], cache: CacheUse = "use") -> InferResult:
+    async def infer(self, texts: list[Any], cache: CacheUse = "use", span: Any = None) -> InferResult:
         """Outputs for ``texts`` (or tensors, for a package without a tokenizer), in order. Inputs found in the
         response cache are answered from it (``cache``: ``use``; ``refresh`` computes afresh and stores;
         ``bypass`` neither reads nor stores), and repeated inputs are computed once. Raises
@@ -228,11 +227,12 @@ class ModelRunner:
         :class:`OverloadedError` when more than ``max_queued_s`` of work would run before it is done (batches
         being fair across requests), or the queue would hold more than ``max_queued_items`` items (onto an
         empty queue, a request within ``max_request_s`` is always admitted); and
-        :class:`DeadlineExceededError` when none of it started within ``queue_timeout_s``."""
+        :class:`DeadlineExceededError` when none of it started within ``queue_timeout_s``. ``span``: the
+        request's trace span, parent of its ``queue`` span and of the ``batch`` span its first item opens."""
         self.inflight += 1
         started = time.perf_counter()
         try:
-            result = await self._infer(texts, cache)
+            result = await self._infer(texts, cache, span)
         except RequestTooLargeError:  # the request's fault, not the model's
             raise
         except Exception:
@@ -243,7 +243,7 @@ class ModelRunner:
         self.traffic.record(time.perf_counter() - started)
         return result
 
-    async def _infer(self, texts: list[Any], cache: CacheUse) -> InferResult:
+    async def _infer(self, texts: list[Any], cache: CacheUse, span: Any = None) -> InferResult:
         started = time.perf_counter()
         keys = [key_of(text) for text in texts]
         lookup = cache == "use" and self.cache.max_bytes > 0
@@ -254,7 +254,7 @@ class ModelRunner:
                 missing.setdefault(key, position)
         fresh: dict[str | bytes, ItemResult] = {}
         if missing:
-            fresh = dict(zip(missing, await self._compute([texts[i] for i in missing.values()]), strict=True))
+            fresh = dict(zip(missing, await self._compute([texts[i] for i in missing.values()], span), strict=True))
             if cache != "bypass":
                 for key, result in fresh.items():
                     self.cache.put(key, result)
@@ -269,7 +269,7 @@ class ModelRunner:
             np.array([cut for _, _, cut in items], dtype=bool),
         )
 
-    async def _compute(self, texts: list[Any]) -> list[ItemResult]:
+    async def _compute(self, texts: list[Any], span: Any = None) -> list[ItemResult]:
         """Admit ``texts`` by their estimated work and run them through the batcher."""
         settings, batcher = self.settings, self._batcher
         units = self.units(texts)
@@ -290,7 +290,7 @@ class ModelRunner:
             if batcher.pending_items + len(texts) > settings.max_queued_items:
                 raise OverloadedError(f"{batcher.pending_items} items are queued (limit {settings.max_queued_items})")
         self._wait.arrived(len(texts))
-        return await batcher.submit(texts, units)
+        return await batcher.submit(texts, units, span)
 
     def _record_cache(self, hits: int = 0, misses: int = 0, seconds: float | None = None) -> None:
         m, labels = self._metrics, self.labels
@@ -307,8 +307,14 @@ class ModelRunner:
         m.cache_entries.labels(**labels).set(len(self.cache))
         m.cache_bytes.labels(**labels).set(self.cache.bytes)
 
-    async def _run_batch(self, texts: list[Any]) -> list[ItemResult]:
-        """Run one dynamic batch on the worker thread; record its metrics and what it cost."""
+    def _started(self, waited_s: float, span: Any) -> None:
+        """A request's first item is in a running batch after ``waited_s`` in the queue."""
+        self._queue_wait.observe(waited_s)
+        tracing().record("queue", span, waited_s)
+
+    async def _run_batch(self, texts: list[Any], spans: list[Any]) -> list[ItemResult]:
+        """Run one dynamic batch on the worker thread; record its metrics, what it cost and (``spans``: of the
+        requests in it) its trace spans."""
         started = time.perf_counter()
         m, labels, settings = self._metrics, self.labels, self.settings
         queued = m.queued_items.labels(**labels)
@@ -322,6 +328,8 @@ class ModelRunner:
         finally:
             self._call_started = None
         elapsed = time.perf_counter() - started
+        if spans:
+            self._trace_batch(spans, elapsed, stats)
         queued.set(self._batcher.pending_items - len(texts))  # this batch's items are answered next
         m.inference_duration.labels(**labels).observe(elapsed)
         m.batch_size.labels(**labels).observe(stats.items)
@@ -339,6 +347,29 @@ class ModelRunner:
         counts, cut = stats.token_counts, stats.truncated
         row = {text: i for i, text in enumerate(distinct)}  # a text two requests sent in one batch ran once
         return [(outputs[i], int(counts[i]), bool(cut[i])) for i in map(row.__getitem__, texts)]
+
+    def _trace_batch(self, spans: list[Any], elapsed: float, stats: BatchStats) -> None:
+        """The batch span (a child of the first request's span, linked to every request's), and its
+        ``tokenize`` and ``model`` spans, placed in the batch's time from the seconds the pipeline measured."""
+        trace, ended = tracing(), time.time_ns()
+        attributes = {
+            "optiserve.model": self.name,
+            "optiserve.model_version": self.manifest.version,
+            "optiserve.batch_size": stats.items,
+            "optiserve.requests": len(spans),
+            "optiserve.tokens": stats.real_tokens,
+            "optiserve.padded_tokens": stats.padded_tokens,
+        }
+        traced = [span for span in spans if sampled(span)]
+        if not traced:
+            return
+        batch = trace.record("batch", traced[0], elapsed, attributes, links=traced, ended_ns=ended)
+        began = ended - int(elapsed * 1e9)
+        tokenized = began + int(stats.encode_s * 1e9)
+        if stats.encode_s:
+            trace.record("tokenize", batch, stats.encode_s, ended_ns=tokenized)
+        trace.record("model", batch, stats.model_s, {"optiserve.calls": len(stats.call_padded_tokens) or 1},
+                     ended_ns=tokenized + int(stats.model_s * 1e9))  # fmt: skip
 
     def _learn_tokens_per_char(self, texts: list[TextItem], counts: np.ndarray, truncated: np.ndarray) -> None:
         chars = sum(item_chars(text) for text, cut in zip(texts, truncated, strict=True) if not cut)

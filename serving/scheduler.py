@@ -25,7 +25,9 @@ from typing import Any
 
 from modelpkg.errors import DeadlineExceededError
 
-RunBatch = Callable[[list[Any]], Awaitable[list[Any]]]
+# run_batch(items, tags): the batch's items, and the tags of the requests they came from (each request once, in
+# batch order; a tag is whatever submit() was given with the request, e.g. its trace span, and None is left out).
+RunBatch = Callable[[list[Any], list[Any]], Awaitable[list[Any]]]
 
 
 class WorkMeter:
@@ -104,6 +106,7 @@ class _Request:
     left_units: int = 0  # units of the items not yet in a batch
     done: int = 0
     started: float | None = None  # when its first item's batch started
+    tag: Any = None  # the caller's, handed to run_batch and on_start with the request's items
     gone: bool = False  # answered (with an error), or its client went away: skip what is left
 
 
@@ -119,13 +122,13 @@ class FairBatcher:
         max_batch_size: int,
         queue_timeout_s: float,
         wait_s: Callable[[], float] = lambda: 0.0,
-        on_start: Callable[[float], None] = lambda waited: None,
+        on_start: Callable[[float, Any], None] = lambda waited, tag: None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.queue_timeout_s = queue_timeout_s
         self.wait_s = wait_s
-        self.on_start = on_start  # called with a request's queue wait when its first item starts
+        self.on_start = on_start  # called with a request's queue wait and tag when its first item starts
         self.pending_units = 0  # admitted and not finished: waiting or running
         self.pending_items = 0
         self._waiting: deque[_Request] = deque()
@@ -133,13 +136,14 @@ class FairBatcher:
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
-    async def submit(self, items: Sequence[Any], units: Sequence[int]) -> list[Any]:
-        """Results for ``items`` in order (``units``: each item's estimated work). Raises
+    async def submit(self, items: Sequence[Any], units: Sequence[int], tag: Any = None) -> list[Any]:
+        """Results for ``items`` in order (``units``: each item's estimated work; ``tag``: given back to
+        ``run_batch`` and ``on_start`` with the request). Raises
         :class:`DeadlineExceededError` if none of it started within ``queue_timeout_s``, or what ``run_batch``
         raised for a batch holding one of its items."""
         if not items:
             return []
-        request = _Request(items, units, time.monotonic(), asyncio.get_running_loop().create_future())
+        request = _Request(items, units, time.monotonic(), asyncio.get_running_loop().create_future(), tag=tag)
         request.results = [None] * len(items)
         request.left_units = sum(units)
         self._waiting.append(request)
@@ -231,7 +235,7 @@ class FairBatcher:
                     self._fail(request, error)
                     continue
                 request.started = now
-                self.on_start(waited)
+                self.on_start(waited, request.tag)
             batch.append((request, request.next))
             request.left_units -= request.units[request.next]
             request.next += 1
@@ -243,7 +247,10 @@ class FairBatcher:
     async def _run(self, batch: list[tuple[_Request, int]]) -> None:
         units = sum(request.units[index] for request, index in batch)
         try:
-            results = await self.run_batch([request.items[index] for request, index in batch])
+            tags = [
+                request.tag for request in dict.fromkeys(request for request, _ in batch) if request.tag is not None
+            ]
+            results = await self.run_batch([request.items[index] for request, index in batch], tags)
         except BaseException as exc:  # the batch's requests get the error; the batcher goes on
             for request, _ in batch:
                 self._fail(request, exc if isinstance(exc, Exception) else DeadlineExceededError("replica stopping"))

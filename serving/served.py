@@ -34,12 +34,22 @@ from typing import Any, TypeVar
 
 from modelpkg.errors import OptiserveError
 from modelpkg.package import read_manifest
-from serving.replica import ModelRunner, node_tag, package_id
+from serving.errors import InputTooLongError, run_error
+from serving.replica import CacheUse, InferResult, ModelRunner, node_tag, package_id
 
 log = logging.getLogger("optiserve")
 T = TypeVar("T")
 CONTROL_KEYS = ("packages", "generation", "draining", "rollout", "models")
 AGREEMENT_INPUTS = 256  # held-out inputs a canary and the stable package are compared on
+
+
+def cache_use(cache_control: str | None) -> CacheUse:
+    """How a request's ``Cache-Control`` lets it use the response cache: ``no-store`` neither reads nor stores,
+    ``no-cache`` computes afresh (and stores the result), anything else reads it."""
+    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
+    if "no-store" in directives:
+        return "bypass"
+    return "refresh" if "no-cache" in directives else "use"
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,34 @@ class ServedModels:
             if reason := runner.stalled():
                 return reason
         return None
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        runner: ModelRunner,
+        items: list[Any],
+        cache_control: str | None = None,
+        truncate: bool | None = None,
+        span: Any = None,
+    ) -> InferResult:
+        """Run one request's items on ``runner`` (every protocol's requests come here): an over-long text is a 422
+        unless the request or the server's policy truncates; a failure is a declared error or a logged 500.
+        ``span``: the request's trace span (:mod:`serving.tracing`), given its items and tokens."""
+        encoder = runner.pipeline.encoder
+        reject = not truncate if truncate is not None else self.limits.on_overflow == "reject"
+        if encoder is not None and reject and (too_long := encoder.too_long(items)):
+            raise InputTooLongError(
+                f"input: item {too_long[0]} is longer than the model's {encoder.max_length} tokens "
+                f"({'the request said truncate: false' if truncate is False else 'this server does not truncate'})"
+            )
+        try:
+            result = await runner.infer(items, cache_use(cache_control), span)
+        except Exception as exc:  # noqa: BLE001 -- every failure becomes a declared answer (and is logged there)
+            raise run_error(exc) from None
+        if span is not None:
+            span.set_attributes({"optiserve.items": len(items), "optiserve.tokens": result.tokens})
+        return result
 
     async def check_health(self) -> None:
         """Raise (so Ray Serve restarts the replica) if any model's runtime can no longer compute."""

@@ -141,12 +141,13 @@ def family_chains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[P
 
 @pytest.fixture(scope="session")
 def server(minilm_packages) -> Iterator:
-    """One Ray Serve instance on a free 127.0.0.1 port, serving the optimized MiniLM package."""
+    """One Ray Serve instance on free 127.0.0.1 ports (HTTP and gRPC), serving the optimized MiniLM package."""
     from serving.launcher import start
     from serving.ports import free_port
 
     # One logical GPU (a resource count, no device) so GPU placement can be tested on machines without one.
-    srv = start("127.0.0.1", free_port(), num_cpus=2, num_gpus=1)
+    # KServe v2 over gRPC beside HTTP (tests/support/grpc.py), as `optiserve serve --grpc-port` serves it.
+    srv = start("127.0.0.1", free_port(), num_cpus=2, num_gpus=1, grpc_port=free_port())
     try:
         srv.deploy(minilm_packages.package.root)
         yield srv

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelpkg.package import ModelPackage
+from modelpkg.package import ModelPackage, read_manifest
 from modelpkg.version import __version__
 from optimizers.candidate import Candidate
 from optimizers.packaging import write_candidate_package
@@ -20,6 +20,7 @@ from optiserve import exit_codes
 from optiserve.cli import DESCRIPTION, build_parser, main
 from serving.ports import free_port
 from tests.support.paths import RECIPES, ROOT
+from tests.support.stores import BUCKET, s3_put, s3_store
 
 # What the libraries print when nobody silences them (transformers, the torch exporter, ONNX Runtime, tqdm, NNCF).
 THIRD_PARTY_NOISE = (
@@ -254,3 +255,22 @@ def test_more_served_model_names_than_packages_is_a_usage_error(tmp_path: Path, 
     code = main(["serve", str(tmp_path), "--served-model-name", "a", "--served-model-name", "b"])
     assert code == exit_codes.USAGE
     assert "--served-model-name" in capsys.readouterr().err
+
+
+def test_optimize_publishes_to_s3_and_serve_refuses_a_tampered_copy_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``optimize --out s3://…`` publishes the package (credentials and endpoint from the AWS_* variables only);
+    a file changed in the store afterwards is refused by ``serve`` before Ray starts, in one line."""
+    monkeypatch.setenv("OPTISERVE_PACKAGE_CACHE", str(tmp_path / "cache"))
+    with s3_store():
+        uri = f"s3://{BUCKET}/tiny/v1"
+        recipe = str(RECIPES / "export-only.yaml")
+        assert main(["-q", "optimize", str(tiny_model_dir), "--out", uri, "--recipe", recipe]) == exit_codes.OK
+        manifest = read_manifest(uri)
+        assert manifest.format == "onnx" and (tmp_path / "cache").is_dir()
+        s3_put(f"tiny/v1/{manifest.model_path}", b"not the model")
+        monkeypatch.setenv("OPTISERVE_PACKAGE_CACHE", str(tmp_path / "fresh-cache"))  # another node
+        run = _cli("serve", uri, "--port", str(free_port()), timeout=120)
+    expected = f"{uri} does not verify: the package was modified after it was written: {manifest.model_path!r} fails"
+    _one_line_error(run, exit_codes.ERROR, expected)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 
 from modelpkg.package import load_package
@@ -17,6 +18,7 @@ from modelpkg.pipeline import TensorPipeline
 from optimizers.chain import optimize
 from optimizers.datasets import digits
 from tests.integration.test_server import MODEL
+from tests.support import grpc as grpc_client
 from tests.support.paths import ROOT
 
 EXAMPLE = ROOT / "examples" / "digits"
@@ -85,6 +87,17 @@ def test_tritonclient_classifies_digit_images(served, digits_chain, binary: bool
     assert labels == [str(i) for i in expected.argmax(1)]
     metadata = client.get_model_metadata(NAME)
     assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+
+
+@pytest.mark.serve
+def test_tritonclient_grpc_classifies_digit_images_from_raw_contents(served, digits_chain) -> None:
+    images = np.stack(digits().heldout[:16])
+    expected = TensorPipeline.from_package(load_package(digits_chain.package.root), threads=1).run(list(images))[0]
+    tensor = triton_grpc.InferInput("pixels", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    result = grpc_client.client(served).infer(NAME, [tensor])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-4)
+    assert [x.decode() for x in result.as_numpy("label")] == [str(i) for i in expected.argmax(1)]
 
 
 @pytest.mark.serve

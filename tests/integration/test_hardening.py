@@ -12,10 +12,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import InferenceServerException
 
 from modelpkg.errors import PackageError
 from modelpkg.runtimes.onnx import check_external_data
 from serving.limits import ServerLimits
+from tests.support import grpc as grpc_client
 from tests.support.load import post_concurrently
 
 TOKEN = "s3cret-token"
@@ -60,6 +62,24 @@ def test_token_guards_inference_routes_only(hardened) -> None:
     assert httpx.post(url, json={"input": "hi"}, headers=AUTH, timeout=30).status_code == 200
     for open_route in ("/v2/health/live", "/v2/health/ready", "/metrics"):
         assert httpx.get(f"{hardened.url}{open_route}", timeout=30).status_code == 200
+
+
+@pytest.mark.serve
+def test_token_guards_grpc_inference_from_its_metadata(hardened, minilm_packages) -> None:
+    client = grpc_client.client(hardened)
+    name = minilm_packages.package.manifest.name
+    for headers in (None, {"authorization": "Bearer nope"}):
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(name, [grpc_client.text_input(["hi"])], headers=headers)
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert refused.value.message() == "missing or invalid bearer token"
+    answered = client.infer(name, [grpc_client.text_input(["hi"])], headers={"authorization": AUTH["Authorization"]})
+    assert answered.as_numpy("embedding").shape == (1, 384)
+    assert client.is_server_ready()  # health and server metadata need no token, as over HTTP
+    too_many = grpc_client.text_input(["x"] * 9)  # OPTISERVE_MAX_INPUTS=8
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(name, [too_many], headers={"authorization": AUTH["Authorization"]})
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED" and "at most 8" in refused.value.message()
 
 
 @pytest.mark.serve

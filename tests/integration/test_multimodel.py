@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
@@ -16,8 +18,10 @@ from corpus import load_split
 from modelpkg.package import load_package
 from modelpkg.pipeline import TextPipeline
 from serving.api import softmax
+from serving.grpc_stubs import health, inference
 from tests.conftest import CLASSIFIER_LABELS
 from tests.integration.test_server import MODEL, _cosines, _metric_samples
+from tests.support import grpc as grpc_client
 from tests.support.load import post_concurrently
 
 pytestmark = pytest.mark.serve
@@ -177,3 +181,75 @@ def test_classify_and_kserve_locust_files_run_against_the_classifier(both, tmp_p
             )
         )  # fmt: skip
         assert summary.failures == 0 and summary.client["requests"] > 3, api
+
+
+def test_tritonclient_grpc_infers_embeddings_and_labels(both, minilm_packages, classifier_package) -> None:
+    """The Open Inference Protocol over gRPC, raw tensor contents both ways (what tritonclient.grpc sends)."""
+    client = grpc_client.client(both)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL) and client.is_model_ready(CLASSIFIER)
+    assert client.get_server_metadata().name == "optiserve"
+    metadata = client.get_model_metadata(MODEL)
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("text", "BYTES", [-1])]
+    assert list(metadata.outputs[0].shape) == [-1, 384]
+
+    embedded = client.infer(MODEL, [grpc_client.text_input(TEXTS)], request_id="g1")
+    assert embedded.get_response().id == "g1" and embedded.get_response().model_name == MODEL
+    vectors = embedded.as_numpy("embedding")
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    # within the package's fidelity, as over HTTP (dynamic int8 here: rows batch differently from a direct call)
+    assert _cosines(vectors, _direct(minilm_packages.package.root).run(TEXTS)[0]).min() >= 0.98
+
+    wanted = [triton_grpc.InferRequestedOutput("label"), triton_grpc.InferRequestedOutput("logits")]
+    classified = client.infer(CLASSIFIER, [grpc_client.text_input(TEXTS)], outputs=wanted)
+    assert [o.name for o in classified.get_response().outputs] == ["label", "logits"]
+    logits = _direct(classifier_package.package.root).run(TEXTS)[0]
+    labels = [v.decode() for v in classified.as_numpy("label")]
+    assert labels == [CLASSIFIER_LABELS[i] for i in logits.argmax(axis=1)]
+
+
+def _grpc_refusal(call) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as refused:
+        call()
+    assert "Traceback" not in refused.value.message()
+    return refused.value
+
+
+def test_grpc_errors_are_status_codes_with_the_http_messages(both) -> None:
+    client = grpc_client.client(both)
+    missing = _grpc_refusal(lambda: client.get_model_metadata("nope"))
+    assert missing.status() == "StatusCode.NOT_FOUND" and "not served here" in missing.message()
+    numbers = triton_grpc.InferInput("text", [1], "FP32")
+    numbers.set_data_from_numpy(np.ones(1, dtype=np.float32))
+    wrong_type = _grpc_refusal(lambda: client.infer(MODEL, [numbers]))
+    assert wrong_type.status() == "StatusCode.INVALID_ARGUMENT" and "must be BYTES" in wrong_type.message()
+    unknown = [triton_grpc.InferRequestedOutput("x")]
+    no_output = _grpc_refusal(lambda: client.infer(MODEL, [grpc_client.text_input(["a"])], outputs=unknown))
+    assert no_output.status() == "StatusCode.INVALID_ARGUMENT" and "unknown output" in no_output.message()
+    # a shape past the limit is refused before any data is read (a client library would not send this one)
+    huge = inference.ModelInferRequest(model_name=MODEL, raw_input_contents=[b""])
+    huge.inputs.add(name="text", datatype="BYTES", shape=[10**9])
+    with pytest.raises(grpc.RpcError) as too_many:
+        grpc_client.raw_infer(both, huge)
+    assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "holds 1000000000 elements" in too_many.value.details()
+
+
+def test_grpc_health_and_metrics(both) -> None:
+    assert grpc_client.health_check(both).status == health.HealthCheckResponse.SERVING
+    assert grpc_client.health_check(both, "inference.GRPCInferenceService").status == health.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as unknown:
+        grpc_client.health_check(both, "other.Service")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    grpc_client.client(both).infer(MODEL, [grpc_client.text_input(["counted"])])
+    request = inference.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"typed contents")
+    response, call = grpc_client.raw_infer(both, request, [("x-request-id", "grpc-id-1")])
+    assert len(response.raw_output_contents[0]) == 4 * 384  # typed contents in, raw contents out
+    assert ("x-request-id", "grpc-id-1") in call.trailing_metadata()  # the id comes back, as over HTTP
+    counted = {
+        (s.labels["route"], s.labels["code"], s.labels["model"]): s.value
+        for s in _metric_samples(both)["optiserve_requests_total"]
+    }
+    assert counted.get(("/inference.GRPCInferenceService/ModelInfer", "200", MODEL), 0) >= 1
+    assert counted.get(("/inference.GRPCInferenceService/ModelMetadata", "404", ""), 0) >= 1

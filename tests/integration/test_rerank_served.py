@@ -17,6 +17,7 @@ from modelpkg.pipeline import TextPipeline
 from optimizers.chain import optimize
 from serving.api import rerank_scores
 from serving.limits import LIMITS
+from tests.support import grpc as grpc_client
 from tests.support.families import build_cross_encoder
 from tests.support.paths import RECIPES
 
@@ -106,6 +107,15 @@ def test_kserve_infer_takes_a_query_and_documents_as_two_bytes_inputs(served, re
     for bad in (mismatched, {"inputs": request["inputs"][:1]}):
         answer = _post(served, f"/v2/models/{name}/infer", bad)
         assert answer.status_code == 400 and isinstance(answer.json()["error"], str), answer.text[:500]
+
+
+def test_tritonclient_grpc_reranks_with_two_bytes_inputs(served, reranker) -> None:
+    result = grpc_client.client(served).infer(
+        reranker.manifest.name,
+        [grpc_client.text_input([QUERY], "query"), grpc_client.text_input(DOCUMENTS[:4], "document")],
+    )
+    assert np.abs(result.as_numpy("score") - _expected(reranker, DOCUMENTS[:4])).max() < 1e-3
+    assert result.as_numpy("logits").shape == (4, 1)
 
 
 BAD_REQUESTS = {

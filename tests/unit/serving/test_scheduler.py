@@ -16,11 +16,13 @@ class RecordingModel:
 
     def __init__(self, delay: float = 0.0, fail_on: object = None) -> None:
         self.batches: list[list[object]] = []
+        self.tags: list[list[object]] = []
         self.delay = delay
         self.fail_on = fail_on
 
-    async def __call__(self, items: list[object]) -> list[object]:
+    async def __call__(self, items: list[object], tags: list[object] = ()) -> list[object]:
         self.batches.append(list(items))
+        self.tags.append(list(tags))
         await asyncio.sleep(self.delay)
         if self.fail_on in items:
             raise RuntimeError("model failed")
@@ -35,6 +37,26 @@ def test_results_come_back_in_order_and_the_accounting_returns_to_zero() -> None
         assert results == [[f"out:{i}" for i in range(10)], ["out:a", "out:b"]]
         assert all(len(batch) <= 4 for batch in model.batches)
         assert (batcher.pending_items, batcher.pending_units) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_each_batch_is_given_the_tags_of_the_requests_in_it_once() -> None:
+    """What tracing hangs on: a batch span links to the request spans (the tags) whose items it ran."""
+
+    async def scenario() -> None:
+        model = RecordingModel()
+        started: list[object] = []
+        batcher = FairBatcher(
+            model, max_batch_size=4, queue_timeout_s=10.0, on_start=lambda _, tag: started.append(tag)
+        )
+        await asyncio.gather(
+            batcher.submit(["a1", "a2", "a3"], [1] * 3, tag="A"), batcher.submit(["b1"], [1], tag="B"),
+            batcher.submit(["c1"], [1]),
+        )  # fmt: skip
+        assert model.batches == [["a1", "b1", "c1", "a2"], ["a3"]]
+        assert model.tags == [["A", "B"], ["A"]]
+        assert started == ["A", "B", None]
 
     asyncio.run(scenario())
 
@@ -162,7 +184,7 @@ def test_work_ahead_of_a_new_request_counts_a_big_request_only_item_for_item() -
     async def scenario() -> None:
         gate = asyncio.Event()
 
-        async def held(items: list[object]) -> list[object]:
+        async def held(items: list[object], tags: list[object]) -> list[object]:
             await gate.wait()
             return list(items)
 
