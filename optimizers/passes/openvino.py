@@ -11,6 +11,7 @@ and (bf16) where the CPU has no bf16 units.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -101,6 +102,13 @@ class NNCFQuantizeConfig(PassConfig):
         description="accuracy control restores at most this many layers to floating point (each step re-ranks the "
         "rest: about 45 s for a MiniLM-L6 on 2 cores)",
     )
+    accuracy_control_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="seconds accuracy control may take: past them its next validation stops it, and the pass "
+        "fails naming the budget (NNCF ranks every quantized layer first: over 10 minutes for a MiniLM-sized "
+        "reranker on 2 cores)",
+    )
     ignored_types: tuple[str, ...] = Field(default=(), description="operation types never quantized")
     overflow_fix: Literal["enable", "first_layer_only", "disable"] = Field(
         default="first_layer_only",
@@ -158,11 +166,18 @@ def _quantize_args(
     }, advanced
 
 
-def _agreement_validation(reference_model: Any, data: list[dict[str, np.ndarray]], task: str) -> Any:
+class _OutOfTimeError(Exception):
+    """Accuracy control reached its time budget (raised from NNCF's validation_fn, caught around NNCF)."""
+
+
+def _agreement_validation(
+    reference_model: Any, data: list[dict[str, np.ndarray]], task: str, deadline: float = float("inf")
+) -> Any:
     """NNCF's ``validation_fn``: how closely a compiled model's outputs match the unquantized model's on the same
     feeds (NNCF passes any subset of ``data``, a list of batches): the mean over rows, and one value per batch (its
     data items), so NNCF can rank layers by the harm they do. A row's agreement is the cosine of the two rows; for
-    a reranker's single logit, whose cosine is only its sign, 1 − |difference| / the mean |logit| on ``data``."""
+    a reranker's single logit, whose cosine is only its sign, 1 − |difference| / the mean |logit| on ``data``.
+    Called once ``time.monotonic()`` is past ``deadline``, it stops accuracy control (:class:`_OutOfTimeError`)."""
     import openvino as ov
 
     reference = ov.Core().compile_model(reference_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -179,6 +194,8 @@ def _agreement_validation(reference_model: Any, data: list[dict[str, np.ndarray]
         return (got * want).sum(axis=1) / np.maximum(norms, 1e-12)
 
     def validate(compiled: Any, batches: Iterable[dict[str, np.ndarray]]) -> tuple[float, list[float]]:
+        if time.monotonic() > deadline:
+            raise _OutOfTimeError
         rows = [agreement(np.asarray(compiled(feeds)[0], dtype=np.float32), expected(feeds)) for feeds in batches]
         return float(np.concatenate(rows).mean()), [float(batch.mean()) for batch in rows]
 
@@ -230,18 +247,29 @@ def nncf_quantize(artifact: Artifact, config: NNCFQuantizeConfig, context: PassC
         from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
         validation = _dataset(context, context.validation[: config.validation_samples])
-        restored = nncf.quantize_with_accuracy_control(
-            ov.Core().read_model(str(artifact.model_file)),
-            validation_dataset=nncf.Dataset(validation),
-            validation_fn=_agreement_validation(source, validation, context.source.task),
-            max_drop=max(1e-4, 1.0 - context.budget.min_cosine_mean),
-            drop_type=nncf.DropType.ABSOLUTE,
-            advanced_quantization_parameters=advanced,
-            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                max_num_iterations=config.max_restored_layers
-            ),
-            **args,
-        )
+        started = time.monotonic()
+        try:
+            restored = nncf.quantize_with_accuracy_control(
+                ov.Core().read_model(str(artifact.model_file)),
+                validation_dataset=nncf.Dataset(validation),
+                validation_fn=_agreement_validation(
+                    source, validation, context.source.task, started + config.accuracy_control_s
+                ),
+                max_drop=max(1e-4, 1.0 - context.budget.min_cosine_mean),
+                drop_type=nncf.DropType.ABSOLUTE,
+                advanced_quantization_parameters=advanced,
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=config.max_restored_layers
+                ),
+                **args,
+            )
+        except _OutOfTimeError:
+            tries.append({"how": "nncf.quantize_with_accuracy_control", "stopped_after_s": time.monotonic() - started})
+            raise PassFailedError(
+                f"nncf_quantize: plain int8 missed the fidelity budget and accuracy control reached its time budget "
+                f"({config.accuracy_control_s:g} s, accuracy_control_s) before restoring enough layers",
+                {"tries": tries},
+            ) from None
         quantized, latest = judged(restored, "nncf.quantize_with_accuracy_control")
         tries.append(latest)
     if config.accuracy_control and not tries[-1]["within_budget"]:

@@ -94,6 +94,21 @@ def test_nncf_accuracy_control_runs_when_plain_int8_misses_and_fails_naming_the_
     assert hows == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]
 
 
+def test_nncf_accuracy_control_stops_at_its_time_budget_and_says_so(tiny_source, tiny_ir, tmp_path) -> None:
+    fp32_only = FidelityBudget(max_abs_error=1e-5)  # plain int8 misses it, so accuracy control starts
+    with pytest.raises(PassFailedError, match=r"accuracy control reached its time budget \(0.001 s") as failure:
+        _run(
+            "nncf_quantize",
+            tiny_ir,
+            _context(tiny_source, tmp_path, fp32_only),
+            subset_size=16,
+            validation_samples=16,
+            accuracy_control_s=0.001,
+        )
+    stopped = failure.value.details["tries"][-1]
+    assert stopped["how"] == "nncf.quantize_with_accuracy_control" and stopped["stopped_after_s"] < 30
+
+
 def test_an_openvino_package_carries_its_ir_and_refuses_a_stray_bin(tiny_source, tiny_ir, tmp_path) -> None:
     candidate = Candidate("openvino-f32", tiny_ir, chain=[])
     package = write_candidate_package(tiny_source, candidate, tmp_path / "pkg")
