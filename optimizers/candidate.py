@@ -31,6 +31,9 @@ class Candidate:
     pareto: bool = False
     single_p50_ms: float | None = None  # one input run alone (warm), the median over a held-out sample
     evaluate_s: float | None = None  # seconds its fidelity and profile took (optimizers.evaluate)
+    # as served on this machine (within budget, 2+ cores): items/s of one replica with a thread per core and of
+    # single-thread replicas, one per core, and which is faster (optimizers.profile.replica_layout)
+    layout: dict[str, Any] | None = None
 
     @property
     def runtime(self) -> str:
@@ -58,6 +61,13 @@ class Candidate:
     def items_per_s(self) -> float:
         return best_row(self.profile).items_per_s if self.profile else 0.0
 
+    @property
+    def served_items_per_s(self) -> float | None:
+        """Items/s at its replica layout on all this machine's cores (None where it was not measured)."""
+        if self.layout is None:
+            return None
+        return max(self.layout["threads_items_per_s"], self.layout["replicas_items_per_s"])
+
     def summary(self, budget: FidelityBudget) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -68,6 +78,8 @@ class Candidate:
             "size_bytes": self.size_bytes,
             "items_per_s": self.items_per_s,
             "single_p50_ms": self.single_p50_ms,
+            "served_items_per_s": self.served_items_per_s,
+            "layout": self.layout,
             "evaluate_s": self.evaluate_s,
             "within_budget": bool(self.fidelity and admits(budget, self.fidelity)),
             "violations": violations(budget, self.fidelity) if self.fidelity else [],

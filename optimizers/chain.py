@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from modelpkg.errors import OptiserveError
 from modelpkg.hardware import HardwareProfile, detect
-from modelpkg.manifest import FidelityBudget, ServingDefaults
+from modelpkg.manifest import FidelityBudget
 from modelpkg.package import ModelPackage
 from modelpkg.runtimes.base import default_threads
 from optimizers.cache import StepCache
@@ -33,6 +33,7 @@ from optimizers.recipe import Plan, PlannedCandidate, Recipe, load_plan
 from optimizers.report import write_report
 from optimizers.runner import StepRunner, build_candidate, source_artifact, tuned_groups
 from optimizers.selection import (
+    admitted,
     budget_not_met,
     build_report,
     mark_pareto,
@@ -123,30 +124,35 @@ def _build_candidates(
     return candidates, tuning
 
 
-def _measure_layout(
-    source: SourceModel, selected: Candidate, serving: ServingDefaults, data: Any
-) -> tuple[ServingDefaults, dict[str, Any] | None]:
-    """The selected candidate's best use of this machine's cores (``optimizers.profile.replica_layout``),
-    recorded in its serving defaults; unchanged on a single core."""
+def _measure_as_served(
+    source: SourceModel, candidates: list[Candidate], data: Any, recipe: Recipe, budget: FidelityBudget
+) -> None:
+    """Each candidate a package may be made of, as a server on this machine would run it: its best use of all the
+    cores (``optimizers.profile.replica_layout``: one replica with a thread per core, or single-thread replicas),
+    with the call size its profile chose; recorded as ``Candidate.layout``. Nothing on a single core."""
     cores = os.cpu_count() or 1
-    if cores < 2 or selected.artifact is None:
-        return serving, None
-    artifact = selected.artifact
-    log.info("measuring %d single-thread replicas against one with %d threads", cores, cores)
+    if cores < 2:
+        return
+    length_p99 = token_p99(source, data.heldout)
+    for candidate in admitted(candidates, budget, recipe.selection):
+        artifact = candidate.artifact
+        assert artifact is not None
 
-    def make(threads: int) -> Any:
-        return OutputsEvaluator(source, threads, data.validation).pipeline(artifact)
+        def make(threads: int, artifact: Any = artifact) -> Any:
+            return OutputsEvaluator(source, threads, data.validation).pipeline(artifact)
 
-    layout, measured = replica_layout(make, data.heldout, serving.max_call_items, cores)
-    log.info(
-        "replica layout: %s (%d single-thread: %.0f items/s; one with %d threads: %.0f items/s)",
-        layout,
-        cores,
-        measured["replicas_items_per_s"],
-        cores,
-        measured["threads_items_per_s"],
-    )
-    return serving.model_copy(update={"replica_layout": layout}), {"cores": cores, "chosen": layout, **measured}
+        call_items = serving_defaults(candidate.profile, length_p99).max_call_items
+        layout, measured = replica_layout(make, data.heldout, call_items, cores, recipe.profile.items)
+        candidate.layout = {"cores": cores, "chosen": layout, **measured}
+        log.info(
+            "%s as served: %s (%d single-thread replicas: %.0f items/s; one with %d threads: %.0f items/s)",
+            candidate.name,
+            layout,
+            cores,
+            measured["replicas_items_per_s"],
+            cores,
+            measured["threads_items_per_s"],
+        )
 
 
 def optimize(
@@ -206,13 +212,15 @@ def optimize(
     text = f"check fidelity and profile {len(candidates)} candidate(s) on {len(data.heldout)} held-out inputs"
     stages.start(3, "evaluate", text)
     evaluate(evaluator, candidates, data.heldout, recipe, threads)
-    stages.start(4, "select", "select, measure the replica layout and write the report")
+    stages.start(4, "select", "measure each candidate within budget as served, select, write the report")
     mark_pareto(candidates)
+    if device == "cpu":
+        _measure_as_served(source, candidates, data, recipe, budget)
     selected = select(candidates, budget, recipe.selection)
     serving = serving_defaults(selected.profile, token_p99(source, data.heldout)) if selected else None
-    layout: dict[str, Any] | None = None
-    if selected is not None and serving is not None and selected.artifact is not None and device == "cpu":
-        serving, layout = _measure_layout(source, selected, serving, data)
+    layout = selected.layout if selected is not None else None
+    if serving is not None and layout is not None:
+        serving = serving.model_copy(update={"replica_layout": layout["chosen"]})
 
     report = build_report(source, recipe, budget, candidates, selected, data.describe(), serving, hardware)
     report["tuning"] = tuning

@@ -132,14 +132,19 @@ LAYOUT_ITEMS = 256  # held-out inputs each way of using the cores computes, to c
 
 
 def replica_layout(
-    make_pipeline: Callable[[int], TextPipeline | TensorPipeline], texts: Sequence[Any], call_items: int, cores: int
+    make_pipeline: Callable[[int], TextPipeline | TensorPipeline],
+    texts: Sequence[Any],
+    call_items: int,
+    cores: int,
+    items: int = LAYOUT_ITEMS,
 ) -> tuple[ReplicaLayout, dict[str, float]]:
     """How to use ``cores`` cores for this model: one replica computing with ``cores`` threads, or one
     single-thread replica per core. Measured, not guessed: the same held-out inputs (in dynamic batches of
     ``DYNAMIC_BATCH``, model calls of ``call_items``) through one pipeline with ``cores`` threads, and through
     ``cores`` single-thread pipelines at once (one per Python thread: the runtimes release the GIL, so this is
-    what separate replicas get, minus their separate event loops). Returns the faster and both items/s."""
-    stream = [texts[i % len(texts)] for i in range(LAYOUT_ITEMS)]
+    what separate replicas get, minus their separate event loops). ``items`` inputs each way. Returns the faster
+    and both items/s."""
+    stream = [texts[i % len(texts)] for i in range(items)]
     batches = [stream[i : i + DYNAMIC_BATCH] for i in range(0, len(stream), DYNAMIC_BATCH)]
 
     def drain(pipeline: TextPipeline | TensorPipeline, work: list[list[Any]]) -> None:

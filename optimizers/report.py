@@ -60,6 +60,7 @@ def candidate_header(task: str) -> list[str]:
         "runtime",
         "size MB",
         "items/s (best)",
+        "items/s served",
         "best items per call",
         "p50 ms alone",
         SCORE_COLUMN.get(task, "cos mean"),
@@ -112,6 +113,8 @@ def candidate_legend(task: str) -> dict[str, str]:
     return {
         "size MB": "size of the model files in the package, in MB (10^6 bytes)",
         "items/s (best)": "throughput at the best profile row (texts per second, on the profile's threads)",
+        "items/s served": "throughput using all this machine's cores as a server would (candidates within budget): "
+        "the faster of one replica with a thread per core (T) and single-thread replicas, one per core (R)",
         "best items per call": "model-call size of that row (serving's `max_call_items`)",
         "p50 ms alone": "median latency of one input run alone (warm), over 32 held-out inputs: what a lone request "
         "waits for the model",
@@ -153,6 +156,7 @@ def _candidate_rows(report: dict[str, Any], task: str) -> list[list[str]]:
                 f"{c['runtime']} {c['precision']}",
                 f"{c['size_bytes'] / 1e6:.2f}",
                 f"{c['items_per_s']:.0f}",
+                _served(c.get("layout")),
                 str(best["call_items"]) if best else "-",
                 _num(c.get("single_p50_ms"), ".1f"),
                 _num(fidelity_score(fid) if fid else None),
@@ -291,14 +295,23 @@ def _width_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _served(layout: dict[str, Any] | None) -> str:
+    if not layout:
+        return "-"
+    best = max(layout["threads_items_per_s"], layout["replicas_items_per_s"])
+    return f"{best:.0f} ({'R' if layout['chosen'] == 'replicas' else 'T'})"
+
+
 def _ranking(report: dict[str, Any]) -> str:
     """Which number decided among the candidates within budget (the recipe's ``selection``)."""
     selection = report.get("selection") or {}
-    text = (
-        "ranked by single-input p50 (`p50 ms alone`)"
-        if selection.get("rank_by") == "latency"
-        else "ranked by throughput (`items/s (best)`)"
-    )
+    cores = next((c["layout"]["cores"] for c in report["candidates"] if c.get("layout")), None)
+    if selection.get("rank_by") == "latency":
+        text = "ranked by single-input p50 (`p50 ms alone`)"
+    elif cores:
+        text = f"ranked by throughput as served on this machine's {cores} cores (`items/s served`)"
+    else:
+        text = "ranked by throughput (`items/s (best)`)"
     limit = selection.get("max_single_p50_ms")
     return text + (f", among those at most {limit:g} ms alone" if limit is not None else "")
 

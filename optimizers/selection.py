@@ -43,10 +43,30 @@ def mark_pareto(candidates: list[Candidate]) -> None:
 
 
 def speed(candidate: Candidate, rank_by: str) -> float:
-    """The number a recipe ranks by, higher is faster: items/s, or the inverse of the single-input p50."""
+    """The number a recipe ranks by, higher is faster: items/s as served (at the candidate's replica layout on
+    this machine's cores; the best single-thread profile row where that was not measured), or the inverse of the
+    single-input p50."""
     if rank_by == "latency":
         return 1.0 / candidate.single_p50_ms if candidate.single_p50_ms else 0.0
-    return candidate.items_per_s
+    served = candidate.served_items_per_s
+    return served if served is not None else candidate.items_per_s
+
+
+def admitted(
+    candidates: list[Candidate], budget: FidelityBudget, selection: SelectionSpec | None = None
+) -> list[Candidate]:
+    """The candidates a package may be made of: within the fidelity budget, servable (plain PyTorch ``module``
+    models are references only: packages never carry model code) and within ``selection``'s latency cap."""
+    limit = (selection or SelectionSpec()).max_single_p50_ms
+    return [
+        c
+        for c in candidates
+        if c.fidelity
+        and admits(budget, c.fidelity)
+        and c.artifact
+        and c.artifact.format != "module"
+        and (limit is None or (c.single_p50_ms is not None and c.single_p50_ms <= limit))
+    ]
 
 
 def select(
@@ -57,20 +77,11 @@ def select(
     within ``SPEED_TIE`` of the fastest, the most faithful (plain PyTorch ``module`` models are references only:
     packages never carry model code)."""
     selection = selection or SelectionSpec()
-    limit = selection.max_single_p50_ms
-    admitted = [
-        c
-        for c in candidates
-        if c.fidelity
-        and admits(budget, c.fidelity)
-        and c.artifact
-        and c.artifact.format != "module"
-        and (limit is None or (c.single_p50_ms is not None and c.single_p50_ms <= limit))
-    ]
-    if not admitted:
+    eligible = admitted(candidates, budget, selection)
+    if not eligible:
         return None
-    fastest = max(speed(c, selection.rank_by) for c in admitted)
-    close = [c for c in admitted if speed(c, selection.rank_by) >= fastest * (1 - SPEED_TIE)]
+    fastest = max(speed(c, selection.rank_by) for c in eligible)
+    close = [c for c in eligible if speed(c, selection.rank_by) >= fastest * (1 - SPEED_TIE)]
     return max(close, key=lambda c: (fidelity_score(c.fidelity), speed(c, selection.rank_by)))
 
 

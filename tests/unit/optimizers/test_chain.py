@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from optimizers.budget import admits, violations
 from optimizers.fidelity import nn_agreement, output_fidelity
 from optimizers.passes.export_onnx import ExportOnnxConfig, export_onnx
 from optimizers.passes.quantize import QuantizeDynamicConfig, quantize_dynamic
+from optimizers.selection import speed
 from optimizers.source import SourceModel, bundled_model_dir
 
 TEXTS = load_split("heldout")[:24]
@@ -178,7 +180,13 @@ def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     names = [c.name for c in result.candidates]
     assert names == ["torch-fp32", "onnx-fp32", "int8-dynamic"]
     admitted = [c for c in result.candidates if admits(budget, c.fidelity)]
-    assert result.selected is max(admitted, key=lambda c: c.items_per_s)
+    # ranked as served: each candidate within budget measured at its replica layout on this machine's cores
+    cores = os.cpu_count() or 1
+    if cores > 1:
+        assert all(c.layout and c.layout["cores"] == cores for c in admitted)
+        assert result.report["replica_layout"] == result.selected.layout  # type: ignore[union-attr]
+        assert result.package.manifest.serving.replica_layout == result.selected.layout["chosen"]  # type: ignore[union-attr,index]
+    assert result.selected is max(admitted, key=lambda c: speed(c, "throughput"))
     manifest = result.package.manifest
     assert manifest.fidelity == result.selected.fidelity and admits(budget, manifest.fidelity)
     # judged on the recipe's heldout_items, the first of the corpus's 1,000 held-out sentences
@@ -187,6 +195,7 @@ def test_chain_selects_fastest_candidate_within_budget(minilm_packages) -> None:
     assert manifest.serving.max_call_items == max(manifest.profile, key=lambda r: r.items_per_s).call_items
     report_md = (result.package.root / "report.md").read_text()
     assert report_md.startswith("# Optimization report") and "ranked by throughput" in report_md
+    assert "| items/s served |" in report_md
     assert "| p50 ms alone |" in report_md and "| batch inv. |" in report_md
     assert all(c.single_p50_ms and c.single_p50_ms > 0 for c in result.candidates)  # measured for each
     # where the time went: each stage until the report, each candidate's evaluation

@@ -310,6 +310,12 @@ def test_selection_ranks_by_what_the_recipe_says_and_can_cap_single_input_latenc
     assert select(candidates, budget, too_strict) is None
     error = budget_not_met(candidates, budget, tmp_path, too_strict)
     assert "max_single_p50_ms 1 ms; quickest: quick-alone (3.0 ms)" in str(error)
+    # as served, on all the cores: the one that batches well on one thread scales worse over replicas
+    layouts = {"batches-well": (950, 700), "quick-alone": (800, 1300), "neither": (600, 900)}
+    for c in candidates:
+        threads, replicas = layouts[c.name]
+        c.layout = {"cores": 2, "chosen": "replicas", "threads_items_per_s": threads, "replicas_items_per_s": replicas}
+    assert select(candidates, budget).name == "quick-alone"  # type: ignore[union-attr]
 
 
 def test_pareto_front_and_serving_config_from_the_profile() -> None:
