@@ -159,7 +159,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {
         key: value
-        for key, value in (("max_batch_size", args.max_batch_size), ("batch_wait_timeout_s", args.batch_wait_s))
+        for key, value in (
+            ("max_batch_size", args.max_batch_size),
+            ("batch_wait_timeout_s", args.batch_wait_s),
+            ("cache_mb", args.cache_mb),
+        )
         if value is not None
     }
     options: dict[str, object] = {}
@@ -534,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch-size", type=int, help="items per dynamic batch (default: from the package)")
     p.add_argument("--batch-wait-s", type=float, help="max wait to fill a batch (default: from the package)")
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        help="response cache per model, MiB; 0 turns it off (default: the package's)",
+    )
     p.add_argument("--num-gpus", type=float, help="GPUs per replica, fractions allowed (default: 0, CPU)")
     p.add_argument(
         "--served-model-name",
