@@ -235,6 +235,13 @@ def _judged(fidelity: dict[str, Any]) -> str:
     return "/".join(f"{name} {fidelity[name]:.4f}" for name in judged)
 
 
+def _try_outcome(attempt: dict[str, Any]) -> str:
+    """What one try of a pass came to: its judged fidelity, or that it was stopped (a time budget)."""
+    if "fidelity" in attempt:
+        return _judged(attempt["fidelity"])
+    return f"stopped at its time budget after {attempt['stopped_after_s']:.0f} s"
+
+
 def _pass_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for c in report["candidates"]:
@@ -243,7 +250,7 @@ def _pass_lines(report: dict[str, Any]) -> list[str]:
             cached = " (cached)" if record.get("cached") else ""
             summary = [f"- {c['name']} · `{record['name']}` {record['duration_s']:.1f} s{cached}"]
             if "tries" in details:
-                tries = ", ".join(f"{_try_label(t)} → {_judged(t['fidelity'])}" for t in details["tries"])
+                tries = ", ".join(f"{_try_label(t)} → {_try_outcome(t)}" for t in details["tries"])
                 summary.append(f": tries {tries}")
             if "history" in details:
                 history = details["history"]

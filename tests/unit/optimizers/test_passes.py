@@ -460,3 +460,18 @@ def test_the_chain_measures_the_replica_layout_and_serve_applies_it(classifier_p
     threads, replicas = _measured_layout([classifier_package.package.root], cores=4)
     assert (threads, replicas) == ((1, 4) if layout == "replicas" else (4, 1))
     assert _measured_layout([classifier_package.package.root], cores=1) == (None, 1)
+
+
+def test_the_report_shows_a_try_stopped_at_its_time_budget() -> None:
+    """An accuracy-control try stopped by ``accuracy_control_s`` has no fidelity: the report says it stopped."""
+    from optimizers.report import _pass_lines
+
+    judged = {"cosine_mean": 0.98, "cosine_p1": 0.95, "cosine_min": 0.9, "samples": 8}
+    tries = [
+        {"how": "nncf.quantize", "fidelity": judged},
+        {"how": "nncf.quantize_with_accuracy_control", "stopped_after_s": 181.4},
+    ]
+    record = {"name": "nncf_quantize", "duration_s": 200.0, "details": {"tries": tries}}
+    (line,) = _pass_lines({"candidates": [{"name": "openvino-int8", "chain": [record]}]})
+    assert "nncf.quantize → cos 0.9800/0.9000" in line
+    assert "nncf.quantize_with_accuracy_control → stopped at its time budget after 181 s" in line
