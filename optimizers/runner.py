@@ -97,13 +97,17 @@ def build_candidate(
     log.info("candidate %s: %s", planned.name, " -> ".join(step.pass_name for step in planned.steps))
     try:
         for step in planned.steps:
+            started = time.perf_counter()
             artifact, record = runner.run(step, artifact)
             records.append(record)
     except PassUnavailableError as exc:
         return Candidate(planned.name, None, records, "skipped", f"{step.pass_name}: {exc}")
     except PassFailedError as exc:
         record = PassRecord(
-            name=step.pass_name, config=step.config.model_dump(mode="json"), duration_s=0.0, details=exc.details
+            name=step.pass_name,
+            config=step.config.model_dump(mode="json"),
+            duration_s=time.perf_counter() - started,  # what the failed pass cost ("Where the time went")
+            details=exc.details,
         )
         return Candidate(planned.name, None, [*records, record], "failed", str(exc))
     return Candidate(planned.name, artifact, records)

@@ -405,6 +405,7 @@ def test_impossible_budget_fails_naming_the_closest_and_writes_the_report(tiny_m
     assert report["selected"] is None and all(not c["within_budget"] for c in report["candidates"])
     failed = next(c for c in report["candidates"] if c["name"] == "int8")
     assert failed["status"] == "failed" and "outside the fidelity budget" in failed["reason"]
+    assert failed["chain"][-1]["duration_s"] > 0  # what the failed pass cost counts where the time went
     from PIL import Image
 
     with Image.open(report_dir / "fidelity_vs_throughput.png") as image:
