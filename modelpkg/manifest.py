@@ -67,6 +67,42 @@ class WidthFidelity(_Strict):
     source_recall_at_10: float | None = None
 
 
+Resample = Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"]
+
+
+class ImageSpec(_Strict):
+    """How an encoded image becomes the model's ``[3, height, width]`` float32 input, step by step, as the source's
+    image processor does it (``processor`` names it and its backend): decode (JPEG, PNG or WebP), turn by its EXIF
+    orientation, convert to RGB (transparency over white), resize, center-crop, rescale, normalize per channel.
+    The replica runs these steps itself (:mod:`modelpkg.images`: Pillow and numpy, no transformers)."""
+
+    processor: str = Field(description="what these steps reproduce, e.g. 'ConvNextImageProcessor (PIL backend)'")
+    shortest_edge: int | None = Field(default=None, gt=0, description="resize so the shorter side is this long")
+    resize: tuple[int, int] | None = Field(default=None, description="resize to (height, width), aspect ignored")
+    resample: Resample = "bilinear"
+    crop: tuple[int, int] | None = Field(default=None, description="center crop to (height, width)")
+    rescale: float | None = Field(default=1 / 255, gt=0, description="multiply the 0..255 pixels by this")
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _fixed_size(self) -> ImageSpec:
+        if self.shortest_edge is not None and self.resize is not None:
+            raise ValueError("resize by shortest_edge or to (height, width), not both")
+        if self.crop is None and self.resize is None:
+            raise ValueError("the steps must end in a fixed size: a resize to (height, width) or a crop")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("normalization needs both mean and std")
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The (height, width) the model takes."""
+        size = self.crop or self.resize
+        assert size is not None
+        return size
+
+
 # An output that moves less than this (cosine) between running alone and running among other inputs differs by
 # rounding, not by its batch-mates: the default budget requires it, and the response cache is on by default above it.
 BATCH_INVARIANT_COSINE = 0.9999
@@ -87,6 +123,9 @@ class Fidelity(_Strict):
     cosine_min: float
     samples: int
     top1_agreement: float | None = None
+    top5_agreement: float | None = Field(
+        default=None, description="classifiers of more than 5 labels: mean overlap of the two top-5 label sets"
+    )
     nn_agreement_at10: float | None = None
     labelled_accuracy: float | None = None
     max_abs_error: float | None = None
@@ -279,6 +318,9 @@ class ModelDescription(_Strict):
         "embedding_dim",
     )
     labels: list[str] = Field(default=[], description="classifiers: label of each logit, in order")
+    image: ImageSpec | None = Field(
+        default=None, description="image models: how an encoded image becomes the input tensor (modelpkg.images)"
+    )
     score_activation: Literal["sigmoid", "identity"] = Field(
         default="sigmoid",
         description="rerankers: what turns the relevance logit into the score (sentence-transformers' "
@@ -293,6 +335,8 @@ class ModelDescription(_Strict):
             raise ValueError("a classification package needs two or more labels and no embedding_dim")
         if self.task == "rerank" and (self.labels or self.embedding_dim is not None or self.tokenizer is None):
             raise ValueError("a rerank package takes text, has one relevance logit, and no labels or embedding_dim")
+        if self.image is not None and self.tokenizer is not None:
+            raise ValueError("a package takes text (a tokenizer) or images (an image spec), not both")
         return self
 
     @model_validator(mode="after")
@@ -353,6 +397,11 @@ class Manifest(ModelDescription):
     @property
     def takes_text(self) -> bool:
         return self.tokenizer is not None
+
+    @property
+    def takes_images(self) -> bool:
+        """Clients send encoded image files, which the replica decodes into the input tensor (``image``)."""
+        return self.image is not None
 
     @property
     def required_files(self) -> list[str]:

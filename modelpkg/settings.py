@@ -116,6 +116,20 @@ MAX_BODY_BYTES = declare(
     "OPTISERVE_MAX_BODY_BYTES", integer(1), 16 * 1024 * 1024, "request body limit (413 past it)", "server"
 )
 MAX_INPUTS = declare("OPTISERVE_MAX_INPUTS", integer(1), 2048, "inputs per request (413 past it)", "server")
+MAX_IMAGE_PIXELS = declare(
+    "OPTISERVE_MAX_IMAGE_PIXELS",
+    integer(1),
+    40_000_000,
+    "image models: pixels (width x height) an image may declare, checked before it is decoded (413 past it)",
+    "server",
+)
+IMAGE_DECODE_TIMEOUT_S = declare(
+    "OPTISERVE_IMAGE_DECODE_TIMEOUT_S",
+    number(above=0),
+    10.0,
+    "image models: seconds one request's images may take to decode and resize (413 past it)",
+    "server",
+)
 ACCESS_LOG = declare(
     "OPTISERVE_ACCESS_LOG",
     flag,

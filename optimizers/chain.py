@@ -55,6 +55,13 @@ class ChainResult:
 
 
 def _load_data(source: SourceModel, recipe: Recipe, data_file: Path | None) -> Splits:
+    if source.image is not None:
+        from optimizers.image_data import builtin_images, user_images
+
+        if recipe.dataset not in (None, "images"):
+            raise OptiserveError(f"recipe dataset {recipe.dataset!r}: an image model runs on images (or --data DIR)")
+        data = user_images(data_file, source.image) if data_file else builtin_images(source.image)
+        return data.with_heldout_items(recipe.heldout_items) if recipe.heldout_items else data
     if data_file is not None and source.tokenizer is None:
         raise OptiserveError(f"--data {data_file}: this model takes tensors, not text; name a dataset in the recipe")
     default = recipe.dataset or ("corpus" if source.tokenizer else "digits")

@@ -130,6 +130,13 @@ def nn_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = NEIGHBOU
     return float(np.mean([len(set(r) & set(c)) / k for r, c in zip(ref, cand, strict=True)]))
 
 
+def top_k_agreement(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
+    """Mean share of each row's ``k`` highest-scoring labels that both models rank among their top ``k``."""
+    ref = np.argpartition(-reference, k - 1, axis=1)[:, :k]
+    cand = np.argpartition(-candidate, k - 1, axis=1)[:, :k]
+    return float(np.mean([len(set(r) & set(c)) / k for r, c in zip(ref, cand, strict=True)]))
+
+
 def output_fidelity(
     reference: np.ndarray,
     candidate: np.ndarray,
@@ -161,6 +168,7 @@ def output_fidelity(
         cosine_min=float(cosine.min()),
         samples=len(cosine),
         top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()) if classifier else None,
+        top5_agreement=top_k_agreement(reference, candidate, 5) if classifier and reference.shape[1] > 5 else None,
         nn_agreement_at10=nn_agreement(reference, candidate) if task == "embedding" else None,
         labelled_accuracy=float((candidate.argmax(1) == labels).mean()) if labels is not None else None,
         max_abs_error=float(error.max()),

@@ -1,7 +1,8 @@
 """Plain PyTorch models (not Hugging Face), as the chain's ``module`` format: a directory with
 
     module.json        {"code": "model.py", "class": "DigitsCNN", "kwargs": {...},
-                        "input": {"name": "pixels", "shape": [1, 8, 8]}, "labels": ["0", ..., "9"]}
+                        "input": {"name": "pixels", "shape": [1, 8, 8]}, "labels": ["0", ..., "9"],
+                        "image": {...}}   (optional: an image classifier's preprocessing, modelpkg ImageSpec)
     model.py           the class's source (the directory carries its own code)
     model.safetensors  the weights (never a pickle)
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from modelpkg.manifest import ImageSpec
+
 MODULE_FILE = "module.json"
 
 
@@ -32,6 +35,13 @@ class ModuleSpec:
     input_name: str
     input_shape: tuple[int, ...]
     labels: tuple[str, ...]
+    image: ImageSpec | None = None  # an image classifier: how an encoded image becomes its input
+
+    def __post_init__(self) -> None:
+        if self.image is not None and tuple(self.input_shape) != (3, *self.image.size):
+            raise ValueError(
+                f"input shape {list(self.input_shape)} is not what the stated image steps make: {[3, *self.image.size]}"
+            )
 
     @classmethod
     def read(cls, root: Path) -> ModuleSpec:
@@ -43,6 +53,7 @@ class ModuleSpec:
             input_name=raw["input"]["name"],
             input_shape=tuple(raw["input"]["shape"]),
             labels=tuple(raw["labels"]),
+            image=ImageSpec.model_validate(raw["image"]) if raw.get("image") else None,
         )
 
     def write(self, root: Path) -> None:
@@ -52,6 +63,7 @@ class ModuleSpec:
             "kwargs": self.kwargs,
             "input": {"name": self.input_name, "shape": list(self.input_shape)},
             "labels": list(self.labels),
+            **({"image": self.image.model_dump(mode="json")} if self.image else {}),
         }
         (root / MODULE_FILE).write_text(json.dumps(raw, indent=2) + "\n")
 

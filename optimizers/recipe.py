@@ -102,7 +102,7 @@ class Recipe(_Strict):
     dataset: str | None = Field(
         default=None,
         description="corpus (text, the default), corpus-large (the corpus with 40,000 more training sentences) "
-        "or digits (tensors)",
+        "digits (tensors) or images (image classifiers: the built-in images, their default)",
     )
     budget: FidelityBudget = FidelityBudget()
     heldout_items: int | None = Field(

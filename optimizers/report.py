@@ -68,6 +68,7 @@ def candidate_header(task: str) -> list[str]:
         "cos min",
         FOURTH_COLUMN.get(task, FOURTH_COLUMN["embedding"])[0],
         *(["recall@10"] if task == "embedding" else []),
+        *(["top-5 agree"] if task == "classification" else []),
         "batch inv.",
         "Pareto",
         "RSS growth MB",
@@ -92,11 +93,12 @@ def candidate_legend(task: str) -> dict[str, str]:
         if task == "rerank"
         else (
             {
-                "top-1 agree": "share of held-out texts whose top label matches the source model's (0..1)",
+                "top-1 agree": "share of held-out inputs whose top label matches the source model's (0..1)",
                 "cos p1": "1st percentile of the cosine similarity of the candidate's logits to the source's over the "
-                "held-out texts (99% of texts are at least this close)",
-                "cos min": "lowest cosine similarity of the candidate's logits to the source's over the held-out texts",
+                "held-out inputs (99% of inputs are at least this close)",
+                "cos min": "lowest cosine similarity of the candidate's logits to the source's over held-out inputs",
                 "labelled acc": "accuracy against the held-out labels, where the data has them",
+                "top-5 agree": "mean share of the source's 5 top labels among the candidate's 5 (more than 5 labels)",
             }
             if classifier
             else {
@@ -164,6 +166,7 @@ def _candidate_rows(report: dict[str, Any], task: str) -> list[list[str]]:
                 _num(fid.get("cosine_min")),
                 _num(fid.get(FOURTH_COLUMN.get(task, FOURTH_COLUMN["embedding"])[1])),
                 *([_recall(fid)] if task == "embedding" else []),
+                *([_num(fid.get("top5_agreement"))] if task == "classification" else []),
                 _num(fid.get("batch_invariance"), ".5f"),
                 "yes" if c["pareto"] else "",
                 f"{best['peak_memory_mb']:.0f}" if best and best.get("peak_memory_mb") is not None else "-",

@@ -1,7 +1,9 @@
 """The source model: a Hugging Face encoder directory (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, MPNet, …), either
 a sentence embedding model (with its sentence-transformers configuration: pooling, normalization, prompts), a
 sequence classifier (``*ForSequenceClassification`` with two or more labels) or a cross-encoder reranker (one
-label: a relevance logit per (query, document) pair, as sentence-transformers' ``CrossEncoder`` saves it); or a
+label: a relevance logit per (query, document) pair, as sentence-transformers' ``CrossEncoder`` saves it); an image
+classifier (``*ForImageClassification`` with its ``preprocessor_config.json``); a plain PyTorch module directory
+(``optimizers.modules``, an image classifier where it states its preprocessing); or a
 user's ONNX file (text in as ``input_ids``/``attention_mask``, optionally ``token_type_ids``, one ``[batch, dim]``
 output; ``logits`` of width 1 is a reranker) with a ``tokenizer.json`` beside it, in which case export is skipped
 and the ONNX model is the fidelity reference.
@@ -25,6 +27,7 @@ from modelpkg.errors import OptiserveError
 from modelpkg.hashing import sha256_file, sha256_tree
 from modelpkg.manifest import ModelDescription, PoolingSpec, Task, TensorSpec, TokenizerSpec
 from modelpkg.tokenizer import TEXT_INPUTS, model_input_names
+from optimizers.image_processor import PROCESSOR_FILE
 
 DEFAULT_MAX_LENGTH = 256
 # sentence-transformers' Pooling config: the legacy boolean keys, and the modes of its ``pooling_mode`` key
@@ -100,6 +103,19 @@ class SourceModel(ModelDescription):
         from optimizers.modules import ModuleSpec
 
         spec = ModuleSpec.read(path)
+        return cls._classifier(
+            path,
+            name,
+            list(spec.labels),
+            format="module",
+            model_file="model.safetensors",
+            input=TensorSpec(name=spec.input_name, dtype="float32", shape=["batch", *spec.input_shape]),
+            image=spec.image,
+        )
+
+    @classmethod
+    def _classifier(cls, path: Path, name: str | None, labels: list[str], **fields: Any) -> SourceModel:
+        """A classifier directory that takes one tensor (no tokenizer): a module or an image classifier."""
         return cls(
             path=path,
             name=name or path.name,
@@ -107,10 +123,8 @@ class SourceModel(ModelDescription):
             pooling=PoolingSpec(normalize=False),
             tokenizer=None,
             task="classification",
-            labels=list(spec.labels),
-            format="module",
-            model_file="model.safetensors",
-            input=TensorSpec(name=spec.input_name, dtype="float32", shape=["batch", *spec.input_shape]),
+            labels=labels,
+            **fields,
         )
 
     @classmethod
@@ -194,6 +208,13 @@ class SourceModel(ModelDescription):
             raise OptiserveError(f"{path} is not a Hugging Face model directory: config.json not found")
         if not (path / "model.safetensors").is_file():
             raise OptiserveError(f"{path} has no model.safetensors; optiserve loads safetensors weights only")
+        if (path / PROCESSOR_FILE).is_file():
+            if (path / "tokenizer.json").is_file():
+                raise OptiserveError(
+                    f"{path} holds both a tokenizer and an image processor (a model taking text and images); "
+                    "optiserve serves text models and image classifiers, not both inputs at once"
+                )
+            return cls.from_image_dir(path, name)
         if not (path / "tokenizer.json").is_file():
             raise OptiserveError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
         config = json.loads(config_file.read_text())
@@ -219,6 +240,32 @@ class SourceModel(ModelDescription):
             matryoshka_dims=list(_matryoshka_dims(root, _hidden_size(config_file, config)))
             if task == "embedding"
             else [],
+        )
+
+    @classmethod
+    def from_image_dir(cls, path: Path, name: str | None = None) -> SourceModel:
+        """A Hugging Face image classifier (``*ForImageClassification``) with its ``preprocessor_config.json``: the
+        package takes encoded images and runs the processor's steps itself (optimizers/image_processor.py)."""
+        from optimizers.image_processor import image_spec
+
+        config = json.loads((path / "config.json").read_text())
+        if not any(str(a).endswith("ForImageClassification") for a in config.get("architectures") or []):
+            raise OptiserveError(
+                f"{path}: an image model must be an image classifier (architectures *ForImageClassification); "
+                f"found {config.get('architectures')}"
+            )
+        id2label = config.get("id2label") or {}
+        count = int(config.get("num_labels") or len(id2label) or 2)
+        image = image_spec(path)
+        channels = int(config.get("num_channels") or 3)
+        if channels != 3:
+            raise OptiserveError(f"{path}/config.json: num_channels {channels}; image models take RGB (3)")
+        return cls._classifier(
+            path,
+            name,
+            [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)],
+            image=image,
+            input=TensorSpec(name="pixel_values", dtype="float32", shape=["batch", 3, *image.size]),
         )
 
     def with_matryoshka_dims(self, dims: tuple[int, ...]) -> SourceModel:

@@ -121,8 +121,56 @@ class ClassifyRequest(TextRequest):
     """``POST /v1/classify``: labels and probabilities for each input, from a classification package."""
 
 
+class ImageClassifyRequest(BaseModel):
+    """``POST /v1/images/classify``: the top labels of each image, from an image classification package."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=LIMITS.max_inputs)] = Field(
+        description=f"an image, or a list of 1..{LIMITS.max_inputs}: each a JPEG, PNG or WebP file as base64 text "
+        "or as a data URL (data:image/jpeg;base64,...)"
+    )
+    model: StrictStr | None = Field(default=None, description="which model; optional when only one fits the route")
+    top_k: StrictInt = Field(default=5, ge=1, description="how many labels to return per image, best first")
+    user: StrictStr | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: object) -> object:
+        if isinstance(value, list):
+            check_count(value, "images")
+        elif not isinstance(value, str):
+            raise ValueError(f"must be a string (base64 or a data URL) or a list of them, got {type(value).__name__}")
+        return value
+
+    def images(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def image_classification_body(model: str, logits: np.ndarray, labels: list[str], top_k: int) -> dict[str, object]:
+    """Per image: the top label and its probability, and the ``top_k`` best labels with theirs (softmax)."""
+    probabilities = softmax(logits)
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "classification",
+                "index": i,
+                "label": labels[int(order[0])],
+                "score": float(row[order[0]]),
+                "top": [{"label": labels[int(j)], "score": float(row[j])} for j in order],
+            }
+            for i, (row, order) in enumerate(zip(probabilities, best, strict=True))
+        ],
+        "model": model,
+        "usage": {"images": len(logits)},
+    }
+
+
 # The text route of each task: what a request for a model of another task is pointed to.
 TASK_ROUTES = {"embedding": "/v1/embeddings", "classification": "/v1/classify", "rerank": "/v1/rerank"}
+IMAGE_ROUTE = "/v1/images/classify"  # image classifiers' JSON route
 
 
 class RerankDocument(BaseModel):

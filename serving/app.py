@@ -8,7 +8,8 @@ module-level functions or stored on the instance in ``__init__``, never read as 
     HTTP ─► Ray proxy ─► InferenceService replica: FastAPI (validation, errors, metrics)
                                                    + a ModelRunner per package (own batch queue, runtime)
 
-Routes: OpenAI ``/v1/embeddings`` and ``/v1/models``; ``/v1/classify`` for classifiers; ``/v1/rerank`` (and
+Routes: OpenAI ``/v1/embeddings`` and ``/v1/models``; ``/v1/classify`` for classifiers (``/v1/images/classify``
+for image classifiers); ``/v1/rerank`` (and
 ``/rerank``) for rerankers; KServe v2 (Open Inference
 Protocol) ``/v2``, ``/v2/health/*``, ``/v2/models/{m}[/versions/{v}]``, ``.../ready`` and ``.../infer``;
 ``/metrics``.
@@ -36,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from modelpkg import settings
+from modelpkg.images import from_text
 from modelpkg.manifest import ServingDefaults
 from modelpkg.package import load_package
 from modelpkg.pipeline import apply_prompt, check_dimensions, cut_to
@@ -43,12 +45,15 @@ from modelpkg.settings import DRAIN_S
 from modelpkg.version import __version__
 from serving import http, kserve, kserve_spec
 from serving.api import (
+    IMAGE_ROUTE,
     TASK_ROUTES,
     ClassifyRequest,
     EmbeddingsRequest,
+    ImageClassifyRequest,
     RerankRequest,
     classification_body,
     embeddings_body,
+    image_classification_body,
     rerank_body,
     rerank_scores,
 )
@@ -119,10 +124,15 @@ class InferenceService(GrpcInference):
     ) -> None:
         super().__init__(package_dirs, threads, served_names)
 
-    def _resolve(self, request: Request, name: str | None, task: str, route: str) -> ModelRunner:
-        """The model a text route's request names (or the only one with ``task``); labels its metrics."""
+    def _resolve(self, request: Request, name: str | None, task: str, route: str, images: bool = False) -> ModelRunner:
+        """The model a text route's request names (or the only one with ``task``), or with ``images`` an image
+        route's; labels its metrics."""
         if name is None:
-            fitting = [n for n in self.names(task) if self.models[n].manifest.takes_text]
+            fitting = [
+                n
+                for n in self.names(task)
+                if (self.models[n].manifest.takes_images if images else self.models[n].manifest.takes_text)
+            ]
             if len(fitting) != 1:
                 if not fitting:
                     raise ModelNotFoundError(f"no {task} model is served here; {route} needs one")
@@ -132,7 +142,12 @@ class InferenceService(GrpcInference):
         if runner is None:
             raise http.not_found(name, self.names())
         http.answered_by(request.scope, runner)
-        if not runner.manifest.takes_text:
+        if images and not runner.manifest.takes_images:
+            kind = "text" if runner.manifest.takes_text else "float32 tensors"
+            raise WrongInputError(f"model {name!r} takes {kind}, not images; use {TASK_ROUTES[runner.manifest.task]}")
+        if not images and runner.manifest.takes_images:
+            raise WrongInputError(f"model {name!r} takes images, not text; use POST {IMAGE_ROUTE}")
+        if not images and not runner.manifest.takes_text:
             raise WrongInputError(f"model {name!r} takes float32 tensors, not text; use POST /v2/models/{name}/infer")
         if runner.manifest.task != task:
             raise WrongTaskError(
@@ -181,6 +196,16 @@ class InferenceService(GrpcInference):
                     runner.name, result.outputs, runner.manifest.labels, result.tokens, result.truncated
                 )
             )
+
+    @api.post(IMAGE_ROUTE, openapi_extra=json_body(ImageClassifyRequest))
+    async def classify_images(self, request: Request) -> Response:
+        body = http.parse_body(ImageClassifyRequest, await request.body())
+        runner = self._resolve(request, body.model, "classification", IMAGE_ROUTE, images=True)
+        files = [from_text(image, f"input {index}") for index, image in enumerate(body.images())]
+        result = await self._run(runner, files, request, None)
+        labels = runner.manifest.labels
+        with _serializing(request):
+            return json_response(image_classification_body(runner.name, result.outputs, labels, body.top_k))
 
     @api.post("/v1/rerank", openapi_extra=json_body(RerankRequest))
     async def rerank(self, request: Request) -> Response:

@@ -67,13 +67,8 @@ def _input(tensor: Any, raw: bytes | None, max_elements: int) -> kserve.InferInp
     values = getattr(tensor.contents, field)
     if len(values) > elements:
         raise InvalidInferRequestError(f"input {label!r}: shape {shape} holds {elements} elements, data has more")
-    if tensor.datatype != "BYTES":
-        return kserve.InferInput(tensor.name, tensor.datatype, shape, list(values))
-    try:
-        texts = [value.decode("utf-8") for value in values]
-    except UnicodeDecodeError:
-        raise InvalidInferRequestError(f"input {label!r}: BYTES elements must be UTF-8 text") from None
-    return kserve.InferInput(tensor.name, tensor.datatype, shape, texts)
+    # BYTES stay bytes: text models decode them as UTF-8 (kserve._texts), image models take them as files
+    return kserve.InferInput(tensor.name, tensor.datatype, shape, list(values))
 
 
 def infer_response(model: str, version: str, request: kserve.InferRequest, outputs: list[kserve.OutputTensor]) -> Any:

@@ -60,10 +60,10 @@ class OutputTensor:
     array: np.ndarray  # FP32 numbers, or an object array of str for BYTES
 
 
-def _decode_bytes_tensor(raw: bytes, expected: int) -> list[str]:
+def _decode_bytes_tensor(raw: bytes, expected: int) -> list[bytes]:
     """The elements of a binary BYTES tensor; stops with an error past ``expected`` of them (what its shape
     holds), so a body of millions of empty elements costs nothing."""
-    items: list[str] = []
+    items: list[bytes] = []
     offset = 0
     while offset < len(raw):
         if len(items) == expected:
@@ -76,7 +76,7 @@ def _decode_bytes_tensor(raw: bytes, expected: int) -> list[str]:
         offset += 4
         if offset + length > len(raw):
             raise InvalidInferRequestError("BYTES tensor data is truncated (an element is shorter than its length)")
-        items.append(raw[offset : offset + length].decode("utf-8", errors="strict"))
+        items.append(raw[offset : offset + length])
         offset += length
     return items
 
@@ -170,10 +170,7 @@ def checked_shape(label: str, shape: object, max_elements: int) -> tuple[list[in
 def decode_binary(name: str, datatype: str, raw: bytes, elements: int) -> list[Any] | np.ndarray:
     """A tensor's elements from their raw form (the binary extension's, and gRPC's ``raw_input_contents``)."""
     if datatype == "BYTES":
-        try:
-            return _decode_bytes_tensor(raw, elements)
-        except UnicodeDecodeError:
-            raise InvalidInferRequestError(f"input {name!r}: BYTES elements must be UTF-8 text") from None
+        return _decode_bytes_tensor(raw, elements)  # text models decode UTF-8 (_texts), image models take the bytes
     if datatype not in NUMPY_DTYPES:
         raise InvalidInferRequestError(f"input {name!r}: unknown datatype {shorten(datatype)!r}")
     dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
@@ -217,18 +214,54 @@ def _texts(tensor: InferInput, max_inputs: int) -> list[str]:
             f"input {expected_name!r} must be BYTES (UTF-8 text), got {shorten(tensor.datatype)}"
         )
     data = tensor.data
-    count = math.prod(tensor.shape) if tensor.shape else 0
-    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+    if not isinstance(data, list) or not all(isinstance(item, str | bytes) for item in data):
         raise InvalidInferRequestError(f"input {expected_name!r}: data must be a list of strings")
-    if len(data) != count:
-        raise InvalidInferRequestError(
-            f"input {expected_name!r}: shape {shorten(str(tensor.shape))} holds {count} elements, data has {len(data)}"
-        )
-    if not data:
-        raise InvalidInferRequestError(f"input {expected_name!r} is empty")
-    if len(data) > max_inputs:
-        raise TooManyInputsError(f"at most {max_inputs} inputs per request, got {len(data)}")
+    try:
+        data = [item.decode("utf-8") if isinstance(item, bytes) else item for item in data]
+    except UnicodeDecodeError:
+        raise InvalidInferRequestError(f"input {expected_name!r}: BYTES elements must be UTF-8 text") from None
+    _check_count(tensor, len(data), max_inputs)
     return data
+
+
+def _check_count(tensor: InferInput, elements: int, max_inputs: int) -> None:
+    """A 400 unless ``elements`` (the data's) is what the tensor's shape holds and not zero; a 413 past
+    ``max_inputs``."""
+    count = math.prod(tensor.shape) if tensor.shape else 0
+    if elements != count:
+        raise InvalidInferRequestError(
+            f"input {tensor.name!r}: shape {shorten(str(tensor.shape))} holds {count} elements, data has {elements}"
+        )
+    if not elements:
+        raise InvalidInferRequestError(f"input {tensor.name!r} is empty")
+    if elements > max_inputs:
+        raise TooManyInputsError(f"at most {max_inputs} inputs per request, got {elements}")
+
+
+def image_input(request: InferRequest, expected_name: str, max_inputs: int) -> list[bytes]:
+    """The encoded image files of an image model's single BYTES input (shape ``[n]`` or ``[n, 1]``): raw bytes
+    from the binary extension or gRPC, base64 text (or a ``data:`` URL) in JSON."""
+    from modelpkg.images import from_text
+
+    if len(request.inputs) != 1 or request.inputs[0].name != expected_name:
+        names = [shorten(i.name) for i in request.inputs[:8]]
+        raise InvalidInferRequestError(
+            f"this model takes one input named {expected_name!r} (BYTES: encoded image files); got {names}"
+        )
+    tensor = request.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise InvalidInferRequestError(
+            f"input {expected_name!r} must be BYTES (encoded JPEG, PNG or WebP files), got {shorten(tensor.datatype)}"
+        )
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise InvalidInferRequestError(f"input {expected_name!r}: shape must be [n] or [n, 1], got {tensor.shape}")
+    data = tensor.data
+    if not isinstance(data, list) or not all(isinstance(item, str | bytes) for item in data):
+        raise InvalidInferRequestError(
+            f"input {expected_name!r}: data must be a list of base64 strings (or binary data)"
+        )
+    _check_count(tensor, len(data), max_inputs)
+    return [item if isinstance(item, bytes) else from_text(item, f"image {i}") for i, item in enumerate(data)]
 
 
 def tensor_input(

@@ -18,6 +18,7 @@ from serving.errors import InvalidInferRequestError
 from serving.replica import InferResult, ModelRunner
 
 TEXT_INPUT = "text"  # the one input of a text model
+IMAGE_INPUT = "image"  # the one input of an image model: encoded image files (BYTES)
 # A reranker's two inputs: the query (one, for every document, or one per document) and the documents.
 RERANK_INPUTS = ("query", "document")
 
@@ -31,6 +32,8 @@ def input_metadata(manifest: Manifest) -> list[dict[str, Any]]:
         return [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in RERANK_INPUTS]
     if manifest.takes_text:
         return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
+    if manifest.takes_images:
+        return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
     spec = manifest.inputs[0]
     return [{"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape[1:]]}]
 
@@ -68,7 +71,7 @@ def max_elements(manifest: Manifest, max_inputs: int) -> int:
     as many queries and documents)."""
     if manifest.task == "rerank":
         return 2 * max_inputs
-    if manifest.takes_text:
+    if manifest.takes_text or manifest.takes_images:
         return max_inputs
     return max_inputs * math.prod(int(d) for d in manifest.inputs[0].shape[1:])
 
@@ -102,7 +105,8 @@ def request_options(parsed: kserve.InferRequest, manifest: Manifest) -> TextOpti
         )
     if given and not manifest.takes_text:
         raise InvalidInferRequestError(
-            f"parameters {sorted(given)} apply to text models; {manifest.name!r} takes tensors"
+            f"parameters {sorted(given)} apply to text models; {manifest.name!r} takes "
+            f"{'images' if manifest.takes_images else 'tensors'}"
         )
     options = TextOptions(**given)
     try:
@@ -116,7 +120,8 @@ def request_items(
     parsed: kserve.InferRequest, manifest: Manifest, max_inputs: int, options: TextOptions | None = None
 ) -> list[Any]:
     """The items to run: the texts of a text model's input (with the prompt ``options`` or the package name), a
-    reranker's (query, document) pairs, or one float32 array per item of a tensor model's."""
+    reranker's (query, document) pairs, an image model's encoded files, or one float32 array per item of a tensor
+    model's."""
     if manifest.task == "rerank":
         return rerank_items(parsed, max_inputs)
     if manifest.takes_text:
@@ -132,6 +137,8 @@ def request_items(
             return apply_prompt(manifest, items, options.prompt_name, options.prompt)
         except UnknownPromptError as exc:
             raise InvalidInferRequestError(str(exc)) from None
+    if manifest.takes_images:
+        return kserve.image_input(parsed, IMAGE_INPUT, max_inputs)  # decoded by the runner, off the event loop
     spec = manifest.inputs[0]
     shape = tuple(int(d) for d in spec.shape[1:])
     return kserve.tensor_input(parsed, spec.name, shape, max_inputs)

@@ -455,10 +455,11 @@ def _is_loopback(host: str) -> bool:
 
 def _routes(manifests: list[Manifest], docs: bool) -> str:
     """The banner's list of the routes these packages answer (KServe v2 always; the OpenAI-style text routes
-    only for a text model of their task)."""
-    from serving.api import TASK_ROUTES
+    only for a text model of their task, the image route for an image model)."""
+    from serving.api import IMAGE_ROUTE, TASK_ROUTES
 
     posts = [route for task, route in TASK_ROUTES.items() if any(m.task == task and m.takes_text for m in manifests)]
+    posts += [IMAGE_ROUTE] if any(m.takes_images for m in manifests) else []
     gets = ["/v1/models", "/v2/health/ready", "/metrics"] + (["/docs"] if docs else [])
     return f"POST {', '.join([*posts, '/v2/models/{m}/infer'])}; GET {', '.join(gets)}"
 

@@ -24,6 +24,8 @@ FORWARDED_ENV = tuple(
         settings.MAX_BODY_BYTES,
         settings.MAX_INPUTS,
         settings.MAX_INPUT_CHARS,
+        settings.MAX_IMAGE_PIXELS,
+        settings.IMAGE_DECODE_TIMEOUT_S,
         settings.BODY_TIMEOUT_S,
         settings.ON_OVERFLOW,
         settings.API_TOKEN,
@@ -37,6 +39,8 @@ class ServerLimits:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_inputs: int = DEFAULT_MAX_INPUTS
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
+    max_image_pixels: int = settings.MAX_IMAGE_PIXELS.default
+    image_decode_timeout_s: float = settings.IMAGE_DECODE_TIMEOUT_S.default
     body_timeout_s: float = settings.BODY_TIMEOUT_S.default
     on_overflow: Literal["truncate", "reject"] = DEFAULT_ON_OVERFLOW
     api_token: str | None = None
@@ -49,6 +53,8 @@ class ServerLimits:
             max_body_bytes=settings.MAX_BODY_BYTES.get(env),
             max_inputs=settings.MAX_INPUTS.get(env),
             max_input_chars=settings.MAX_INPUT_CHARS.get(env),
+            max_image_pixels=settings.MAX_IMAGE_PIXELS.get(env),
+            image_decode_timeout_s=settings.IMAGE_DECODE_TIMEOUT_S.get(env),
             body_timeout_s=settings.BODY_TIMEOUT_S.get(env),
             on_overflow="reject" if overflow == "reject" else "truncate",
             api_token=_token(env),

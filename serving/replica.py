@@ -24,6 +24,7 @@ import numpy as np
 
 from modelpkg.errors import OverloadedError, RequestTooLargeError
 from modelpkg.hardware import detect, serving_mismatch
+from modelpkg.images import ImageTooLargeError, image_input
 from modelpkg.manifest import BATCH_INVARIANT_COSINE, Manifest, ServingDefaults
 from modelpkg.package import load_package
 from modelpkg.pipeline import BatchStats, TextPipeline, load_pipeline
@@ -75,6 +76,7 @@ CALIBRATION_ITEMS = 8
 CALIBRATION_REPEATS = 3
 DEFAULT_CACHE_MB = 64.0
 PROBE_TEXT = "a short sentence that checks how fast this replica computes"
+DECODE_THREADS = 2  # per image model: Pillow releases the GIL while it decodes and resizes
 STALL_FACTOR = 3.0  # a model call running this many times max_request_s means the model is stuck
 
 
@@ -105,6 +107,12 @@ class ModelRunner:
         if self.hardware_warning:
             log.warning("%s: %s", self.name, self.hardware_warning)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"optiserve-{self.name}")
+        # image models: files are decoded and resized here, beside the model thread and off the event loop
+        self._decoder = (
+            ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix=f"optiserve-{self.name}-decode")
+            if self.manifest.image is not None
+            else None
+        )
         self._package_settings = self.manifest.serving
         self._wait = AdaptiveWait(self.manifest.serving.batch_wait_timeout_s)
         self._queue_wait = self._metrics.queue_wait.labels(**self.labels)
@@ -209,6 +217,29 @@ class ModelRunner:
     def _probe_item(self, text: str) -> TextItem:
         """A probe input for this model: the text, or for a reranker the text as both query and document."""
         return (text, text) if self.manifest.task == "rerank" else text
+
+    async def decode_images(self, files: list[bytes], max_pixels: int, timeout_s: float) -> list[np.ndarray]:
+        """An image model's request: each encoded file as the model's input tensor (:mod:`modelpkg.images`), on
+        the decoding threads. Raises :class:`~modelpkg.images.InvalidImageError` (400) or
+        :class:`~modelpkg.images.ImageTooLargeError` (413) naming the first image that fails, and the latter when
+        the request's images take more than ``timeout_s`` to decode."""
+        spec, loop = self.manifest.image, asyncio.get_running_loop()
+        assert spec is not None and self._decoder is not None, "not an image model"
+        jobs = [
+            loop.run_in_executor(self._decoder, image_input, data, spec, max_pixels, f"image {index}")
+            for index, data in enumerate(files)
+        ]
+        try:
+            async with asyncio.timeout(timeout_s):
+                return list(await asyncio.gather(*jobs))
+        except TimeoutError:
+            raise ImageTooLargeError(
+                f"the request's {len(files)} images took more than {timeout_s:g} s to decode "
+                "(OPTISERVE_IMAGE_DECODE_TIMEOUT_S); send smaller images or fewer per request"
+            ) from None
+        finally:
+            for job in jobs:
+                job.cancel()  # the rest of a failed request's images are not decoded
 
     def units(self, items: list[Any]) -> list[int]:
         """Each item's estimated work: tokens for text (from its length, at the tokens per character seen so far,
@@ -416,6 +447,8 @@ class ModelRunner:
         metric says it is no longer served. Without the first, the loop kept every replaced model alive."""
         self._batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
         self._info().set(0)
 
     def _info(self) -> Any:

@@ -355,6 +355,9 @@ class ServedModels:
         """Run one request's items on ``runner`` (every protocol's requests come here): an over-long text is a 422
         unless the request or the server's policy truncates; a failure is a declared error or a logged 500.
         ``span``: the request's trace span (:mod:`serving.tracing`), given its items and tokens."""
+        if runner.manifest.takes_images:
+            limits = self.limits
+            items = await runner.decode_images(items, limits.max_image_pixels, limits.image_decode_timeout_s)
         encoder = runner.pipeline.encoder
         reject = not truncate if truncate is not None else self.limits.on_overflow == "reject"
         if encoder is not None and reject and (too_long := encoder.too_long(items)):

@@ -4,6 +4,7 @@ reference the chain measures fidelity against."""
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,35 @@ def load_encoder(model_dir: Path) -> torch.nn.Module:
     return encoder
 
 
-def load_model(model_dir: Path, task: str, pooling: PoolingSpec) -> SentenceEncoder | SequenceClassifier:
-    """Load a transformers model from safetensors only (never a pickle): an encoder wrapped with its pooling, or
-    a sequence classifier returning logits."""
+class ImageClassifier(torch.nn.Module):
+    """A transformers image classifier taking ``pixel_values`` and returning its logits."""
+
+    input_names = ("pixel_values",)
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pixel_values=pixel_values).logits
+
+
+def is_image_classifier(model_dir: Path) -> bool:
+    """Whether ``model_dir``'s config names a ``*ForImageClassification`` architecture."""
+    config_file = Path(model_dir) / "config.json"
+    architectures = json.loads(config_file.read_text()).get("architectures") if config_file.is_file() else None
+    return any(str(a).endswith("ForImageClassification") for a in architectures or [])
+
+
+def load_model(
+    model_dir: Path, task: str, pooling: PoolingSpec
+) -> SentenceEncoder | SequenceClassifier | ImageClassifier:
+    """Load a transformers model from safetensors only (never a pickle): an encoder wrapped with its pooling, a
+    sequence classifier returning logits, or an image classifier returning logits."""
+    if is_image_classifier(model_dir):
+        from transformers import AutoModelForImageClassification
+
+        return ImageClassifier(AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True)).eval()
     if task in LOGIT_TASKS:
         from transformers import AutoModelForSequenceClassification
 
@@ -147,6 +174,13 @@ class TorchRuntime(ModelRuntime):
         if self.options.cuda_graphs:
             buckets = ShapeBuckets(tuple(self.options.batch_buckets), tuple(self.options.sequence_buckets))
             self.graphs = CudaGraphs(self.model, buckets, self.device, pad_token_id, self.input_names)
+
+    def run_array(self, inputs: np.ndarray) -> np.ndarray:
+        """A tensor model's outputs (an image classifier's logits) for a stacked float32 batch."""
+        dtype = next(self.model.parameters()).dtype  # bf16/fp16 weights take inputs of their type
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device, dtype))
+        return out.float().cpu().numpy()
 
     def run(self, batch: EncodedBatch) -> np.ndarray:
         if self.graphs is not None and (replayed := self.graphs.run(batch)) is not None:

@@ -50,23 +50,32 @@ def test_parameters_and_requested_outputs_are_carried() -> None:
         (lambda m: m.inputs.add(name="t", datatype="BYTES", shape=[9]), TooManyInputsError, "at most 8"),
         (lambda m: m.inputs.add(name="t", datatype="COMPLEX", shape=[1]), InvalidInferRequestError, "unknown datatype"),
         (
-            lambda m: m.inputs.add(name="t", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"\xff"),
-            InvalidInferRequestError,
-            "UTF-8",
-        ),
-        (
             lambda m: (m.inputs.add(name="t", datatype="BYTES", shape=[1]), m.raw_input_contents.extend([b"", b""])),
             InvalidInferRequestError,
             "2 entries for 1 inputs",
         ),
     ],
-    ids=["no inputs", "negative shape", "too many", "unknown type", "not utf-8", "raw count"],
+    ids=["no inputs", "negative shape", "too many", "unknown type", "raw count"],
 )
 def test_bad_messages_are_refused_naming_the_problem(build, error, fragment) -> None:
     message = _request()
     build(message)
     with pytest.raises(error, match=fragment):
         grpc_codec.infer_request(message, max_elements=8)
+
+
+def test_bytes_stay_bytes_until_a_text_model_reads_them_as_utf8() -> None:
+    """BYTES contents are parsed as bytes: a text model's input refuses what is not UTF-8, an image model's takes
+    the files as they are."""
+    message = _request()
+    message.inputs.add(name="t", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"\xff\xd8 a JPEG")
+    parsed = grpc_codec.infer_request(message, max_elements=8)
+    assert parsed.inputs[0].data == [b"\xff\xd8 a JPEG"]
+    with pytest.raises(InvalidInferRequestError, match="UTF-8"):
+        kserve.text_input(parsed, "t", 8)
+    assert kserve.image_input(
+        kserve.InferRequest("r", [kserve.InferInput("image", "BYTES", [1], [b"\xff\xd8"])], None), "image", 8
+    ) == [b"\xff\xd8"]
 
 
 def test_the_response_is_what_tritonclient_grpc_reads() -> None:
