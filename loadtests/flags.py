@@ -33,7 +33,7 @@ class RequestFlag:
 REQUEST_FLAGS = (
     RequestFlag("--inputs", settings.INPUTS, int, "N"),
     RequestFlag("--model", settings.MODEL, metavar="NAME"),
-    RequestFlag("--payload", settings.PAYLOAD, metavar="FILE"),
+    RequestFlag("--payload", settings.PAYLOAD, metavar="FILE|DIR"),
     RequestFlag("--header", settings.HEADERS, metavar="'NAME: VALUE'", repeatable=True),
     RequestFlag("--api-key", settings.API_KEY, metavar="KEY", secret=True),
     RequestFlag("--rate", settings.RATE, float, "REQ_PER_S"),

@@ -6,6 +6,7 @@ its ``OPTISERVE_*`` variable (``loadtests/settings.py``). This module does not i
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -28,9 +29,23 @@ class PayloadError(OptiserveError, ValueError):
     """The inputs file or a header cannot be used; the message says why in one line."""
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def read_images(path: Path) -> list[str]:
+    """The image files (JPEG, PNG, WebP) in a directory, each as base64 text (what ``/v1/images/classify`` takes)."""
+    found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise PayloadError(f"--payload {path}: a directory, but it holds no {', '.join(IMAGE_SUFFIXES)} files")
+    return [base64.b64encode(f.read_bytes()).decode("ascii") for f in found]
+
+
 def read_payload(path: Path | str) -> list[str]:
-    """Non-empty inputs of a text file (one per line) or JSON Lines (objects with a ``text`` field, or strings)."""
+    """Non-empty inputs of a text file (one per line) or JSON Lines (objects with a ``text`` field, or strings);
+    for a directory, its image files as base64 text (:func:`read_images`)."""
     path = Path(path)
+    if path.is_dir():
+        return read_images(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:

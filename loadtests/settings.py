@@ -12,7 +12,8 @@ PAYLOAD = declare(
     "OPTISERVE_PAYLOAD",
     text,
     "",
-    "inputs file: .txt one per line, or .jsonl with a text field (unset: the held-out corpus)",
+    "inputs file: .txt one per line, or .jsonl with a text field; a directory: its image files (unset: the "
+    "held-out corpus)",
     "loadtest",
 )
 HEADERS = declare(

@@ -111,6 +111,21 @@ def _source_candidate(source: SourceModel) -> Candidate:
     return candidate
 
 
+def _baseline(candidates: list[Candidate]) -> Candidate:
+    """The unoptimized model as a package: the source itself, or for a plain PyTorch module (packages carry no
+    model code) its plain ONNX export."""
+    source = candidates[0]
+    if source.artifact is None or source.artifact.format != "module":
+        return source
+    for candidate in candidates:
+        if candidate.artifact is not None and [step.name for step in candidate.chain] == ["export_onnx"]:
+            return candidate
+    raise OptiserveError(
+        "--baseline-out: a PyTorch module's baseline is its plain ONNX export, and the recipe has no candidate that "
+        "only exports"
+    )
+
+
 def _build_candidates(
     planned: tuple[PlannedCandidate, ...],
     source: SourceModel,
@@ -242,5 +257,5 @@ def optimize(
     stages.start(5, "write", f"write the package ({selected.name})")
     package = write_candidate_package(source, selected, out_dir, budget, report, report_dir, serving, hardware)
     if baseline_out is not None:
-        write_candidate_package(source, candidates[0], baseline_out, budget, hardware=hardware)
+        write_candidate_package(source, _baseline(candidates), baseline_out, budget, hardware=hardware)
     return ChainResult(package=package, candidates=candidates, selected=selected, report=report)

@@ -278,6 +278,16 @@ class SourceModel(ModelDescription):
         return self.model_copy(update={"matryoshka_dims": sorted(set(dims), reverse=True)})
 
 
+def takes_images(path: Path | str) -> bool:
+    """Whether ``path`` holds an image model (an image processor, or a module stating its image steps), read
+    without loading it: what picks the default recipe."""
+    path = Path(path).expanduser()
+    if (path / PROCESSOR_FILE).is_file():
+        return True
+    module = path / "module.json"
+    return module.is_file() and bool(json.loads(module.read_text()).get("image"))
+
+
 def hub_cache_dir() -> Path:
     """Where ``huggingface_hub`` keeps downloaded models: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
     ``~/.cache/huggingface/hub`` (under ``XDG_CACHE_HOME`` where that is set), read at call time."""

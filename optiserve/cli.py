@@ -99,9 +99,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from optimizers.chain import optimize
     from optimizers.recipe import load_plan
     from optimizers.selection import BudgetNotMetError
-    from optimizers.source import bundled_model_dir
+    from optimizers.source import bundled_model_dir, takes_images
 
-    plan = load_plan(args.recipe)
+    source_dir = args.model_dir or bundled_model_dir()
+    plan = load_plan(args.recipe or ("cpu-images" if takes_images(source_dir) else "cpu"))
     limits = {
         "min_cosine_mean": args.min_cosine_mean,
         "min_cosine_min": args.min_cosine_min,
@@ -120,7 +121,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     out = _optimize_into(args.out)
     try:
         result = optimize(
-            args.model_dir or bundled_model_dir(),
+            source_dir,
             out,
             budget,
             baseline_out=args.baseline_out,
@@ -482,16 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-out", type=Path, help="also write the unoptimized source as a package here")
     p.add_argument(
         "--recipe",
-        default="cpu",
-        help="recipe YAML file, or a built-in one: cpu (default), cpu-full, cpu-distill, gpu (optimizers/recipes/)",
+        help="recipe YAML file, or a built-in one: cpu (the default for text), cpu-images (the default for image "
+        "classifiers), cpu-full, cpu-distill, gpu (optimizers/recipes/)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where candidates are checked and profiled")
     p.add_argument(
         "--data",
         type=Path,
-        metavar="FILE",
-        help="your own texts (UTF-8, one per line, or .jsonl with a text field; at least 100) for calibration, "
-        "validation, distillation and the held-out fidelity (default: the built-in corpus)",
+        metavar="FILE|DIR",
+        help="your own texts (UTF-8, one per line, or .jsonl with a text field; at least 100), or for an image model "
+        "a directory of your images (JPEG, PNG, WebP; at least 40), for calibration, validation, distillation and "
+        "the held-out fidelity (default: the built-in corpus, or the built-in images)",
     )
     p.add_argument("--cache-dir", type=Path, help=settings.CACHE.help("pass cache (default: ~/.cache/optiserve/chain)"))
     p.add_argument(

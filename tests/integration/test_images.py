@@ -8,6 +8,9 @@ bad images get a JSON 4xx naming them, never a 5xx."""
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,3 +250,23 @@ def test_a_module_file_that_states_its_preprocessing_is_an_image_model(tmp_path:
     got = TensorPipeline.from_package(load_package(chain.package.root), threads=1).run(pixels)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert len(set(expected.argmax(1))) > 1  # the scaled head: labels differ from image to image
+
+
+@pytest.mark.serve
+def test_a_short_locust_run_posts_image_files(served, image_chains, tmp_path: Path) -> None:
+    """loadtests/images.py, as a user runs it: plain ``locust`` with a directory of images as its payload."""
+    from loadtests.runner import final_stats
+
+    for index, data in enumerate(FILES[:6]):
+        (tmp_path / f"{index}.{('png', 'jpg', 'webp')[index % 3]}").write_bytes(data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTISERVE_")}
+    final = tmp_path / "images"
+    run = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "loadtests/images.py", "--headless", "--host", served.url,
+         "-u", "2", "-r", "2", "-t", "3s", "--payload", str(tmp_path), "--inputs", "3",
+         "--model", _name(image_chains["vit"][1]), "--json-file", str(final), "--loglevel", "WARNING"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    stats = final_stats(Path(f"{final}.json"))
+    assert stats["requests"] > 5 and stats["failures"] == 0
