@@ -4,8 +4,8 @@ package's own steps, :mod:`modelpkg.images`, so the chain judges what the server
 Built in: the sample photographs and scans that scikit-image, scikit-learn and matplotlib ship inside their
 wheels (nothing is downloaded), each augmented into many distinct views (random crops of 50-100% of the area,
 aspect 3:4..4:3, mirror, brightness/contrast/colour jitter of up to 20%, sizes from 160 to 640 pixels), a fixed
-seed per split, so the splits hold different views. ``--data DIR``: the user's own images (JPEG, PNG, WebP, any depth below DIR),
-shuffled once with a fixed seed and split like text data.
+seed per split, so the splits hold different views. ``--data DIR``: the user's own images (JPEG, PNG, WebP, any
+depth below DIR), shuffled once with a fixed seed and split like text data.
 """
 
 from __future__ import annotations
