@@ -122,7 +122,12 @@ def preprocess(image: Image.Image, spec: ImageSpec) -> np.ndarray:
     pixels = np.asarray(image)
     if spec.crop is not None:
         pixels = center_crop(pixels, *spec.crop)
-    chw = pixels.transpose(2, 0, 1)
+    return scale(pixels.transpose(2, 0, 1), spec)
+
+
+def scale(chw: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """0..255 pixels (channels first) as float32: multiplied by ``rescale`` (in float64, as transformers does),
+    then normalized per channel by ``mean`` and ``std``."""
     values = (chw.astype(np.float64) * spec.rescale).astype(np.float32) if spec.rescale else chw.astype(np.float32)
     if spec.mean is not None and spec.std is not None:
         mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]

@@ -70,6 +70,8 @@ class DataError(OptiserveError):
 
 
 def _decode(path: Path) -> str:
+    if path.is_dir():
+        raise DataError(f"--data {path}: a directory; a text model takes a file of texts (one per line, or .jsonl)")
     if not path.is_file():
         raise DataError(f"--data {path}: no such file")
     raw = path.read_bytes()

@@ -32,6 +32,7 @@ from tests.unit.modelpkg.test_images import _png_declaring
 
 RECIPE = ROOT / "tests" / "recipes" / "images-ci.yaml"
 BUILDERS = {"resnet": tiny_resnet, "vit": tiny_vit}
+USER_IMAGES = 50  # the ViT's --data DIR: 10 held-out, 5 validation, 5 calibration, 30 train
 # photographs of several sizes and formats, none of them among the chain's data
 PHOTOS = [photo(100 + i, (64 + 37 * i, 48 + 23 * (i % 5))) for i in range(12)]
 FILES = [encoded(p, ("PNG", "JPEG", "WEBP")[i % 3]) for i, p in enumerate(PHOTOS)]
@@ -39,11 +40,20 @@ FILES = [encoded(p, ("PNG", "JPEG", "WEBP")[i % 3]) for i, p in enumerate(PHOTOS
 
 @pytest.fixture(scope="module")
 def image_chains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ChainResult]]:
+    """Both models through the tests' recipe: the ResNet on the built-in images, the ViT on a folder of "the
+    user's own" images (``--data DIR``)."""
     root = tmp_path_factory.mktemp("image-chains")
+    folder = root / "my-images"
+    folder.mkdir()
+    for index in range(USER_IMAGES):
+        size = (40 + 7 * index, 30 + 5 * (index % 9))
+        (folder / f"{index}.jpg").write_bytes(encoded(photo(1000 + index, size), "JPEG"))
     chains = {}
     for name, build in BUILDERS.items():
         source = build(root / name)
-        chains[name] = (source, optimize(source, root / f"{name}-package", recipe=RECIPE, cache_dir=root / "cache"))
+        data = folder if name == "vit" else None
+        out = root / f"{name}-package"
+        chains[name] = (source, optimize(source, out, recipe=RECIPE, cache_dir=root / "cache", data_file=data))
     return chains
 
 
@@ -80,7 +90,12 @@ def test_the_chain_judges_image_candidates_by_top1_top5_and_cosine(image_chains,
     assert manifest.takes_images and manifest.image is not None and manifest.inputs[0].name == "pixel_values"
     assert manifest.labels == [f"class-{i}" for i in range(LABELS)] or name == "vit"
     report = (chain.package.root / "report.md").read_text()
-    assert "top-5 agree" in report and "built-in images" in report
+    assert "top-5 agree" in report
+    data = chain.report["data"]
+    if name == "vit":  # the user's folder: split once, judged on its own held-out images
+        assert data["source"].endswith("my-images") and data["splits"]["heldout"] == USER_IMAGES // 5
+    else:
+        assert data["source"].startswith("built-in images") and data["splits"]["heldout"] == 290
     # the package, fed the files, agrees with the source fed the same pictures through its own processor
     pipeline = TensorPipeline.from_package(load_package(chain.package.root), threads=1)
     ours = pipeline.run([image_input(f, manifest.image, 10**7) for f in FILES])[0]

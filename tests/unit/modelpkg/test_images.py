@@ -137,3 +137,35 @@ def test_an_image_becomes_the_models_input(tmp_path: Path) -> None:
     spec = image_spec(_saved(tmp_path, "ViTImageProcessor", {"size": {"height": 32, "width": 32}}))
     pixels = image_input(encoded(photo(11), "JPEG"), spec, 10**6)
     assert pixels.shape == (3, 32, 32) and pixels.dtype == np.float32 and -1.0 <= pixels.min() < pixels.max() <= 1.0
+
+
+def test_each_step_alone_matches_the_processors_own_step(tmp_path: Path) -> None:
+    """Resize (shortest edge and fixed size), centre crop (larger and smaller than the crop), rescale and normalize,
+    each against the PIL backend's method of the same name."""
+    from transformers.image_utils import SizeDict
+
+    from modelpkg.images import RESAMPLE, center_crop, scale, shortest_edge_size
+    from modelpkg.manifest import ImageSpec
+
+    processor = load_processor(_saved(tmp_path, "CLIPImageProcessor", {}))
+    for seed, (width, height) in enumerate(SIZES):
+        image = photo(seed, (width, height))
+        chw = np.moveaxis(np.asarray(image), -1, 0)
+        for resample in ("bilinear", "bicubic", "lanczos"):
+            code = {"bilinear": 2, "bicubic": 3, "lanczos": 1}[resample]
+            theirs = processor.resize(chw, SizeDict(shortest_edge=50), resample=code)
+            ours = np.asarray(image.resize(shortest_edge_size(width, height, 50), resample=RESAMPLE[resample]))
+            np.testing.assert_array_equal(np.moveaxis(ours, -1, 0), theirs)
+            theirs = processor.resize(chw, SizeDict(height=33, width=47), resample=code)
+            ours = np.asarray(image.resize((47, 33), resample=RESAMPLE[resample]))
+            np.testing.assert_array_equal(np.moveaxis(ours, -1, 0), theirs)
+        for crop in ((40, 40), (100, 70)):
+            theirs = processor.center_crop(chw, SizeDict(height=crop[0], width=crop[1]))
+            np.testing.assert_array_equal(np.moveaxis(center_crop(np.asarray(image), *crop), -1, 0), theirs)
+    values = np.moveaxis(np.asarray(photo(9)), -1, 0)
+    rescaled = processor.rescale(values, 1 / 255)
+    mean, std = (0.48, 0.45, 0.40), (0.26, 0.26, 0.27)
+    spec = ImageSpec(processor="test", resize=(90, 120), rescale=1 / 255)
+    np.testing.assert_array_equal(scale(values, spec), rescaled)
+    normalized = spec.model_copy(update={"mean": mean, "std": std})
+    np.testing.assert_allclose(scale(values, normalized), processor.normalize(rescaled, mean, std), rtol=0, atol=1e-6)
