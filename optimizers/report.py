@@ -33,9 +33,9 @@ PROFILE_HEADER = [
 ]
 PROFILE_LEGEND = {
     "items per call": "rows the model runs in one call (the profile's `call_items`; serving's `max_call_items`)",
-    "items per batch": "held-out texts that arrive together (a dynamic batch, at least 32), run in calls of "
-    "`items per call` after sorting by length",
-    "items/s": "texts embedded per second over the whole profile step, on the profile's threads",
+    "items per batch": "held-out inputs that arrive together (a dynamic batch, at least 32), run in calls of "
+    "`items per call` (texts after sorting by length)",
+    "items/s": "inputs (texts, images) run per second over the whole profile step, on the profile's threads",
     "p50 ms per batch / p99 ms per batch": "median and 99th-percentile wall time to run one whole batch "
     "(all its calls), in milliseconds",
     "RSS growth MB": "growth of the process's resident memory since the profile began (loading and running), "
@@ -114,7 +114,7 @@ def candidate_legend(task: str) -> dict[str, str]:
     )
     return {
         "size MB": "size of the model files in the package, in MB (10^6 bytes)",
-        "items/s (best)": "throughput at the best profile row (texts per second, on the profile's threads)",
+        "items/s (best)": "throughput at the best profile row (inputs per second, on the profile's threads)",
         "items/s served": "throughput using all this machine's cores as a server would (candidates within budget): "
         "the faster of one replica with a thread per core (T) and single-thread replicas, one per core (R)",
         "best items per call": "model-call size of that row (serving's `max_call_items`)",
@@ -357,7 +357,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_tuning_lines(report),
         *_time_lines(report),
-        "## Profile (held-out texts in arrival order, in batches run as model calls of at most `items per call`)",
+        "## Profile (held-out inputs in arrival order, in batches run as model calls of at most `items per call`)",
         "",
     ]
     for c in report["candidates"]:
