@@ -174,6 +174,15 @@ def _within(fidelity: Fidelity, min_mean: float, min_min: float) -> bool:
     return fidelity.cosine_mean >= min_mean and fidelity.cosine_min >= min_min
 
 
+def _recall(built: dict[str, tuple[str, Candidate]], name: str) -> str:
+    """The candidate's recall@10 with the source's beside it, from the chain's own held-out evaluation (a
+    half-sentence query finding its sentence among the held-out ones); "-" for sentence-transformers."""
+    fidelity = built[name][1].fidelity if name in built else None
+    if fidelity is None or fidelity.recall_at_10 is None:
+        return "-"
+    return f"{fidelity.recall_at_10:.3f} ({fidelity.source_recall_at_10:.3f})"
+
+
 def render(
     built: dict, medians: dict, fidelity: dict, rounds: int, threads: int, recipes: list[str], result: Path
 ) -> str:
@@ -195,8 +204,8 @@ def render(
         "sentence-transformers fp32 (`st-torch`).",
         "",
         f"| variant | recipe | items/s | × ST fp32 | × best lossless ST ({best_st or '-'}) | cos mean | cos min "
-        "| NN@10 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| NN@10 | recall@10 (source) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     best_speed = medians[best_st] if best_st else float("nan")
     for name in sorted(medians, key=lambda n: -medians[n]):
@@ -204,7 +213,8 @@ def render(
         recipe = built[name][0] if name in built else "sentence-transformers"
         lines.append(
             f"| {name} | {recipe} | {medians[name]:.0f} | {medians[name] / base:.2f} | "
-            f"{medians[name] / best_speed:.2f} | {f.cosine_mean:.4f} | {f.cosine_min:.4f} | {f.nn_agreement_at10:.3f} |"
+            f"{medians[name] / best_speed:.2f} | {f.cosine_mean:.4f} | {f.cosine_min:.4f} | "
+            f"{f.nn_agreement_at10:.3f} | {_recall(built, name)} |"
         )
     lines.append("")
     for tier, min_mean, min_min, target in TIERS:

@@ -100,8 +100,20 @@ def load_encoder(model_dir: Path) -> torch.nn.Module:
     config = AutoConfig.from_pretrained(model_dir)
     model_class: Any = MODEL_MAPPING[type(config)]  # the class (typed as a union of lazy values)
     extra = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class).parameters else {}
-    encoder: torch.nn.Module = AutoModel.from_pretrained(model_dir, use_safetensors=True, **extra)
-    return encoder
+    return load_pretrained(AutoModel, model_dir, config, **extra)
+
+
+def load_pretrained(auto_class: Any, model_dir: Path, config: Any = None, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained`` from safetensors, or, for a model whose attention heads were pruned,
+    :func:`modelpkg.runtimes.heads.load_pruned`."""
+    from transformers import AutoConfig
+
+    from modelpkg.runtimes.heads import HEADS_PER_LAYER, load_pruned
+
+    config = config if config is not None else AutoConfig.from_pretrained(model_dir)
+    if getattr(config, HEADS_PER_LAYER, None):
+        return load_pruned(auto_class, model_dir, config, **kwargs)
+    return auto_class.from_pretrained(model_dir, use_safetensors=True, **kwargs)
 
 
 class ImageClassifier(torch.nn.Module):
@@ -136,8 +148,7 @@ def load_model(
     if task in LOGIT_TASKS:
         from transformers import AutoModelForSequenceClassification
 
-        classifier = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-        return SequenceClassifier(classifier).eval()
+        return SequenceClassifier(load_pretrained(AutoModelForSequenceClassification, model_dir)).eval()
     return SentenceEncoder(load_encoder(model_dir), pooling).eval()
 
 

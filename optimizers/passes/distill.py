@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from modelpkg.manifest import LOGIT_TASKS, Task
+from modelpkg.runtimes.heads import HEADS_PER_LAYER
 from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, out_path, register, torch_inputs
 from optimizers.passes.qat import QAT_SCHEME, fake_quantized
 from optimizers.source import SourceModel
@@ -53,8 +54,8 @@ class DistillConfig(PassConfig):
     hidden_weight: float = Field(
         default=0.0,
         ge=0,
-        description="layer-dropped encoders: weight of the token-level MSE between each student layer's hidden "
-        "states and those of the teacher layer it was copied from",
+        description="layer-dropped or pruned encoders: weight of the token-level MSE between each student layer's "
+        "hidden states and those of the teacher layer it was copied from (a pruned student: the same layer)",
     )
     augment: int = Field(default=0, ge=0, le=8, description="augmented copies of each training text")
     student_from_input: bool = Field(
@@ -83,8 +84,11 @@ class DistillConfig(PassConfig):
         ]
         if len(given) > 1:
             raise ValueError(f"give one way to make the student, not {' and '.join(given)}")
-        if self.hidden_weight and not (self.layers or self.keep_layers):
-            raise ValueError("hidden_weight needs a layer-dropped student (layers or keep_layers): its layer map")
+        if self.hidden_weight and not (self.layers or self.keep_layers or self.student_from_input):
+            raise ValueError(
+                "hidden_weight needs a layer-dropped (layers, keep_layers) or pruned (student_from_input) student: "
+                "its layer map"
+            )
         return self
 
 
@@ -133,10 +137,10 @@ def layer_dropped_student(teacher_dir: Path, task: str, keep: int | tuple[int, .
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from modelpkg.runtimes.torch import load_encoder
+    from modelpkg.runtimes.torch import load_encoder, load_pretrained
 
     if task in LOGIT_TASKS:
-        model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
+        model = load_pretrained(AutoModelForSequenceClassification, teacher_dir)
     else:
         model = load_encoder(teacher_dir)  # without a pooler head, where the family has one
     holder, attr = _layer_list(model)
@@ -146,6 +150,9 @@ def layer_dropped_student(teacher_dir: Path, task: str, keep: int | tuple[int, .
         raise ValueError(f"keep_layers {indices} must be indices of the teacher's {len(layers)} layers")
     keep = len(indices)
     setattr(holder, attr, torch.nn.ModuleList([layers[i] for i in indices]))
+    heads = getattr(model.config, HEADS_PER_LAYER, None)
+    if heads:  # a teacher whose heads were pruned: the kept layers' counts
+        setattr(model.config, HEADS_PER_LAYER, [heads[i] for i in indices])
     for name in ("num_hidden_layers", "n_layers"):
         if hasattr(model.config, name):
             setattr(model.config, name, keep)
@@ -358,7 +365,21 @@ def _save_student(student: Any, source: SourceModel, target: Path) -> None:
     inner.save_pretrained(target, safe_serialization=True)
 
 
-@register("distill", DistillConfig, accepts=("hf", "module"), libraries=("torch", "transformers"), version=3)
+def _layer_map(details: dict[str, Any], student: Any, teacher: Any) -> tuple[tuple[int, int], ...]:
+    """(student layer, teacher layer) pairs the hidden-state loss compares: the layers a layer-dropped student
+    kept, or each layer with itself for a student as deep as its teacher (a pruned one); else none."""
+    if "kept_layers" in details:
+        return tuple(enumerate(details["kept_layers"]))
+    try:
+        inner = [getattr(m, "encoder", None) or m.classifier for m in (student, teacher)]
+        depths = [len(getattr(*_layer_list(m))) for m in inner]
+        widths = [m.config.hidden_size for m in inner]
+    except (AttributeError, ValueError):  # a module student, an image classifier: no layer map
+        return ()
+    return tuple((i, i) for i in range(depths[0])) if depths[0] == depths[1] and widths[0] == widths[1] else ()
+
+
+@register("distill", DistillConfig, accepts=("hf", "module"), libraries=("torch", "transformers"), version=4)
 def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> PassOutput:
     """Train a smaller student (layer dropping, user-given, or a module class) to reproduce the teacher."""
     import torch
@@ -367,14 +388,21 @@ def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> 
     target = out_path(context, "model")
     torch.manual_seed(config.seed)
     student, details = _student(config, source, target, artifact.path)
+    teacher = _teacher(source)
     distiller = Distiller(
-        teacher=_teacher(source),
+        teacher=teacher,
         student=student,
         source=source,
         task=source.task,
         config=config,
-        layer_map=tuple(enumerate(details.get("kept_layers", []))),
+        layer_map=_layer_map(details, student, teacher),
     )
+    if config.hidden_weight:
+        if not distiller.layer_map:
+            raise ValueError(
+                "hidden_weight: the student's layers do not map onto the teacher's (different depth or width)"
+            )
+        details["hidden_state_layers"] = [list(pair) for pair in distiller.layer_map]
     train = context.train[: config.max_train_samples] if config.max_train_samples else context.train
     if config.augment and source.tokenizer is not None and source.task != "rerank":
         train = augmented(train, config.augment, config.seed)

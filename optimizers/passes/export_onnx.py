@@ -98,8 +98,29 @@ def export_onnx(
     accepts=("hf", "module"),
     produces="onnx",
     libraries=("torch", "transformers", "onnx"),
+    version=2,
 )
 def export_onnx_pass(artifact: Artifact, config: ExportOnnxConfig, context: PassContext) -> PassOutput:
     """Export a Hugging Face model (with its pooling) or a plain PyTorch module to ONNX, checked against torch."""
-    path = export_onnx(context.source_for(artifact), out_path(context, "model.onnx"), context.validation[:32], config)
+    source = context.source_for(artifact)
+    path = export_onnx(source, out_path(context, "model.onnx"), context.validation[:32], config)
+    _record_pruned_heads(source.path, path)
     return PassOutput(Artifact(path, "onnx", "fp32"))
+
+
+def _record_pruned_heads(model_dir: Path, onnx_file: Path) -> None:
+    """Copy a head-pruned model's heads per layer into the ONNX file's metadata, where ``graph_optimize`` reads
+    them (its attention fusion needs the real head count; the source's config.json states the unpruned one)."""
+    import json
+
+    import onnx
+
+    from modelpkg.runtimes.heads import HEADS_PER_LAYER
+
+    config_file = model_dir / "config.json"
+    heads = json.loads(config_file.read_text()).get(HEADS_PER_LAYER) if config_file.is_file() else None
+    if not heads:
+        return
+    model = onnx.load(str(onnx_file))
+    onnx.helper.set_model_props(model, {HEADS_PER_LAYER: json.dumps(heads)})
+    onnx.save(model, str(onnx_file))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Literal
 
+from optimizers.passes import base
 from optimizers.passes.base import Artifact, PassConfig, PassContext, PassOutput, out_path, register
 
 log = logging.getLogger(__name__)
@@ -20,13 +22,26 @@ class GraphOptimizeConfig(PassConfig):
     level: Literal["basic", "extended"] = "extended"
 
 
-def _heads_and_width(context: PassContext) -> tuple[int, int]:
-    """Attention heads and hidden size from the source's config.json (0, 0 lets ORT detect them)."""
+def _heads_and_width(context: PassContext, onnx_file: Path) -> tuple[int, int]:
+    """Attention heads and the width of their projections (0, 0 lets ORT detect them): from the source's
+    config.json, or, for a model whose heads were pruned, the count ``export_onnx`` recorded in the file."""
+    import onnx
+
+    from modelpkg.runtimes.heads import HEADS_PER_LAYER
+
     config_file = context.source.path / "config.json"
     if not config_file.is_file():
         return 0, 0
     config = json.loads(config_file.read_text())
-    return int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
+    heads, width = int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
+    props = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+    if HEADS_PER_LAYER in props:
+        per_layer = set(json.loads(props[HEADS_PER_LAYER]))
+        if len(per_layer) != 1:
+            raise base.PassUnavailableError(f"attention fusion needs one head count in all layers: {sorted(per_layer)}")
+        kept = per_layer.pop()
+        return kept, width // heads * kept
+    return heads, width
 
 
 @register("graph_optimize", GraphOptimizeConfig, accepts=("onnx",), libraries=("onnx", "onnxruntime"))
@@ -39,7 +54,7 @@ def graph_optimize(artifact: Artifact, config: GraphOptimizeConfig, context: Pas
     if config.fusions:
         from onnxruntime.transformers.optimizer import optimize_model
 
-        heads, width = _heads_and_width(context)
+        heads, width = _heads_and_width(context, artifact.path)
         model = optimize_model(
             str(artifact.path), model_type=config.model_type, num_heads=heads, hidden_size=width, opt_level=0
         )
