@@ -6,7 +6,8 @@ one after the other under the same Locust load, on the same machine with nothing
 
 Both serve the bundled all-MiniLM-L6-v2. Infinity's CPU path reads an ONNX file beside the model, as hub repos
 ship them: its directory gets the int8 file sentence-transformers exports for this CPU family
-(``export_dynamic_quantized_onnx_model(..., "avx512_vnni")``, the hub's ``model_qint8_avx512_vnni.onnx``), at its
+(``export_dynamic_quantized_onnx_model(..., "avx512_vnni")``, the hub's ``model_qint8_avx512_vnni.onnx``, or its
+``avx2`` file on CPUs without VNNI, which the hub also ships), at its
 root and served from there with ``--model-id .`` (infinity-emb 0.0.78 with optimum 2 finds no file in an
 ``onnx/`` subfolder or by an absolute path; its own ONNX graph optimization fails there too, with an API error,
 and it serves the file as it is). optiserve serves
@@ -43,16 +44,16 @@ from corpus import load_split  # noqa: E402
 RESULT_FILE = ROOT / "benchmarks" / "results" / "peer_infinity.md"
 INFINITY = ROOT / ".venv-infinity" / "bin" / "infinity_emb"
 INFINITY_MODEL = ROOT / "runs" / "infinity-model"
-INT8_FILE = "model_qint8_avx512_vnni.onnx"
-PREPARE = f"""
+PREPARE = """
 import shutil, sys
 from pathlib import Path
 from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 out = Path(sys.argv[2])
 shutil.copytree(sys.argv[1], out)
 model = SentenceTransformer(str(out), backend="onnx", device="cpu")
-export_dynamic_quantized_onnx_model(model, "avx512_vnni", str(out))
-(out / "onnx" / "{INT8_FILE}").rename(out / "{INT8_FILE}")
+export_dynamic_quantized_onnx_model(model, sys.argv[3], str(out))
+made = next((out / "onnx").glob(f"model_q*int8_{sys.argv[3]}.onnx"))  # quint8 for avx2, qint8 for vnni
+made.rename(out / made.name)
 shutil.rmtree(out / "onnx")
 """
 MODEL = "all-MiniLM-L6-v2"
@@ -79,14 +80,28 @@ def wait_until_up(url: str, timeout_s: float, process: subprocess.Popen[bytes]) 
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
+def int8_config() -> str:
+    """sentence-transformers' int8 export for this CPU, as the hub ships one per family."""
+    from modelpkg.hardware import detect
+
+    return "avx512_vnni" if detect().has("vnni") else "avx2"
+
+
+def int8_file() -> str:
+    """The hub's name for it: unsigned weights for AVX2 (``model_quint8_avx2.onnx``), signed for VNNI."""
+    return f"model_{'qint8' if int8_config() == 'avx512_vnni' else 'quint8'}_{int8_config()}.onnx"
+
+
 def prepare_infinity_model() -> Path:
-    """The bundled model's directory with the int8 ONNX file Infinity's CPU path reads (made once)."""
-    if not (INFINITY_MODEL / INT8_FILE).is_file():
+    """The bundled model's directory with the int8 ONNX file Infinity's CPU path reads (made once per CPU family)."""
+    if not (INFINITY_MODEL / int8_file()).is_file():
         from optimizers.source import bundled_model_dir
 
         shutil.rmtree(INFINITY_MODEL, ignore_errors=True)
         python = str(INFINITY.with_name("python"))
-        subprocess.run([python, "-c", PREPARE, str(bundled_model_dir()), str(INFINITY_MODEL)], check=True)
+        subprocess.run(
+            [python, "-c", PREPARE, str(bundled_model_dir()), str(INFINITY_MODEL), int8_config()], check=True
+        )
     return INFINITY_MODEL
 
 
@@ -145,7 +160,7 @@ def summary(rounds: list[dict[str, Any]], package: Path, command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"CPU: {detect().describe()}; optiserve package: {describe_package(read_manifest(package))}; "
-        f"Infinity 0.0.78, `--engine optimum --device cpu`, the bundled model with `{INT8_FILE}`",
+        f"Infinity 0.0.78, `--engine optimum --device cpu`, the bundled model with `{int8_file()}`",
         "",
         "| load | server | req/s per round | p50 ms | p99 ms | failures |",
         "|---|---|---|---|---|---|",
@@ -170,6 +185,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--result", type=Path, default=RESULT_FILE, help="the Markdown file written")
     args = parser.parse_args()
     if not INFINITY.exists():
         sys.exit(f"{INFINITY} not found: run `bash scripts/infinity-venv.sh` first")
@@ -184,7 +200,7 @@ def main() -> None:
         rounds.append({name: measure(name, starts[name], texts_file, args.users, args.duration) for name in order})
     text = summary(rounds, package, "python " + " ".join(sys.argv))
     print(text)
-    RESULT_FILE.write_text(text)
+    args.result.write_text(text)
 
 
 if __name__ == "__main__":

@@ -117,8 +117,8 @@ class ModelRunner:
         self._wait = AdaptiveWait(self.manifest.serving.batch_wait_timeout_s)
         self._queue_wait = self._metrics.queue_wait.labels(**self.labels)
         self._tokens_per_char = TOKENS_PER_CHAR
-        # How far an output moves when its input shares a model call with others (dynamic int8 quantizes per
-        # call): the tolerance between a cached answer and a fresh one. Measured in _calibrate.
+        # How far an output moves when its input shares a model call with others (dynamic int8 with per-call
+        # scales): the tolerance between a cached answer and a fresh one. Measured in _calibrate.
         self.batch_mate_cosine = 1.0
         self.work = self._calibrate()
         self.warm_up()
@@ -151,16 +151,20 @@ class ModelRunner:
 
     def _cache_mb(self, configured: float | None) -> float:
         """The response cache's size: as configured, else ``DEFAULT_CACHE_MB`` for a package whose outputs do
-        not depend on their batch-mates and none for one whose do (dynamic int8 quantizes each model call with
-        scales from all its rows: a cached answer would differ from a fresh one by more than rounding). The
+        not depend on their batch-mates and none for one whose do (dynamic int8 with per-call activation scales
+        quantizes each model call with scales from all its rows: a cached answer would differ from a fresh one by
+        more than rounding). The
         number is the chain's (``fidelity.batch_invariance``, measured on held-out inputs as served); a package
         without it is judged by how it was quantized and by this replica's own probe."""
         if configured is not None:
             return configured
         measured = self.manifest.fidelity.batch_invariance if self.manifest.fidelity is not None else None
         if measured is None:
-            dynamic = any(step.name == "quantize_dynamic" for step in self.manifest.chain)
-            measured = 0.0 if dynamic else self.batch_mate_cosine
+            per_call = any(  # per-call activation scales (packages from before per-row scales had no such key)
+                step.name == "quantize_dynamic" and step.config.get("activation_scales", "tensor") == "tensor"
+                for step in self.manifest.chain
+            )
+            measured = 0.0 if per_call else self.batch_mate_cosine
         return 0.0 if measured < BATCH_INVARIANT_COSINE else DEFAULT_CACHE_MB
 
     def _batch_wait_s(self) -> float:

@@ -1,5 +1,6 @@
-"""Accuracy-aware int8 quantization with ONNX Runtime: dynamic (int8 weights, activations quantized per call)
-and static (QDQ, activation ranges calibrated on the corpus's calibration split).
+"""Accuracy-aware int8 quantization with ONNX Runtime: dynamic (int8 weights, activations quantized per call:
+by default with a scale per row, so an input's result does not depend on its batch-mates; see
+``optimizers.row_scales``) and static (QDQ, activation ranges calibrated on the corpus's calibration split).
 
 Both passes first quantize as configured. If the result is outside the fidelity budget on the validation split,
 they measure each quantizable node's sensitivity (the fidelity loss when only that node is quantized), then try
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -32,6 +33,7 @@ from optimizers.passes.base import (
     out_path,
     register,
 )
+from optimizers.row_scales import per_row_scales
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("onnx", "onnxruntime")
@@ -56,7 +58,12 @@ class QuantizeConfig(PassConfig):
 
 
 class QuantizeDynamicConfig(QuantizeConfig):
-    pass
+    activation_scales: Literal["row", "tensor"] = Field(
+        default="row",
+        description="row: a symmetric scale per row of each activation (one token's vector), so outputs do not "
+        "depend on their batch-mates; tensor: ONNX Runtime's one scale per call from every row in it "
+        "(batch-dependent)",
+    )
 
 
 class QuantizeStaticConfig(QuantizeConfig):
@@ -81,6 +88,8 @@ def quantize_dynamic(model_path: Path, out_path: Path, config: QuantizeConfig) -
         reduce_range=config.reduce_range,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    if isinstance(config, QuantizeDynamicConfig) and config.activation_scales == "row":
+        per_row_scales(out_path, out_path)
     return out_path
 
 
@@ -217,9 +226,11 @@ def accuracy_aware(
     return PassOutput(Artifact(final, "onnx", "int8"), details)
 
 
-@register("quantize_dynamic", QuantizeDynamicConfig, accepts=("onnx",), uses_budget=True, libraries=LIBRARIES)
+@register(
+    "quantize_dynamic", QuantizeDynamicConfig, accepts=("onnx",), uses_budget=True, libraries=LIBRARIES, version=2
+)
 def quantize_dynamic_pass(artifact: Artifact, config: QuantizeDynamicConfig, context: PassContext) -> PassOutput:
-    """Dynamic int8 quantization (int8 weights, activation scales per call), accuracy-aware."""
+    """Dynamic int8 quantization (int8 weights, activation scales per row or per call), accuracy-aware."""
     probe = context.out_dir / "probe.onnx"
     return accuracy_aware(artifact, config, context, lambda p, c: quantize_dynamic(p, probe, c), "quantize_dynamic")
 

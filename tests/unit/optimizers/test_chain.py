@@ -77,15 +77,21 @@ def test_export_has_dynamic_axes_and_matches_torch(tiny_source: SourceModel, tin
     assert np.allclose(np.linalg.norm(onnx_out, axis=1), 1.0, atol=1e-5)
 
 
-def test_quantize_dynamic_writes_int8_matmuls(tiny_source: SourceModel, tiny_onnx: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("activation_scales", ["row", "tensor"])
+def test_quantize_dynamic_writes_int8_matmuls(
+    tiny_source: SourceModel, tiny_onnx: Path, tmp_path: Path, activation_scales: str
+) -> None:
     for per_channel in (False, True):
-        out = quantize_dynamic(
-            tiny_onnx, tmp_path / f"int8-{per_channel}.onnx", QuantizeDynamicConfig(per_channel=per_channel)
-        )
+        config = QuantizeDynamicConfig(per_channel=per_channel, activation_scales=activation_scales)  # type: ignore[arg-type]
+        out = quantize_dynamic(tiny_onnx, tmp_path / f"int8-{per_channel}.onnx", config)
         model = onnx.load(str(out))
         ops = [n.op_type for n in model.graph.node]
-        assert ops.count("MatMulInteger") == 12  # 2 layers x (q, k, v, out, ffn-in, ffn-out)
-        assert "DynamicQuantizeLinear" in ops
+        # 2 layers x (q, k, v, out, ffn-in, ffn-out); per row, fused with their weight scales as ONNX Runtime does
+        integer_products = "MatMulIntegerToFloat" if activation_scales == "row" else "MatMulInteger"
+        assert ops.count(integer_products) == 12
+        # ONNX Runtime's per-call quantizer stays only where asked for; per row, each of its 8 inputs gets a scale
+        assert ops.count("DynamicQuantizeLinear") == (8 if activation_scales == "tensor" else 0)
+        assert ops.count("ReduceMax") == (8 if activation_scales == "row" else 0)
         int8_weights = [
             t
             for t in model.graph.initializer
@@ -98,6 +104,28 @@ def test_quantize_dynamic_writes_int8_matmuls(tiny_source: SourceModel, tiny_onn
         assert any(n > 1 for n in scales.values()) == per_channel
         embeddings, _ = TextPipeline(_encoder(tiny_source), OnnxRuntime(out, 1), 32).run(TEXTS)
         assert embeddings.shape == (len(TEXTS), 32) and np.isfinite(embeddings).all()
+
+
+def test_row_scales_make_dynamic_int8_batch_invariant(
+    tiny_source: SourceModel, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """Each input alone, then all 24 in length-sorted calls of up to 32 (padding included): per-row scales give the
+    same vectors (rounding only), per-call scales do not; both stay close to fp32 (ONNX Runtime's full graph
+    optimization, as served: its MatMulIntegerToFloat fusion must not swallow the row scales)."""
+    encoder = _encoder(tiny_source)
+    reference, _ = TextPipeline(encoder, OnnxRuntime(tiny_onnx, 1), 32).run(TEXTS)
+    moved = {}
+    for scales in ("row", "tensor"):
+        config = QuantizeDynamicConfig(activation_scales=scales)  # type: ignore[arg-type]
+        pipeline = TextPipeline(
+            encoder, OnnxRuntime(quantize_dynamic(tiny_onnx, tmp_path / f"{scales}.onnx", config), 1), 32
+        )
+        alone, _ = pipeline.run(TEXTS, max_items=1)
+        together, _ = pipeline.run(TEXTS)
+        moved[scales] = float(np.abs(alone - together).max())
+        assert output_fidelity(reference, together).cosine_mean > 0.98
+    assert moved["row"] < 1e-5
+    assert moved["tensor"] > 10 * max(moved["row"], 1e-6)
 
 
 def test_fidelity_metrics() -> None:

@@ -283,10 +283,10 @@ def test_family_through_the_chain(family: str, family_chains, tmp_path: Path) ->
     for candidate in by_name.values():
         assert candidate.fidelity is not None and candidate.fidelity.recall_at_10 is not None
         assert candidate.fidelity.source_recall_at_10 == by_name["torch-fp32"].fidelity.recall_at_10  # type: ignore[union-attr]
-    # With their batch-mates, fp32 outputs move by rounding, dynamic int8's by its per-call scales (on these random
-    # weights too little for the budget to see: 0.99994 for BERT; MiniLM's, tests/unit/optimizers/test_chain.py)
+    # With their batch-mates, fp32 outputs move by rounding, and so do dynamic int8's with a scale per row (the
+    # default; per-call scales move them: tests/unit/optimizers/test_chain.py)
     invariance = {name: c.fidelity.batch_invariance for name, c in by_name.items()}  # type: ignore[union-attr]
-    assert invariance["onnx-fp32"] >= BATCH_INVARIANT_COSINE and invariance["int8-dynamic"] < invariance["onnx-fp32"]
+    assert min(invariance["onnx-fp32"], invariance["int8-dynamic"]) >= BATCH_INVARIANT_COSINE
     fp32 = write_candidate_package(SourceModel.load(root), by_name["onnx-fp32"], tmp_path / "fp32")
     expected = _reference(root, TEXTS)
     served, _ = TextPipeline.from_package(fp32, threads=1).run(TEXTS)
