@@ -141,7 +141,7 @@ class Fidelity(_Strict):
     batch_invariance: float | None = Field(
         default=None,
         description="lowest cosine between an input's output computed alone and among other held-out inputs as a "
-        "replica batches them (1.0: the same answer whoever else asked; dynamic int8 gives about 0.99)",
+        "replica batches them (1.0: the same answer whoever else asked; dynamic int8 with per-call scales about 0.99)",
     )
 
     @property
@@ -181,7 +181,7 @@ class FidelityBudget(_Strict):
         ge=-1.0,
         le=1.0,
         description="outputs may move at most by rounding with their batch-mates; null allows batch-dependent "
-        "candidates (dynamic int8)",
+        "candidates (dynamic int8 with per-call scales)",
     )
 
 
@@ -236,7 +236,7 @@ class ServingDefaults(_Strict):
         default=None,
         ge=0,
         description="results cached per model by input, in MiB; 0: none; unset: 64 where batch-mates change "
-        "no output (not for dynamic int8), else none",
+        "no output (not for dynamic int8 with per-call scales), else none",
     )
 
 

@@ -107,8 +107,9 @@ class TextPipeline:
 
     def run_as_served(self, texts: Sequence[TextItem], settings: ServingDefaults) -> np.ndarray:
         """Outputs as a replica computes them for ``texts`` arriving in this order: dynamic batches of
-        ``max_batch_size`` items, each cut into length-sorted model calls. (With dynamic int8 quantization the
-        activation scales depend on what shares a model call, so this, not one big sorted pass, is what to check.)
+        ``max_batch_size`` items, each cut into length-sorted model calls. (With dynamic int8's per-call
+        activation scales the outputs depend on what shares a model call, so this, not one big sorted pass, is what
+        to check.)
         """
         parts = [
             self.run(texts[i : i + settings.max_batch_size], settings.max_call_items, settings.max_batch_tokens)[0]

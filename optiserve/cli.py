@@ -510,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-batch-dependent",
         action="store_true",
-        help="admit candidates whose outputs move with their batch-mates beyond rounding (dynamic int8)",
+        help="admit candidates whose outputs move with their batch-mates beyond rounding (dynamic int8 with "
+        "activation_scales: tensor)",
     )
     p.add_argument("--threads", type=int, help="runtime threads to profile with (default: 1, as a replica runs)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of the report")

@@ -379,7 +379,7 @@ def _layer_map(details: dict[str, Any], student: Any, teacher: Any) -> tuple[tup
     return tuple((i, i) for i in range(depths[0])) if depths[0] == depths[1] and widths[0] == widths[1] else ()
 
 
-@register("distill", DistillConfig, accepts=("hf", "module"), libraries=("torch", "transformers"), version=4)
+@register("distill", DistillConfig, accepts=("hf", "module"), libraries=("torch", "transformers"), version=5)
 def distill(artifact: Artifact, config: DistillConfig, context: PassContext) -> PassOutput:
     """Train a smaller student (layer dropping, user-given, or a module class) to reproduce the teacher."""
     import torch

@@ -3,9 +3,10 @@ layer of its transformer layers computes as the int8 runtimes will run it, so th
 error and learns around it.
 
 The scheme matches what the chain's int8 passes produce: weights symmetric int8 per output channel (ONNX
-Runtime's per-channel dynamic int8, NNCF's weights), activations quantized per tensor from the call's own range
-(dynamic int8). Rounding is a straight-through estimator (``torch.fake_quantize_*``: the gradient passes through
-unchanged inside the range). After training the fake quantizers are removed and the float weights saved: the
+Runtime's per-channel dynamic int8, NNCF's weights), activations symmetric int8 per row (one token's vector) from
+its own range, as ONNX Runtime's dynamic int8 runs with per-row scales (``optimizers.row_scales``, the default).
+Rounding is a straight-through estimator (``torch.fake_quantize_*``: the gradient passes through unchanged inside
+the range). After training the fake quantizers are removed and the float weights saved: the
 int8 pass that follows quantizes them exactly as they were trained.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-QAT_SCHEME = "int8: weights symmetric per output channel, activations per tensor from each call's range"
+QAT_SCHEME = "int8: weights symmetric per output channel, activations symmetric per row from each row's range"
 
 
 def fake_quantize_weight(weight: Any) -> Any:
@@ -28,14 +29,14 @@ def fake_quantize_weight(weight: Any) -> Any:
 
 
 def fake_quantize_activation(x: Any) -> Any:
-    """``x`` rounded to uint8 with the scale and zero point of its own range (as dynamic quantization does)."""
+    """``x`` rounded to symmetric int8 per row (the last axis) with the scale of its own range, as dynamic int8
+    with per-row scales runs it."""
     import torch
 
-    low = min(float(x.detach().min()), 0.0)
-    high = max(float(x.detach().max()), 0.0)
-    scale = max((high - low) / 255.0, 1e-8)
-    zero = round(-low / scale)
-    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+    rows = x.reshape(-1, x.shape[-1])
+    scale = (rows.detach().abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+    zero = torch.zeros(rows.shape[0], dtype=torch.int32, device=x.device)
+    return torch.fake_quantize_per_channel_affine(rows, scale, zero, 0, -127, 127).reshape(x.shape)
 
 
 def _weight_fake_quant() -> Any:

@@ -98,7 +98,7 @@ def test_low_rank_fails_naming_the_closest_when_no_rank_fits(tiny_source, tmp_pa
     assert [t["ratio"] for t in failure.value.details["tries"]] == [0.25, 0.5]
 
 
-def test_fake_quantized_weights_take_at_most_255_levels_per_channel_and_activations_256() -> None:
+def test_fake_quantized_weights_and_activations_take_at_most_255_levels_per_row() -> None:
     import torch
 
     from optimizers.passes.qat import fake_quantize_activation, fake_quantize_weight
@@ -108,8 +108,12 @@ def test_fake_quantized_weights_take_at_most_255_levels_per_channel_and_activati
     quantized = fake_quantize_weight(weight)
     assert all(len(torch.unique(row)) <= 255 for row in quantized)
     assert torch.allclose(quantized, weight, atol=float(weight.abs().max()) / 127)  # within one step
-    activation = torch.randn(8, 300) * 3 + 1
-    assert len(torch.unique(fake_quantize_activation(activation))) <= 256
+    activation = torch.randn(2, 8, 300) * 3 + 1  # batch, tokens, features: a scale per token
+    quantized = fake_quantize_activation(activation)
+    assert quantized.shape == activation.shape
+    for row, original in zip(quantized.reshape(16, 300), activation.reshape(16, 300), strict=True):
+        assert len(torch.unique(row)) <= 255
+        assert torch.allclose(row, original, atol=float(original.abs().max()) / 127)
 
 
 def test_qat_distillation_trains_through_fake_quantization_and_saves_plain_weights(tiny_source, tmp_path) -> None:
