@@ -68,6 +68,11 @@ class TextEncoder:
         """The encoder a manifest's (or source model's) tokenizer spec describes; paths are relative to ``root``."""
         return cls(root / spec.path, spec.max_length, spec.pad_token_id)
 
+    @property
+    def special_tokens(self) -> int:
+        """Tokens the tokenizer adds to every single text ([CLS] and [SEP] for BERT, <s> and </s> for RoBERTa)."""
+        return int(self._tokenizer.num_special_tokens_to_add(False))
+
     def encode(self, texts: Sequence[TextItem]) -> list[Encoding]:
         return self._tokenizer.encode_batch(texts if isinstance(texts, list) else list(texts))
 

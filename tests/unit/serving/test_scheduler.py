@@ -232,3 +232,23 @@ def test_a_replica_that_starts_during_a_stall_calibrates_from_its_fastest_calls(
     steady, stalled = runner(stall=False).work, runner(stall=True).work
     assert stalled.seconds_per_unit < 10 * steady.seconds_per_unit, (stalled.seconds_per_unit, steady.seconds_per_unit)
     assert stalled.seconds(100) < 0.5  # the stalled second is in no estimate
+
+
+def test_one_word_requests_do_not_teach_a_sentence_ten_times_its_tokens(tiny_optimized) -> None:
+    """The token estimate learns tokens per character from what it tokenizes; the special tokens every text gets
+    ("a" is [CLS] a [SEP]) are not part of it, or a run of one-word requests (seen on a slower CPU: 60 of them, then
+    96 sentences refused as 2 s of work that ran in 0.3 s) would make an ordinary sentence look ten times longer."""
+    from serving.replica import ModelRunner
+
+    runner = ModelRunner(str(tiny_optimized.root), threads=1)
+    sentence = "The quick brown fox jumps over the lazy dog near the quiet river bank."
+    assert runner.pipeline.encoder is not None
+    tokens = len(runner.pipeline.encoder.encode([sentence])[0].ids)
+
+    async def tiny_requests() -> None:
+        for text in ["a", "b c"] * 30:
+            await runner.infer([text], cache="bypass")
+
+    asyncio.run(tiny_requests())
+    (estimate,) = runner.units([sentence])
+    assert estimate < 4 * tokens, (estimate, tokens)  # one-letter words are about a token per character
