@@ -227,7 +227,7 @@ def accuracy_aware(
 
 
 @register(
-    "quantize_dynamic", QuantizeDynamicConfig, accepts=("onnx",), uses_budget=True, libraries=LIBRARIES, version=2
+    "quantize_dynamic", QuantizeDynamicConfig, accepts=("onnx",), uses_budget=True, libraries=LIBRARIES, version=3
 )
 def quantize_dynamic_pass(artifact: Artifact, config: QuantizeDynamicConfig, context: PassContext) -> PassOutput:
     """Dynamic int8 quantization (int8 weights, activation scales per row or per call), accuracy-aware."""
