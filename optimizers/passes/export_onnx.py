@@ -102,7 +102,10 @@ def _eager_attention(model: Any) -> None:
 
     for module in model.modules():
         if isinstance(module, PreTrainedModel):
-            module.set_attn_implementation("eager")
+            try:
+                module.set_attn_implementation("eager")
+            except (ValueError, NotImplementedError) as refused:  # a family without it keeps its own attention
+                log.info("export_onnx: %s keeps its attention (%s)", type(module).__name__, refused)
 
 
 @register(
