@@ -22,7 +22,7 @@ def test_two_nodes_place_by_resources_autoscale_and_survive_losing_one(minilm_pa
     run = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--package", str(minilm_packages.package.root),
-            "--load-s", "40", "--kill-at-s", "8", "--autoscale-s", "20", "--out", str(tmp_path),
+            "--load-s", "28", "--kill-at-s", "8", "--autoscale-s", "14", "--out", str(tmp_path),
         ],
         capture_output=True, text=True, timeout=540, cwd=ROOT,
     )  # fmt: skip

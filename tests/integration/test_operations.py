@@ -108,7 +108,7 @@ def test_upgrade_and_rollback_under_load_fail_no_request_and_each_answer_names_i
     widths = {v1: 384, v2: 32}
     events: dict[str, Any] = {}
     results: dict[str, Any] = {}
-    config = LoadTestConfig(host=server.url, out_dir=tmp_path, users=4, duration_s=40, max_inputs=4, label="upgrade")
+    config = LoadTestConfig(host=server.url, out_dir=tmp_path, users=4, duration_s=30, max_inputs=4, label="upgrade")
     load = threading.Thread(target=lambda: results.update(summary=run_loadtest(config)), daemon=True)
     replicas_before = {
         (r["replica"], r["pid"])
@@ -116,7 +116,7 @@ def test_upgrade_and_rollback_under_load_fail_no_request_and_each_answer_names_i
     }
     with HeaderCheck(server.url) as check:
         load.start()
-        time.sleep(8)
+        time.sleep(6)
         for event, args in (
             ("upgrade", ["deploy", str(tiny_package.root), "--served-model-name", MINILM]),
             ("rollback", ["rollback"]),
