@@ -43,12 +43,23 @@ class BatchStats:
         return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
-def plan_chunks(lengths: np.ndarray, max_items: int, max_tokens: int) -> list[np.ndarray]:
+def plan_chunks(
+    lengths: np.ndarray, max_items: int, max_tokens: int, call_cost_tokens: float | None = None
+) -> list[np.ndarray]:
     """Split item indices into model calls: sorted by length, each call at most ``max_items`` rows and at most
-    ``max_tokens`` padded tokens (a single over-long item still gets its own call)."""
+    ``max_tokens`` padded tokens (a single over-long item still gets its own call).
+
+    Without ``call_cost_tokens`` each call is filled up to those limits. With it (what one more model call costs,
+    in padded tokens: its fixed cost over the cost of a token), the cut minimises the batch's cost, calls times
+    ``call_cost_tokens`` plus every call's rows times its width: where a call costs little beside its tokens (one
+    CPU thread), texts of unlike lengths go to separate calls instead of being padded to the longest; where a call
+    is dear (a GPU), calls stay full."""
     if max_items < 1 or max_tokens < 1:
         raise ValueError(f"max_items and max_tokens must be >= 1, got {max_items} and {max_tokens}")
     order = np.argsort(lengths, kind="stable")
+    if call_cost_tokens is not None:
+        widths = [int(n) for n in lengths[order]]
+        return [order[start:end] for start, end in _cheapest_cut(widths, max_items, max_tokens, call_cost_tokens)]
     chunks: list[np.ndarray] = []
     start = 0
     for end in range(1, len(order) + 1):
@@ -62,11 +73,36 @@ def plan_chunks(lengths: np.ndarray, max_items: int, max_tokens: int) -> list[np
     return chunks
 
 
+def _cheapest_cut(widths: list[int], max_items: int, max_tokens: int, call_cost: float) -> list[tuple[int, int]]:
+    """Calls ``[start, end)`` over ascending ``widths`` that minimise calls x ``call_cost`` + padded tokens, within
+    the limits (dynamic programming over where each call ends: a call's width is its last, longest row)."""
+    cost = [0.0] + [float("inf")] * len(widths)
+    start_of = [0] * (len(widths) + 1)
+    for end in range(1, len(widths) + 1):
+        width = widths[end - 1]
+        for start in range(end - 1, max(end - max_items, 0) - 1, -1):
+            rows = end - start
+            if rows > 1 and rows * width > max_tokens:
+                break
+            total = cost[start] + call_cost + rows * width
+            if total < cost[end]:
+                cost[end], start_of[end] = total, start
+    cuts: list[tuple[int, int]] = []
+    end = len(widths)
+    while end > 0:
+        cuts.append((start_of[end], end))
+        end = start_of[end]
+    return cuts[::-1]
+
+
 class TextPipeline:
     def __init__(self, encoder: TextEncoder, runtime: ModelRuntime, output_dim: int) -> None:
         self.encoder = encoder
         self.runtime = runtime
         self.output_dim = output_dim
+        # What one more model call costs, in padded tokens (plan_chunks); None: calls are filled to their limits.
+        # A server replica measures it when it starts (serving.replica).
+        self.call_cost_tokens: float | None = None
 
     @classmethod
     def from_package(cls, package: ModelPackage, threads: int | None = None) -> TextPipeline:
@@ -84,7 +120,7 @@ class TextPipeline:
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         out = np.empty((len(texts), self.output_dim), dtype=np.float32)
         call_tokens: list[int] = []
-        chunks = plan_chunks(lengths, max_items, max_tokens)
+        chunks = plan_chunks(lengths, max_items, max_tokens, self.call_cost_tokens)
         model_s = 0.0
         for rows in chunks:
             batch = self.encoder.pad([encodings[i] for i in rows])

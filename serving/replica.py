@@ -80,6 +80,14 @@ DECODE_THREADS = 2  # per image model: Pillow releases the GIL while it decodes 
 STALL_FACTOR = 3.0  # a model call running this many times max_request_s means the model is stuck
 
 
+def call_cost_tokens(work: WorkMeter) -> float:
+    """What one more model call costs in tokens (its fixed cost over a token's, as calibrated; at least one):
+    :func:`modelpkg.pipeline.plan_chunks` cuts a batch where padding its texts to one width would cost more. On
+    one CPU thread a call costs a few tokens and texts of unlike lengths run apart (a 4-text call of random held-out
+    sentences ran 1.6x slower per text than one of like lengths: benchmarks/results/call_planning.md)."""
+    return max(work.overhead_s / work.seconds_per_unit, 1.0)
+
+
 class ModelRunner:
     """Loads and verifies a package, runs texts through it in fair dynamic batches (serving/scheduler.py), admits
     requests by their estimated work, records batch metrics."""
@@ -121,6 +129,8 @@ class ModelRunner:
         # scales): the tolerance between a cached answer and a fresh one. Measured in _calibrate.
         self.batch_mate_cosine = 1.0
         self.work = self._calibrate()
+        if isinstance(self.pipeline, TextPipeline):  # cut batches into calls by length where calls are cheap
+            self.pipeline.call_cost_tokens = call_cost_tokens(self.work)
         self.warm_up()
         self._batcher = FairBatcher(self._run_batch, 32, 10.0, wait_s=self._batch_wait_s, on_start=self._started)
         self.cache = ResponseCache(0, fingerprint(self.manifest))
@@ -128,7 +138,7 @@ class ModelRunner:
         self.apply({})
         self._info().set(1)  # only now: a package that fails its warm-up is never described as served
         log.info(
-            "model ready: %s %s (%s, %s, %s on %s; %.2g s of work per %s)",
+            "model ready: %s %s (%s, %s, %s on %s; %.2g s of work per %s, %.2g s per model call)",
             self.name,
             self.manifest.version,
             self.manifest.task,
@@ -137,6 +147,7 @@ class ModelRunner:
             self.pipeline.runtime.device,
             self.work.seconds_per_unit,
             "token" if isinstance(self.pipeline, TextPipeline) else "item",
+            self.work.overhead_s,
         )
 
     def apply(self, overrides: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -169,10 +170,11 @@ def test_budget_admits_only_candidates_within_every_limit() -> None:
     assert violations(strict, near) == ["nn_agreement_at10 0.8500 < 0.9", "max_abs_error 0.0200 > 0.01"]
 
 
+@pytest.mark.parametrize("call_cost", [None, 0.5, 4.0, 1e9])
 @pytest.mark.parametrize(("max_items", "max_tokens"), [(1, 10_000), (4, 10_000), (8, 60), (32, 1)])
-def test_plan_chunks_covers_every_item_once_within_limits(max_items: int, max_tokens: int) -> None:
+def test_plan_chunks_covers_every_item_once_within_limits(max_items: int, max_tokens: int, call_cost) -> None:
     lengths = np.random.default_rng(1).integers(3, 40, size=37)
-    chunks = plan_chunks(lengths, max_items, max_tokens)
+    chunks = plan_chunks(lengths, max_items, max_tokens, call_cost)
     assert sorted(np.concatenate(chunks).tolist()) == list(range(37))
     for rows in chunks:
         assert len(rows) <= max_items
@@ -180,6 +182,38 @@ def test_plan_chunks_covers_every_item_once_within_limits(max_items: int, max_to
         assert list(lengths[rows]) == sorted(lengths[rows])
     with pytest.raises(ValueError, match="must be >= 1"):
         plan_chunks(lengths, 0, 10)
+
+
+def _cost(lengths: np.ndarray, chunks: list[np.ndarray], call_cost: float) -> float:
+    return sum(call_cost + len(rows) * int(lengths[rows].max()) for rows in chunks)
+
+
+def test_plan_chunks_with_a_call_cost_pads_less_and_is_the_cheapest_cut() -> None:
+    """With what a call costs (in tokens), a batch is cut where padding would cost more than another call: the
+    cheapest of every cut of the sorted batch within the limits (checked against all of them on small batches);
+    a dear call keeps calls full, as without one."""
+    lengths = np.array([5, 40, 5, 5])
+    assert [rows.tolist() for rows in plan_chunks(lengths, 4, 10_000, 4.0)] == [[0, 2, 3], [1]]
+    assert [rows.tolist() for rows in plan_chunks(lengths, 4, 10_000, 1e6)] == [[0, 2, 3, 1]]
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        lengths = rng.integers(3, 60, size=int(rng.integers(1, 9)))
+        max_items, max_tokens, call_cost = (
+            int(rng.integers(1, 6)),
+            int(rng.integers(40, 200)),
+            float(rng.uniform(0, 30)),
+        )
+        widths = np.sort(lengths)
+        best = np.inf
+        for mask in range(2 ** (len(widths) - 1)):  # every cut of the sorted batch into consecutive calls
+            bounds = [0, *(i + 1 for i in range(len(widths) - 1) if mask >> i & 1), len(widths)]
+            calls = [widths[a:b] for a, b in itertools.pairwise(bounds)]
+            if all(len(c) <= max_items and (len(c) == 1 or len(c) * c.max() <= max_tokens) for c in calls):
+                best = min(best, sum(call_cost + len(c) * int(c.max()) for c in calls))
+        chunks = plan_chunks(lengths, max_items, max_tokens, call_cost)
+        assert _cost(lengths, chunks, call_cost) == pytest.approx(best)
+        filled = plan_chunks(lengths, max_items, max_tokens)
+        assert _cost(lengths, chunks, call_cost) <= _cost(lengths, filled, call_cost) + 1e-9
 
 
 @pytest.mark.slow  # whole chains (seconds each): out of the fast loop, in make test

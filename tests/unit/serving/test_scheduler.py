@@ -229,9 +229,14 @@ def test_a_replica_that_starts_during_a_stall_calibrates_from_its_fastest_calls(
         monkeypatch.setattr(replica, "load_pipeline", stalling_pipeline)
         return replica.ModelRunner(str(tiny_optimized.root), threads=1)
 
-    steady, stalled = runner(stall=False).work, runner(stall=True).work
+    steady_runner = runner(stall=False)
+    steady, stalled = steady_runner.work, runner(stall=True).work
     assert stalled.seconds_per_unit < 10 * steady.seconds_per_unit, (stalled.seconds_per_unit, steady.seconds_per_unit)
     assert stalled.seconds(100) < 0.5  # the stalled second is in no estimate
+    # The calibrated cost of a model call, in tokens, is what the pipeline cuts batches by (plan_chunks).
+    cost = steady_runner.pipeline.call_cost_tokens
+    assert cost == replica.call_cost_tokens(steady) and cost >= 1.0
+    assert cost == pytest.approx(max(steady.overhead_s / steady.seconds_per_unit, 1.0))
 
 
 def test_one_word_requests_do_not_teach_a_sentence_ten_times_its_tokens(tiny_optimized) -> None:
