@@ -1,6 +1,6 @@
 """How a dynamic batch is cut into model calls, side by side on one replica thread: calls filled to the package's
 limits (sorted by length, padded to the longest) against calls cut by what a call costs (the replica's
-calibration, ``serving.replica.call_cost_tokens``). Random held-out sentences in batches of 2..32, as single-sentence
+calibration, ``modelpkg.pipeline.measure_call_cost``). Random held-out sentences in batches of 2..32, as single-sentence
 requests make them; the package's own ``max_call_items`` / ``max_batch_tokens``; median of interleaved rounds.
 
     .venv/bin/python benchmarks/call_planning.py [--package DIR] [--rounds 3] [--result FILE]
@@ -23,22 +23,10 @@ sys.path.insert(0, str(ROOT))
 from corpus import load_split  # noqa: E402
 from modelpkg.hardware import detect  # noqa: E402
 from modelpkg.package import load_package  # noqa: E402
-from modelpkg.pipeline import TextPipeline  # noqa: E402
-from serving.replica import CALIBRATION_ITEMS, PROBE_TEXT, _fastest, call_cost_tokens  # noqa: E402
-from serving.scheduler import WorkMeter  # noqa: E402
+from modelpkg.pipeline import CALIBRATION_ITEMS, TextPipeline, measure_call_cost  # noqa: E402
+from serving.replica import PROBE_TEXT  # noqa: E402
 
 BATCH_SIZES = (2, 6, 16, 32)
-
-
-def calibrate(pipeline: TextPipeline) -> WorkMeter:
-    """As a replica does (serving.replica.ModelRunner._calibrate): a one-text call and a call of the same text
-    ``CALIBRATION_ITEMS`` times, fastest of three each."""
-    probe = [PROBE_TEXT] * CALIBRATION_ITEMS
-    pipeline.run(probe[:1])
-    one_s, (_, one) = _fastest(pipeline.run, probe[:1])
-    many_s, (_, many) = _fastest(pipeline.run, probe)
-    per_token = (many_s - one_s) / (many.real_tokens - one.real_tokens)
-    return WorkMeter(per_token, max(one_s - per_token * one.real_tokens, 0.0))
 
 
 def main() -> None:
@@ -50,8 +38,8 @@ def main() -> None:
     package = load_package(args.package)
     pipeline = TextPipeline.from_package(package, threads=1)
     settings = package.manifest.serving
-    work = calibrate(pipeline)
-    cost = call_cost_tokens(work)
+    work, _ = measure_call_cost(pipeline, PROBE_TEXT, CALIBRATION_ITEMS)  # as a replica calibrates
+    cost = work.call_in_units
     texts = load_split("heldout")
     rng = np.random.default_rng(0)
     lines = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -193,6 +194,50 @@ def load_pipeline(package: ModelPackage, threads: int | None = None) -> Pipeline
     if package.manifest.takes_text:
         return TextPipeline.from_package(package, threads)
     return TensorPipeline.from_package(package, threads)
+
+
+CALIBRATION_ITEMS = 8  # copies of the probe in the call that measures the cost per unit
+CALIBRATION_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """What a model call costs as measured: a fixed part per call and a part per unit (a token for text, an item
+    for tensors)."""
+
+    overhead_s: float
+    seconds_per_unit: float
+
+    @property
+    def call_in_units(self) -> float:
+        """One more call, in units (at least one): what :func:`plan_chunks` weighs against padding."""
+        return max(self.overhead_s / self.seconds_per_unit, 1.0)
+
+
+def measure_call_cost(pipeline: Pipeline, item: Any, count: int) -> tuple[CallCost, np.ndarray]:
+    """Time a call of ``item`` alone and one of ``count`` copies (no padding between them), each the fastest of
+    ``CALIBRATION_REPEATS`` after a warm-up call (one stalled call on a busy machine is not the model's speed); the
+    difference gives the cost per unit and the rest the fixed cost per call. Returns it and ``item``'s output."""
+    run: Any = pipeline.run
+    run([item])  # the first call may compile
+
+    def fastest(items: list[Any]) -> tuple[float, Any]:
+        timed = []
+        for _ in range(CALIBRATION_REPEATS):
+            started = time.perf_counter()
+            result = run(items)
+            timed.append((time.perf_counter() - started, result))
+        return min(timed, key=lambda pair: pair[0])
+
+    one_s, (alone, one) = fastest([item])
+    many_s, (_, many) = fastest([item] * count)
+    many_s = max(many_s, 1e-6)
+    text = isinstance(pipeline, TextPipeline)
+    one_units, many_units = (max(s.real_tokens if text else s.items, 1) for s in (one, many))
+    per_unit = (many_s - one_s) / (many_units - one_units) if many_units > one_units else 0.0
+    if per_unit <= 0:  # too close to tell apart: the one-input call is the fixed cost, the rest (a tenth at least)
+        per_unit = max(many_s - one_s, 0.1 * many_s) / many_units
+    return CallCost(max(one_s - per_unit * one_units, 0.0), per_unit), alone[0]
 
 
 # -- request shaping: prompts and Matryoshka widths, before and after the model runs ---------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from modelpkg.manifest import ProfileRow, ReplicaLayout, ServingDefaults
-from modelpkg.pipeline import TensorPipeline, TextPipeline
+from modelpkg.pipeline import CALIBRATION_ITEMS, TensorPipeline, TextPipeline, measure_call_cost
 
 MIN_BATCHES = 8  # dynamic batches per call size, so that p99 is not just the single slowest one
 DYNAMIC_BATCH = ServingDefaults().max_batch_size
@@ -87,7 +87,10 @@ def profile_pipeline(
     min_batches: int = MIN_BATCHES,
 ) -> list[ProfileRow]:
     """One row per batch size 1, 2, 4, …, ``max_batch``; stops once two sizes in a row were not ``min_gain``
-    above the best throughput before them (those rows are kept, to show the plateau)."""
+    above the best throughput before them (those rows are kept, to show the plateau). A text pipeline cuts its
+    batches into calls by what a call costs, measured first as a replica measures it (``plan_chunks``)."""
+    if isinstance(pipeline, TextPipeline) and pipeline.call_cost_tokens is None and texts:
+        pipeline.call_cost_tokens = measure_call_cost(pipeline, texts[0], CALIBRATION_ITEMS)[0].call_in_units
     memory = memory or PeakMemory()
     rows: list[ProfileRow] = []
     stale = 0

@@ -3,7 +3,8 @@
 Every input text is an item, so a request with N inputs contributes N items to the dynamic batches (and can span
 several); batches are formed round-robin across requests (:class:`serving.scheduler.FairBatcher`), so one big
 request does not hold up the small ones behind it. Each batch is cut into length-sorted model calls within the
-token budget (``max_batch_tokens``) and runs on a worker thread, so the event loop keeps accepting (and
+token budget (``max_batch_tokens``), where padding texts to one width would cost more than another call (the
+replica measures a call's cost when it starts), and runs on a worker thread, so the event loop keeps accepting (and
 batching) requests while the model computes. Requests are admitted by their estimated seconds of work
 (:class:`serving.scheduler.WorkMeter`). A replica may hold several packages: each :class:`ModelRunner` has its
 own queue.
@@ -27,7 +28,7 @@ from modelpkg.hardware import detect, serving_mismatch
 from modelpkg.images import ImageTooLargeError, image_input
 from modelpkg.manifest import BATCH_INVARIANT_COSINE, Manifest, ServingDefaults
 from modelpkg.package import load_package
-from modelpkg.pipeline import BatchStats, TextPipeline, load_pipeline
+from modelpkg.pipeline import CALIBRATION_ITEMS, BatchStats, TextPipeline, load_pipeline, measure_call_cost
 from modelpkg.runtimes.base import assigned_gpus
 from modelpkg.tokenizer import TextItem, item_chars
 from serving.batching import AdaptiveWait
@@ -72,20 +73,10 @@ CacheUse = Literal["use", "refresh", "bypass"]  # from the request's Cache-Contr
 # Before the first batches: tokens per character of English text with a WordPiece vocabulary is about 0.25;
 # start above it, so early estimates err towards more work.
 TOKENS_PER_CHAR = 0.3
-CALIBRATION_ITEMS = 8
-CALIBRATION_REPEATS = 3
 DEFAULT_CACHE_MB = 64.0
 PROBE_TEXT = "a short sentence that checks how fast this replica computes"
 DECODE_THREADS = 2  # per image model: Pillow releases the GIL while it decodes and resizes
 STALL_FACTOR = 3.0  # a model call running this many times max_request_s means the model is stuck
-
-
-def call_cost_tokens(work: WorkMeter) -> float:
-    """What one more model call costs in tokens (its fixed cost over a token's, as calibrated; at least one):
-    :func:`modelpkg.pipeline.plan_chunks` cuts a batch where padding its texts to one width would cost more. On
-    one CPU thread a call costs a few tokens and texts of unlike lengths run apart (a 4-text call of random held-out
-    sentences ran 1.6x slower per text than one of like lengths: benchmarks/results/call_planning.md)."""
-    return max(work.overhead_s / work.seconds_per_unit, 1.0)
 
 
 class ModelRunner:
@@ -129,8 +120,6 @@ class ModelRunner:
         # scales): the tolerance between a cached answer and a fresh one. Measured in _calibrate.
         self.batch_mate_cosine = 1.0
         self.work = self._calibrate()
-        if isinstance(self.pipeline, TextPipeline):  # cut batches into calls by length where calls are cheap
-            self.pipeline.call_cost_tokens = call_cost_tokens(self.work)
         self.warm_up()
         self._batcher = FairBatcher(self._run_batch, 32, 10.0, wait_s=self._batch_wait_s, on_start=self._started)
         self.cache = ResponseCache(0, fingerprint(self.manifest))
@@ -182,27 +171,21 @@ class ModelRunner:
         return self._wait.wait_s() if self.settings.adaptive_wait else self.settings.batch_wait_timeout_s
 
     def _calibrate(self) -> WorkMeter:
-        """The work estimate to start from: a one-input call and a probe batch, each timed after a warm-up call,
-        give the fixed cost per call and the cost per unit (token or item); the estimate then follows the batches
-        served (:class:`WorkMeter`). Each is the fastest of ``CALIBRATION_REPEATS`` calls: a replica that starts
-        on a busy machine (beside an upgrade, say) would otherwise read one stalled call as its speed and refuse
-        ordinary requests as too much work until its batches taught it otherwise."""
-        probe = self._probe(CALIBRATION_ITEMS)
-        run: Any = self.pipeline.run
-        run(probe[:1])  # the first call may compile
-        one_s, (alone, one) = _fastest(run, probe[:1])
-        many_s, (_, many) = _fastest(run, probe)
-        many_s = max(many_s, 1e-6)
+        """The work estimate to start from: a one-input call and a probe batch give the fixed cost per call and the
+        cost per unit (token or item; :func:`~modelpkg.pipeline.measure_call_cost`, fastest of a few calls each: a
+        replica that starts on a busy machine, beside an upgrade say, would otherwise read one stalled call as its
+        speed and refuse ordinary requests as too much work until its batches taught it otherwise); the estimate
+        then follows the batches served (:class:`WorkMeter`). For text, the same cost decides where batches are
+        cut into model calls (:func:`~modelpkg.pipeline.plan_chunks`), and the probe beside longer texts in one
+        call measures how far an output moves with its batch-mates."""
+        probe = self._probe(1)[0]
+        cost, alone = measure_call_cost(self.pipeline, probe, CALIBRATION_ITEMS)
         if isinstance(self.pipeline, TextPipeline):
             longer = (f"{PROBE_TEXT} {PROBE_TEXT[: 7 * i]}" for i in range(1, 8))
-            mates, _ = run([self._probe_item(PROBE_TEXT), *map(self._probe_item, longer)])
-            self.batch_mate_cosine = _cosine(alone[0], mates[0])
-        text = isinstance(self.pipeline, TextPipeline)
-        one_units, many_units = (max(s.real_tokens if text else s.items, 1) for s in (one, many))
-        per_unit = (many_s - one_s) / (many_units - one_units) if many_units > one_units else 0.0
-        if per_unit <= 0:  # too close to tell apart: the one-input call is the fixed cost, the rest (a tenth at least)
-            per_unit = max(many_s - one_s, 0.1 * many_s) / many_units
-        return WorkMeter(per_unit, max(one_s - per_unit * one_units, 0.0))
+            mates, _ = self.pipeline.run([probe, *map(self._probe_item, longer)])
+            self.batch_mate_cosine = _cosine(alone, mates[0])
+            self.pipeline.call_cost_tokens = cost.call_in_units  # batches are cut into calls by it (plan_chunks)
+        return WorkMeter(cost.seconds_per_unit, cost.overhead_s)
 
     def warm_up(self) -> None:
         """Run the shapes this runner will serve before it takes traffic: one input at a short, a middle and the
@@ -441,7 +424,11 @@ class ModelRunner:
             "gpus": assigned_gpus(),
             "node": node_tag(),
             "providers": list(getattr(runtime, "providers", [])),
-            "batching": self.settings.model_dump(),
+            # with what this replica measured a model call to cost, in tokens: where it cuts batches (plan_chunks)
+            "batching": {
+                **self.settings.model_dump(),
+                "call_cost_tokens": getattr(self.pipeline, "call_cost_tokens", None),
+            },
             "cache": {
                 "max_bytes": self.cache.max_bytes,
                 "entries": len(self.cache),
@@ -496,16 +483,6 @@ class ModelRunner:
             raise RuntimeError(reason)
         run: Any = self.pipeline.run
         await asyncio.get_running_loop().run_in_executor(self._executor, run, self._probe(1))
-
-
-def _fastest(run: Any, items: list[Any]) -> tuple[float, Any]:
-    """The seconds of the fastest of ``CALIBRATION_REPEATS`` calls ``run(items)``, and that call's result."""
-    timed = []
-    for _ in range(CALIBRATION_REPEATS):
-        started = time.perf_counter()
-        result = run(items)
-        timed.append((time.perf_counter() - started, result))
-    return min(timed, key=lambda pair: pair[0])
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

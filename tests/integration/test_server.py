@@ -57,8 +57,12 @@ def direct(minilm_packages) -> TextPipeline:
 
 
 def test_embeddings_match_direct_runtime_output(server, minilm_packages, direct) -> None:
-    """A request alone on the server is batched exactly as ``run_as_served`` does, so the vectors match."""
+    """A request alone on the server is batched exactly as ``run_as_served`` does, so the vectors match (with the
+    call cost the replica measured: this package's int8 moves with its batch-mates, so the calls must be alike)."""
     settings = minilm_packages.package.manifest.serving
+    described = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10).json()["parameters"]["optiserve"]
+    direct.call_cost_tokens = described["batching"]["call_cost_tokens"]
+    assert direct.call_cost_tokens >= 1.0
     response = _post(server, {"input": TEXTS, "model": MODEL})
     assert response.status_code == 200
     body = response.json()

@@ -235,7 +235,7 @@ def test_a_replica_that_starts_during_a_stall_calibrates_from_its_fastest_calls(
     assert stalled.seconds(100) < 0.5  # the stalled second is in no estimate
     # The calibrated cost of a model call, in tokens, is what the pipeline cuts batches by (plan_chunks).
     cost = steady_runner.pipeline.call_cost_tokens
-    assert cost == replica.call_cost_tokens(steady) and cost >= 1.0
+    assert cost is not None and cost >= 1.0
     assert cost == pytest.approx(max(steady.overhead_s / steady.seconds_per_unit, 1.0))
 
 
