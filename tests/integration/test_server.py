@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from corpus import load_split
 from modelpkg.package import load_package
 from modelpkg.pipeline import TextPipeline
+from tests.support.direct import direct_pipeline
 from tests.support.load import post_concurrently
 
 pytestmark = pytest.mark.serve
@@ -50,19 +51,11 @@ def _metric_samples(server) -> dict[str, list]:
     return samples
 
 
-@pytest.fixture(scope="module")
-def direct(minilm_packages) -> TextPipeline:
-    """The package's runtime called directly, in this process."""
-    return TextPipeline.from_package(load_package(minilm_packages.package.root), threads=1)
-
-
-def test_embeddings_match_direct_runtime_output(server, minilm_packages, direct) -> None:
+def test_embeddings_match_direct_runtime_output(server, minilm_packages) -> None:
     """A request alone on the server is batched exactly as ``run_as_served`` does, so the vectors match (with the
     call cost the replica measured: this package's int8 moves with its batch-mates, so the calls must be alike)."""
     settings = minilm_packages.package.manifest.serving
-    described = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10).json()["parameters"]["optiserve"]
-    direct.call_cost_tokens = described["batching"]["call_cost_tokens"]
-    assert direct.call_cost_tokens >= 1.0
+    direct = direct_pipeline(minilm_packages.package.root, (server.url, MODEL))
     response = _post(server, {"input": TEXTS, "model": MODEL})
     assert response.status_code == 200
     body = response.json()
